@@ -1,0 +1,77 @@
+"""ensemblecert: certify (L2) and train robust ensembles with randomized smoothing.
+
+The public API. Plugins import only from here (and ``ensemblecert.validators`` for field checks).
+"""
+
+from .certification import certify, certify_one, input_generator
+from .components import (
+    ABSTAIN,
+    Aggregator,
+    Certificate,
+    Certifier,
+    DataInfo,
+    DataSplits,
+    Dataset,
+    Model,
+    NoiseSampler,
+    Regularizer,
+    SmoothingStrategy,
+    TrainBatch,
+)
+from .config import Pipeline, build_component, describe, load_pipeline
+from .ensemble import Aggregate, Ensemble, Members, Normalize, build_member
+from .errors import ConfigError, UserError
+from .hookspecs import hookimpl
+from .manager import load_registry, make_plugin_manager
+from .pipeline import RunResult, run, run_pipeline
+from .registry import KINDS, Component, Registry
+from .results import ExampleResult, Summary, summarize
+from .sampling import MonteCarloSampler, SmoothedClassifier, Tally
+from .stats import clopper_pearson_interval, clopper_pearson_lower, clopper_pearson_upper
+
+__all__ = [
+    "ABSTAIN",
+    "Aggregate",
+    "Aggregator",
+    "Certificate",
+    "Certifier",
+    "Component",
+    "ConfigError",
+    "DataInfo",
+    "DataSplits",
+    "Dataset",
+    "Ensemble",
+    "ExampleResult",
+    "KINDS",
+    "Members",
+    "Model",
+    "MonteCarloSampler",
+    "NoiseSampler",
+    "Normalize",
+    "Pipeline",
+    "Registry",
+    "Regularizer",
+    "RunResult",
+    "SmoothedClassifier",
+    "SmoothingStrategy",
+    "Summary",
+    "Tally",
+    "TrainBatch",
+    "UserError",
+    "build_component",
+    "build_member",
+    "certify",
+    "certify_one",
+    "clopper_pearson_interval",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
+    "describe",
+    "hookimpl",
+    "input_generator",
+    "load_pipeline",
+    "load_registry",
+    "make_plugin_manager",
+    "run",
+    "run_pipeline",
+    "summarize",
+]

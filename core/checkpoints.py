@@ -1,0 +1,57 @@
+"""Atomic files: checkpoints written whole or not at all, and read back with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    _atomic(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU with ``weights_only=True`` (tensors and plain data only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable ensemblecert checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: not an ensemblecert checkpoint (expected a dictionary)")
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    _atomic(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` reduced to JSON types (what ``weights_only`` loading accepts), e.g. TOML dates become strings."""
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,202 @@
+"""The ``ensemblecert`` command: run, validate, plugins, default."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import default_pipeline_text, describe, load_pipeline
+from .errors import UserError
+from .manager import load_registry
+from .pipeline import check_pipeline, run_pipeline
+from .registry import KINDS
+from .report import Reporter
+
+EPILOG = """\
+examples:
+  ensemblecert run                                 # the built-in default pipeline (digits, offline)
+  ensemblecert run examples/digits.toml --set train.epochs=5 --set certify.mechanisms[0].n=2000
+  ensemblecert validate my_pipeline.toml
+  ensemblecert plugins
+  ensemblecert default > my_pipeline.toml          # start a pipeline from the default
+"""
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "pipeline",
+        nargs="?",
+        help="pipeline TOML file (default: the built-in digits pipeline, see `ensemblecert default`)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a setting, e.g. --set train.epochs=5 or --set certify.mechanisms[0].alpha=0.01 "
+        "(VALUE is read as TOML; bare words are strings); repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ensemblecert",
+        description="Train ensembles and certify their L2 robustness with randomized smoothing.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="train (or load) an ensemble and certify it",
+        description="Run a pipeline: data -> train or load members -> aggregate -> smooth -> certify -> report. "
+        "Results are written as they are produced; rerunning an interrupted run resumes it.",
+    )
+    _add_pipeline_args(run)
+    run.add_argument("--output", "-o", help="output directory (overrides the pipeline's `output`)")
+    run.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides the pipeline's `device`)")
+    run.add_argument("--fresh", action="store_true", help="discard earlier checkpoints and results in the output directory")
+    run.add_argument("--skip-train", action="store_true", help="certify existing checkpoints; never train")
+    run.add_argument("--skip-certify", action="store_true", help="only train (or load) the members")
+    run.add_argument("--quiet", "-q", action="store_true", help="print only the final table and errors")
+
+    val = sub.add_parser(
+        "validate",
+        help="check a pipeline file without running it",
+        description="Load a pipeline, resolve every component and check every value; print what would run.",
+    )
+    _add_pipeline_args(val)
+
+    plug = sub.add_parser(
+        "plugins",
+        help="list every registered component by kind and the plugin that provides it",
+        description="List the components registered by the built-in and installed plugins.",
+    )
+    plug.add_argument("--plugin", dest="modules", action="append", default=[], metavar="MODULE", help="also load this plugin module")
+
+    sub.add_parser("default", help="print the built-in default pipeline (TOML)", description="Print the built-in default pipeline.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Console()
+    err = Console(stderr=True)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "run":
+            return _run(args, out, err)
+        if args.command == "validate":
+            return _validate(args, out)
+        if args.command == "plugins":
+            return _plugins(args, out)
+        if args.command == "default":
+            sys.stdout.write(default_pipeline_text())
+            return 0
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted; everything finished so far is saved; run the same command again to resume")
+        return 130
+    return 2  # pragma: no cover
+
+
+def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"output={_toml_string(args.output)}")
+    if args.device:
+        overrides.append(f"device={_toml_string(args.device)}")
+    if args.skip_train:
+        overrides.append("train.enabled=false")
+    if args.skip_certify:
+        overrides.append("certify.enabled=false")
+    pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
+    reporter = Reporter(err, quiet=args.quiet)
+    result = run_pipeline(pipeline, registry, fresh=args.fresh, reporter=reporter)
+    if result.summary is not None:
+        reporter.summary(result.summary, pipeline.certify.radii, console=out)
+    else:
+        reporter.info(f"Trained members are in {result.output / 'checkpoints'}")
+    return 0
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _validate(args: argparse.Namespace, out: Console) -> int:
+    pipeline, registry = load_pipeline(args.pipeline, overrides=args.overrides)
+    check_pipeline(pipeline)
+    config = describe(pipeline, registry)
+    table = Table(title=f"{args.pipeline or 'built-in default pipeline'}: valid", show_header=False)
+    table.add_column("setting", style="bold")
+    table.add_column("value")
+    for key in ("data", "noise"):
+        table.add_row(key, _inline(config[key]))
+    for section in ("ensemble", "train", "certify"):
+        for key, value in config[section].items():
+            table.add_row(f"{section}.{key}", _inline(value))
+    for key in ("seed", "device", "output", "plugins"):
+        table.add_row(key, _inline(config[key]))
+    out.print(table)
+    return 0
+
+
+def _inline(value: object) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _plugins(args: argparse.Namespace, out: Console) -> int:
+    registry = load_registry(args.modules)
+    table = Table(title="Registered components")
+    table.add_column("kind", style="bold")
+    table.add_column("name", style="cyan")
+    table.add_column("plugin")
+    table.add_column("parameters")
+    table.add_column("description")
+    for kind in KINDS.values():
+        comps = [c for c in registry if c.kind == kind.name]
+        if not comps:
+            table.add_row(kind.title, "[dim](none)[/]", "", "", "")
+        for i, comp in enumerate(comps):
+            params = ", ".join(
+                f"{a.alias}={_default(a)}" for a in comp.parameters
+            )
+            table.add_row(kind.title if i == 0 else "", comp.name, comp.plugin, params, comp.summary)
+        table.add_section()
+    out.print(table)
+    return 0
+
+
+def _default(a) -> str:
+    import attrs
+
+    d = a.default
+    if d is attrs.NOTHING:
+        return "(required)"
+    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
+        d = d.factory() if not d.takes_self else "..."
+    return _inline(d)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The component kinds: the abstract classes every registered component subclasses.
+
+A component is a *frozen attrs class*: its fields are the parameters a pipeline file may set
+(``{ name = "cohen", n = 100000, alpha = 0.001 }``), validated by the fields' validators before the
+component is built. The methods below are what the pipeline calls. ``core/hookspecs.py`` says when.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from .ensemble import Aggregate, Ensemble, Members
+    from .sampling import SmoothedClassifier
+
+#: The prediction a certifier reports when it abstains.
+ABSTAIN = -1
+
+
+# --------------------------------------------------------------------------------------- data
+@attrs.frozen
+class DataInfo:
+    """What a model needs to know about its inputs.
+
+    ``mean`` and ``std`` (one value per channel) are applied by the first layer of every model, so
+    inputs, noise and certified radii all live in pixel space ([0, 1]).
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@attrs.frozen
+class DataSplits:
+    """A training and a test split (``torch.utils.data.Dataset`` of ``(image, label)`` pairs)."""
+
+    train: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    info: DataInfo
+
+
+class Dataset(ABC):
+    """A data set. ``load`` is called once per run, before training and certification."""
+
+    @abstractmethod
+    def load(self) -> DataSplits:
+        """Return the splits; raise :class:`ensemblecert.UserError` naming the missing files if absent."""
+
+
+# -------------------------------------------------------------------------------------- models
+class Model(ABC):
+    """A base-model architecture. ``build`` is called once per ensemble member."""
+
+    @abstractmethod
+    def build(self, info: DataInfo) -> nn.Module:
+        """Return a freshly initialised network from normalised inputs to logits ``[B, num_classes]``.
+
+        The core seeds torch's global generator before the call (a different seed per member) and puts
+        a normalisation layer in front of the returned network.
+        """
+
+
+# --------------------------------------------------------------------------------- aggregation
+class Aggregator(ABC):
+    """An ensemble protocol: how the members' outputs become one prediction.
+
+    Override :meth:`combine` for protocols that need every member's output; override :meth:`forward`
+    for protocols that decide which members to evaluate (K-consensus evaluates members one by one and
+    stops once K agree).
+    """
+
+    def forward(self, members: Members, x: Tensor) -> Aggregate:
+        """Evaluate ``members`` on the batch ``x`` and aggregate. Called on every noisy batch."""
+        from .ensemble import Aggregate
+
+        logits = members.logits(x)
+        return Aggregate(
+            probs=self.combine(logits), member_logits=logits, evaluations=len(members) * x.shape[0]
+        )
+
+    @abstractmethod
+    def combine(self, member_logits: Tensor) -> Tensor:
+        """Map member logits ``[N, B, C]`` to ensemble class probabilities ``[B, C]`` (rows sum to 1)."""
+
+
+# --------------------------------------------------------------------------------------- noise
+class NoiseSampler(ABC):
+    """A noise distribution for smoothing and noise-augmented training.
+
+    ``family`` names the distribution so that a certifier can refuse noise its theorem does not
+    cover (Cohen's radius holds for isotropic Gaussian noise only); ``sigma`` is its scale.
+    """
+
+    family: ClassVar[str]
+    sigma: float
+
+    @abstractmethod
+    def sample(
+        self,
+        shape: Sequence[int],
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """Draw a tensor of noise of ``shape`` from ``generator`` on ``device``."""
+
+
+# ------------------------------------------------------------------------------------ training
+@attrs.frozen
+class TrainBatch:
+    """Everything a training objective may look at for one mini-batch.
+
+    ``members`` are all the ensemble's networks (in training mode) so that objectives can couple
+    them (DRT's gradient diversity, iGAT's ensemble adversarial examples through ``aggregator``).
+    """
+
+    x: Tensor
+    y: Tensor
+    members: Sequence[nn.Module]
+    noise: NoiseSampler
+    aggregator: Aggregator
+    generator: torch.Generator
+    epoch: int
+
+
+class Regularizer(ABC):
+    """A training objective for the whole ensemble. ``loss`` is called on every training batch."""
+
+    @abstractmethod
+    def loss(self, batch: TrainBatch) -> Tensor:
+        """Return a scalar loss over all members; the trainer back-propagates it and steps."""
+
+
+# ------------------------------------------------------------------------------- certification
+@attrs.frozen
+class Certificate:
+    """What a certifier concludes for one input.
+
+    ``prediction`` is the smoothed classifier's class or :data:`ABSTAIN`; ``radius`` the certified L2
+    radius (0 when abstaining); ``samples`` the number of noise draws spent (selection included);
+    ``details`` mechanism-specific numbers (bounds, counts) that end up in the results table.
+    """
+
+    prediction: int
+    radius: float
+    samples: int
+    details: Mapping[str, float] = attrs.field(factory=dict)
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+
+class Certifier(ABC):
+    """A certificate mechanism. ``certify`` is called once per test input.
+
+    It draws whatever it needs from ``smoothed`` (in one go, or in stages that stop early) and is the
+    only place where statistics become a promise; see ``ensemblecert.testing`` for the soundness
+    check every certifier must pass.
+    """
+
+    @abstractmethod
+    def certify(
+        self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None
+    ) -> Certificate:
+        """Certify the single input ``x`` (no batch dimension) against ``smoothed``."""
+
+    def check_noise(self, noise: NoiseSampler) -> str | None:
+        """Return why ``noise`` is unsupported by this mechanism, or ``None`` if it is fine."""
+        return None
+
+
+# ----------------------------------------------------------------------------------- smoothing
+class SmoothingStrategy(ABC):
+    """How noise and ensembling are combined (EBS smooths the aggregated ensemble; EAS smooths members)."""
+
+    @abstractmethod
+    def smooth(
+        self, ensemble: Ensemble, noise: NoiseSampler, *, batch_size: int
+    ) -> SmoothedClassifier:
+        """Return the smoothed classifier that certifiers sample from. Called once per run."""
+
+    def certify(
+        self,
+        mechanism: Certifier,
+        smoothed: SmoothedClassifier,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Certificate:
+        """Certify ``x`` with ``mechanism``; strategies whose certificate combines per-member ones override this."""
+        return mechanism.certify(smoothed, x, generator)

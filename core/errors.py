@@ -1,0 +1,31 @@
+"""The one user-facing error type.
+
+Anything the user can fix (a bad pipeline file, a missing data set, a checkpoint that does not
+match its model) is raised as :class:`UserError`. The command line prints its message once, with
+no traceback, and exits with status 2. Programming errors stay ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A problem in the user's input, explained in words that say where it is and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """One or more problems in a pipeline configuration, all reported together.
+
+    Each problem is a line ``path: message`` where ``path`` is the TOML path (``certify.mechanisms[0].alpha``).
+    """
+
+    def __init__(self, problems: Iterable[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''}{where}:"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))

@@ -1,0 +1,111 @@
+"""The plugin contract: one registration hook per component kind.
+
+Every component, built-in or third-party, arrives through these hooks. A plugin is any module or
+object with functions decorated by :data:`hookimpl` and named after a hook below; it is found
+through the ``ensemblecert`` entry-point group (the built-ins use the same group) or named in a
+pipeline file (``plugins = ["my_package.my_plugin"]``)::
+
+    from ensemblecert import Certifier, hookimpl
+
+    @hookimpl
+    def register_certifiers(register):
+        register("my-certifier", MyCertifier)
+
+``register(name, cls)`` takes a component name (what a pipeline file writes as ``name = "..."``) and a
+frozen attrs class that subclasses the kind's base class from :mod:`ensemblecert.components`; its
+fields are the parameters a pipeline may set and their validators check them. Registering a name
+twice within a kind is an error that names both plugins.
+
+All hooks are called once per plugin manager, i.e. once per run, before the pipeline file is
+resolved, and return nothing. A function named ``register_*`` that matches no hook below is an error
+(so a misspelt hook fails loudly instead of silently doing nothing).
+
+How the pipeline uses each kind, in order:
+data set -> base models (one per member) -> training objective (regularizer) with noise ->
+aggregator (ensemble protocol) -> smoothing strategy -> certificate mechanisms -> results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+PROJECT_NAME = "ensemblecert"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Decorator for plugin functions that implement a hook.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: The callback each registration hook receives: ``register(name, cls)``.
+Register = Callable[[str, type], None]
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register data sets: subclasses of :class:`ensemblecert.Dataset`.
+
+    ``Dataset.load()`` is called once per run and returns the train and test splits plus a
+    :class:`~ensemblecert.DataInfo` (input shape, class count, per-channel mean and std).
+    """
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Register base-model architectures: subclasses of :class:`ensemblecert.Model`.
+
+    ``Model.build(info)`` is called once per ensemble member, with a per-member seed already set,
+    and returns a fresh ``torch.nn.Module`` mapping normalised inputs to logits. The core prepends
+    the input normalisation, so noise is always added in pixel space.
+    """
+
+
+@hookspec
+def register_aggregators(register: Register) -> None:
+    """Register ensemble protocols: subclasses of :class:`ensemblecert.Aggregator`.
+
+    ``Aggregator.forward(members, x)`` is called on every (noisy) batch during certification and
+    prediction. It returns an :class:`~ensemblecert.Aggregate` holding class probabilities, the member
+    logits it computed and how many member evaluations it spent; it may skip members (K-consensus).
+    """
+
+
+@hookspec
+def register_regularizers(register: Register) -> None:
+    """Register training objectives: subclasses of :class:`ensemblecert.Regularizer`.
+
+    ``Regularizer.loss(batch)`` is called on every training batch with a
+    :class:`~ensemblecert.TrainBatch` that holds all members, the noise sampler and the aggregator,
+    so an objective can couple members (gradient diversity) or attack the ensemble.
+    """
+
+
+@hookspec
+def register_noise_samplers(register: Register) -> None:
+    """Register noise distributions: subclasses of :class:`ensemblecert.NoiseSampler`.
+
+    ``NoiseSampler.sample(shape, generator=..., device=...)`` is called once per noisy batch in
+    training and certification; ``family`` and ``sigma`` tell certifiers what they are facing.
+    """
+
+
+@hookspec
+def register_certifiers(register: Register) -> None:
+    """Register certificate mechanisms: subclasses of :class:`ensemblecert.Certifier`.
+
+    ``Certifier.certify(smoothed, x, generator)`` is called once per test input. It draws samples
+    from the :class:`~ensemblecert.SmoothedClassifier` (``smoothed.tally(x, n, ...)`` returns class
+    counts, and on request softmax sums and per-member counts), as many times as it likes, and
+    returns a :class:`~ensemblecert.Certificate`. ``check_noise`` is called once per run before any
+    work, so a mechanism can refuse a noise distribution its theorem does not cover.
+    """
+
+
+@hookspec
+def register_smoothing_strategies(register: Register) -> None:
+    """Register smoothing strategies: subclasses of :class:`ensemblecert.SmoothingStrategy`.
+
+    ``SmoothingStrategy.smooth(ensemble, noise, batch_size=...)`` is called once per run and returns
+    the smoothed classifier certifiers sample from; ``SmoothingStrategy.certify(mechanism, ...)`` is
+    called once per input and mechanism, so a strategy can combine per-member certificates.
+    """

@@ -1,0 +1,98 @@
+"""The plugin manager: finds plugins and collects the components they register.
+
+A manager is made per run (never at import time), so tests can register throwaway plugins.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+
+import pluggy
+
+from . import hookspecs
+from .errors import UserError
+from .registry import KINDS, Registry
+
+ENTRY_POINT_GROUP = "ensemblecert"
+
+
+def make_plugin_manager(
+    modules: Sequence[str] = (),
+    *,
+    plugins: Iterable[object] = (),
+    entry_points: bool = True,
+) -> pluggy.PluginManager:
+    """Return a plugin manager holding the entry-point plugins, ``modules`` and ``plugins``.
+
+    ``modules`` are importable module names (what a pipeline file lists under ``plugins``);
+    ``plugins`` are already-imported plugin objects (handy in tests); ``entry_points=False`` skips the
+    ``ensemblecert`` entry-point group, built-ins included.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    if entry_points:
+        for ep in _entry_points():
+            if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not hide behind a traceback
+                raise UserError(
+                    f"plugin {ep.name!r} (entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r}) failed to "
+                    f"load: {type(exc).__name__}: {exc}. Reinstall or uninstall the package that provides it"
+                ) from exc
+            _register(pm, plugin, ep.name)
+    for index, name in enumerate(modules):
+        if pm.has_plugin(name):
+            continue
+        try:
+            plugin = importlib.import_module(name)
+        except Exception as exc:
+            raise UserError(
+                f"plugins[{index}]: cannot import plugin module {name!r}: {type(exc).__name__}: {exc}. "
+                "Check the module name and that its package is installed in this environment"
+            ) from exc
+        _register(pm, plugin, name)
+    for plugin in plugins:
+        _register(pm, plugin, None)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise UserError(f"plugin {exc.plugin!r} has a hook that ensemblecert does not define: {exc}") from exc
+    return pm
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except (ValueError, pluggy.PluginValidationError) as exc:
+        raise UserError(f"cannot register plugin {name or plugin!r}: {exc}") from exc
+
+
+def collect_components(pm: pluggy.PluginManager) -> Registry:
+    """Call every registration hook and return the registry, recording which plugin gave each name."""
+    registry = Registry()
+    for kind in KINDS.values():
+        caller = getattr(pm.hook, kind.hook)
+        # Call implementations one by one (oldest first) so each registration knows its plugin.
+        for impl in reversed(caller.get_hookimpls()):
+            register = functools.partial(registry.add, kind.name, plugin=impl.plugin_name)
+            impl.function(**{arg: register for arg in impl.argnames})
+    return registry
+
+
+def load_registry(
+    modules: Sequence[str] = (),
+    *,
+    plugins: Iterable[object] = (),
+    entry_points: bool = True,
+) -> Registry:
+    """Make a plugin manager (see :func:`make_plugin_manager`) and collect its components."""
+    return collect_components(make_plugin_manager(modules, plugins=plugins, entry_points=entry_points))

@@ -1,0 +1,343 @@
+"""Running a pipeline: data -> train (or load) members -> aggregate -> smooth -> certify -> report.
+
+Everything a run produces goes under ``pipeline.output``:
+
+* ``checkpoints/member_<i>.pt``: each trained member with the configuration that produced it;
+* ``checkpoints/train_state.pt``: the state after the last finished epoch (for resuming);
+* ``certify.tsv``: one row per certified input, appended as soon as it is known;
+* ``summary.json`` and ``certified_accuracy.png``: certified accuracy at the requested radii and ACR.
+
+A run that was interrupted picks up where it stopped when started again with the same configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from .certification import certify_one, input_generator
+from .checkpoints import load_checkpoint, plain, save_checkpoint, write_json
+from .components import DataInfo, DataSplits
+from .config import Pipeline, describe, load_pipeline
+from .ensemble import Ensemble, build_member
+from .errors import ConfigError, UserError
+from .registry import Registry
+from .report import Reporter
+from .results import ExampleResult, Outcome, ResultsWriter, Summary, plot_certified_accuracy, read_results, summarize
+from .training import train_ensemble
+
+CHECKPOINT_FORMAT = "ensemblecert.member/1"
+
+
+@attrs.frozen
+class RunResult:
+    """What :func:`run` returns: the pipeline, the trained ensemble and the certification results."""
+
+    pipeline: Pipeline
+    output: Path
+    ensemble: Ensemble
+    data_info: DataInfo
+    results: list[ExampleResult]
+    summary: Summary | None
+    losses: list[float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {name!r} requested but CUDA is not available; use device = \"cpu\" or \"auto\"")
+    return device
+
+
+def mechanism_labels(pipeline: Pipeline, registry: Registry) -> list[str]:
+    """A unique column label per mechanism: its name, numbered when a name repeats."""
+    names = [registry.name_of(type(m)) or type(m).__name__ for m in pipeline.certify.mechanisms]
+    labels = []
+    for i, name in enumerate(names):
+        labels.append(name if names.count(name) == 1 else f"{name}#{names[:i].count(name) + 1}")
+    return labels
+
+
+def check_pipeline(pipeline: Pipeline) -> None:
+    """Checks that need several components together (each component validated its own fields)."""
+    problems = []
+    for i, mech in enumerate(pipeline.certify.mechanisms):
+        why = mech.check_noise(pipeline.noise)
+        if why:
+            problems.append(f"certify.mechanisms[{i}]: {why}")
+    checkpoints = pipeline.ensemble.checkpoints
+    if checkpoints and len(checkpoints) != pipeline.ensemble.members:
+        problems.append(
+            f"ensemble.checkpoints: {len(checkpoints)} files for {pipeline.ensemble.members} members; "
+            "give one checkpoint per member or change ensemble.members"
+        )
+    why = getattr(pipeline.ensemble.aggregator, "check_members", lambda n: None)(pipeline.ensemble.members)
+    if why:
+        problems.append(f"ensemble.aggregator: {why}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(plain(obj), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _weights_digest(members: Sequence[nn.Module]) -> str:
+    h = hashlib.sha256()
+    for m in members:
+        for key, value in m.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Run:
+    def __init__(self, pipeline: Pipeline, registry: Registry, reporter: Reporter) -> None:
+        self.p = pipeline
+        self.registry = registry
+        self.rep = reporter
+        self.out = Path(pipeline.output)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.device = resolve_device(pipeline.device)
+        self.config = describe(pipeline, registry)
+        c = self.config
+        self.train_fp = _fingerprint(
+            {
+                "data": c["data"],
+                "model": c["ensemble"]["model"],
+                "members": c["ensemble"]["members"],
+                "noise": c["train"]["noise"] or c["noise"],
+                "seed": c["seed"],
+                "train": {k: v for k, v in c["train"].items() if k not in ("enabled", "noise")},
+            }
+        )
+
+    # ------------------------------------------------------------------------------ members
+    def members(self, data: DataSplits) -> tuple[list[nn.Module], list[float]]:
+        p = self.p
+        members = [
+            build_member(p.ensemble.model, data.info, p.seed + i).to(self.device) for i in range(p.ensemble.members)
+        ]
+        if p.ensemble.checkpoints:
+            self.rep.info(f"Loading {len(members)} members from ensemble.checkpoints (training skipped)")
+            for member, path in zip(members, p.ensemble.checkpoints):
+                self._load_member(member, Path(path), check_fingerprint=False)
+            return members, []
+        paths = [self.ckpt_dir / f"member_{i}.pt" for i in range(len(members))]
+        if all(path.exists() for path in paths):
+            for member, path in zip(members, paths):
+                self._load_member(member, path, check_fingerprint=p.train.enabled)
+            self.rep.info(f"Reusing the {len(members)} trained members in {self.ckpt_dir}")
+            return members, []
+        if not p.train.enabled:
+            raise UserError(
+                f"no trained members in {self.ckpt_dir} (expected {', '.join(x.name for x in paths)}); "
+                "enable training (train.enabled = true) or name existing files in ensemble.checkpoints"
+            )
+        return members, self._train(members, data)
+
+    def _load_member(self, member: nn.Module, path: Path, *, check_fingerprint: bool) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or "state_dict" not in ckpt:
+            raise UserError(f"{path}: not an ensemblecert member checkpoint")
+        if check_fingerprint and ckpt.get("fingerprint") != self.train_fp:
+            raise UserError(
+                f"{path}: was trained with a different configuration than this pipeline's; "
+                "run with --fresh to retrain, choose another output directory, or set train.enabled = false "
+                "to certify the existing members as they are"
+            )
+        try:
+            member.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(
+                f"{path}: does not fit the configured model {self.config['ensemble']['model']} ({first}); "
+                f"it was saved for {ckpt.get('model')}"
+            ) from None
+        member.eval()
+
+    def _train(self, members: list[nn.Module], data: DataSplits) -> list[float]:
+        p, t = self.p, self.p.train
+        state_path = self.ckpt_dir / "train_state.pt"
+        resume = None
+        if state_path.exists():
+            state = load_checkpoint(state_path)
+            if state.get("fingerprint") == self.train_fp:
+                resume = state
+                self.rep.info(f"Resuming training after epoch {state['epoch']} from {state_path}")
+            else:
+                raise UserError(
+                    f"{state_path}: an interrupted training run of a different configuration; "
+                    "run with --fresh to discard it or choose another output directory"
+                )
+        batches = -(-len(data.train) // t.batch_size)
+        start = int(resume["epoch"]) if resume else 0
+        with self.rep.progress() as bar:
+            epochs = bar.add_task("train", total=t.epochs, completed=start, status="")
+            steps = bar.add_task("  epoch", total=batches, status="")
+
+            def on_epoch(epoch: int, loss: float, state: dict[str, Any]) -> None:
+                save_checkpoint({**state, "fingerprint": self.train_fp}, state_path)
+                bar.update(epochs, completed=epoch, status=f"loss {loss:.3f}")
+                bar.reset(steps)
+
+            losses = train_ensemble(
+                members,
+                data,
+                objective=t.objective,
+                noise=p.train_noise,
+                aggregator=p.ensemble.aggregator,
+                epochs=t.epochs,
+                batch_size=t.batch_size,
+                lr=t.lr,
+                momentum=t.momentum,
+                weight_decay=t.weight_decay,
+                lr_step=t.lr_step,
+                lr_gamma=t.lr_gamma,
+                seed=p.seed,
+                device=self.device,
+                resume=resume,
+                on_epoch=on_epoch,
+                on_batch=lambda: bar.advance(steps),
+            )
+            bar.remove_task(steps)
+        for i, member in enumerate(members):
+            save_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "member": i,
+                    "seed": p.seed + i,
+                    "fingerprint": self.train_fp,
+                    "model": plain(self.config["ensemble"]["model"]),
+                    "data_info": plain(attrs.asdict(data.info)),
+                    "pipeline": plain(self.config),
+                    "state_dict": member.state_dict(),
+                },
+                self.ckpt_dir / f"member_{i}.pt",
+            )
+        state_path.unlink(missing_ok=True)
+        self.rep.info(f"Saved {len(members)} members to {self.ckpt_dir}")
+        return losses
+
+    # -------------------------------------------------------------------------- certification
+    def certify(self, ensemble: Ensemble, data: DataSplits) -> tuple[list[ExampleResult], Summary]:
+        p, c = self.p, self.p.certify
+        labels = mechanism_labels(p, self.registry)
+        fp = _fingerprint(
+            {
+                "weights": _weights_digest(ensemble.members),
+                "aggregator": self.config["ensemble"]["aggregator"],
+                "smoothing": self.config["ensemble"]["smoothing"],
+                "noise": self.config["noise"],
+                "mechanisms": self.config["certify"]["mechanisms"],
+                "batch_size": c.batch_size,
+                "seed": p.seed,
+            }
+        )
+        tsv, meta = self.out / "certify.tsv", self.out / "certify.json"
+        done: list[ExampleResult] = []
+        if tsv.exists():
+            previous = json.loads(meta.read_text()) if meta.exists() else {}
+            if previous.get("fingerprint") != fp:
+                raise UserError(
+                    f"{tsv}: holds results of a different model or certification setup; "
+                    "run with --fresh to replace them or choose another output directory"
+                )
+            done = read_results(tsv, labels)
+        write_json(meta, {"fingerprint": fp, "mechanisms": labels})
+        indices = list(range(0, len(data.test), c.skip))
+        if c.max_examples is not None:
+            indices = indices[: c.max_examples]
+        wanted = set(indices)
+        results = [r for r in done if r.index in wanted]
+        finished = {r.index for r in results}
+        todo = [i for i in indices if i not in finished]
+        if results:
+            self.rep.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already in {tsv}")
+        strategy = p.ensemble.smoothing
+        smoothed = strategy.smooth(ensemble, p.noise, batch_size=c.batch_size)
+        with ResultsWriter(tsv, labels) as writer, self.rep.progress() as bar:
+            task = bar.add_task("certify", total=len(indices), completed=len(results), status="")
+            for index in todo:
+                x, y = data.test[index]
+                x = torch.as_tensor(x)
+                outcomes = {}
+                for slot, (label, mech) in enumerate(zip(labels, c.mechanisms)):
+                    gen = input_generator(p.seed, index, slot, self.device)
+                    start = time.perf_counter()
+                    cert = certify_one(mech, smoothed, x, gen, strategy)
+                    outcomes[label] = Outcome(cert, time.perf_counter() - start)
+                result = ExampleResult(index=index, label=int(y), outcomes=outcomes)
+                writer.write(result)
+                results.append(result)
+                correct = sum(r.correct(labels[0]) for r in results)
+                bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
+        results.sort(key=lambda r: r.index)
+        summary = summarize(results, labels, c.radii)
+        write_json(self.out / "summary.json", {**summary.to_dict(), "tsv": str(tsv)})
+        if results:
+            plot_certified_accuracy(results, labels, self.out / "certified_accuracy.png")
+        return results, summary
+
+
+def run_pipeline(
+    pipeline: Pipeline, registry: Registry, *, fresh: bool = False, reporter: Reporter | None = None
+) -> RunResult:
+    """Run a loaded pipeline (see :func:`ensemblecert.load_pipeline`) and return its results."""
+    reporter = reporter or Reporter(quiet=True)
+    check_pipeline(pipeline)
+    run = _Run(pipeline, registry, reporter)
+    if fresh:
+        shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+        for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png"):
+            (run.out / name).unlink(missing_ok=True)
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json(run.out / "pipeline.json", run.config)
+    data = pipeline.data.load()
+    reporter.info(
+        f"Data: {len(data.train)} training and {len(data.test)} test inputs of shape "
+        f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes; device {run.device}"
+    )
+    members, losses = run.members(data)
+    ensemble = Ensemble(members, pipeline.ensemble.aggregator).to(run.device).eval()
+    results: list[ExampleResult] = []
+    summary = None
+    if pipeline.certify.enabled:
+        results, summary = run.certify(ensemble, data)
+        reporter.info(f"Results: {run.out / 'certify.tsv'}, {run.out / 'summary.json'}")
+    return RunResult(
+        pipeline=pipeline,
+        output=run.out,
+        ensemble=ensemble,
+        data_info=data.info,
+        results=results,
+        summary=summary,
+        losses=losses,
+    )
+
+
+def run(
+    source: str | Path | Mapping[str, Any] | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    plugins: Sequence[object] = (),
+    fresh: bool = False,
+    reporter: Reporter | None = None,
+) -> RunResult:
+    """Load a pipeline (TOML path, dict, or ``None`` for the built-in default) and run it.
+
+    The Python counterpart of ``ensemblecert run``: ``overrides`` are ``--set`` strings.
+    """
+    pipeline, registry = load_pipeline(source, overrides=overrides, plugins=plugins)
+    return run_pipeline(pipeline, registry, fresh=fresh, reporter=reporter)

@@ -1,0 +1,60 @@
+"""What a run shows on the terminal: messages, progress bars and the certified-accuracy table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .results import Summary
+
+
+class Reporter:
+    """Terminal output of a run; ``quiet`` silences everything but errors."""
+
+    def __init__(self, console: Console | None = None, *, quiet: bool = False) -> None:
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message)
+
+    def progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=self.quiet,
+        )
+
+    def summary(self, summary: Summary, radii: Sequence[float], console: Console | None = None) -> None:
+        table = summary_table(summary, radii)
+        (console or self.console).print(table)
+
+
+def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
+    """Certified accuracy at each radius and ACR, one row per mechanism."""
+    table = Table(title=f"Certified accuracy ({summary.examples} test inputs)")
+    table.add_column("mechanism", style="bold")
+    for r in radii:
+        table.add_column(f"r = {r:g}", justify="right")
+    for col in ("ACR", "abstain", "samples/input", "s/input"):
+        table.add_column(col, justify="right")
+    for name, m in summary.mechanisms.items():
+        table.add_row(
+            name,
+            *(f"{m.certified_accuracy[float(r)]:.1%}" for r in radii),
+            f"{m.acr:.3f}",
+            f"{m.abstain_rate:.1%}",
+            f"{m.mean_samples:,.0f}",
+            f"{m.mean_seconds:.3f}",
+        )
+    return table

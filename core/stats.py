@@ -1,0 +1,51 @@
+"""Confidence bounds shared by every certifier (pure functions over counts)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+
+def _check(successes: ArrayLike, trials: ArrayLike, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
+    return k, n
+
+
+def _out(x: np.ndarray) -> float | np.ndarray:
+    return float(x) if x.ndim == 0 else x
+
+
+def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float) -> float | np.ndarray:
+    """One-sided Clopper-Pearson lower bound: ``P(p < bound) <= alpha`` for ``successes ~ Bin(trials, p)``.
+
+    The ``alpha`` quantile of ``Beta(k, n - k + 1)``, and 0 when ``k = 0`` (Clopper & Pearson, 1934;
+    LOWERCONFBND of Algorithm 1 in 001_94e5826843c1fbd1.txt).
+    """
+    k, n = _check(successes, trials, alpha)
+    with np.errstate(invalid="ignore"):
+        bound = stats.beta.ppf(alpha, k, n - k + 1)
+    return _out(np.where(k == 0, 0.0, bound))
+
+
+def clopper_pearson_upper(successes: ArrayLike, trials: ArrayLike, alpha: float) -> float | np.ndarray:
+    """One-sided Clopper-Pearson upper bound: ``P(p > bound) <= alpha``; 1 when ``k = n``."""
+    k, n = _check(successes, trials, alpha)
+    with np.errstate(invalid="ignore"):
+        bound = stats.beta.ppf(1.0 - alpha, k + 1, n - k)
+    return _out(np.where(k == n, 1.0, bound))
+
+
+def clopper_pearson_interval(
+    successes: ArrayLike, trials: ArrayLike, alpha: float
+) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """Two-sided ``1 - alpha`` Clopper-Pearson interval (each side at ``alpha / 2``)."""
+    return (
+        clopper_pearson_lower(successes, trials, alpha / 2),
+        clopper_pearson_upper(successes, trials, alpha / 2),
+    )

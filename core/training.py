@@ -1,0 +1,100 @@
+"""Training the ensemble: all members together, one objective, SGD with momentum and a step schedule.
+
+Members share mini-batches (so objectives that couple members, like DRT, can compare them) but have
+their own initialisation seeds; a training state is saved atomically after every epoch, so an
+interrupted run resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .components import Aggregator, DataSplits, NoiseSampler, Regularizer, TrainBatch
+
+
+def make_optimizer(members: Sequence[nn.Module], lr: float, momentum: float, weight_decay: float, lr_step: int, lr_gamma: float):
+    params = [p for m in members for p in m.parameters()]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_step, gamma=lr_gamma)
+    return opt, sched
+
+
+def train_ensemble(
+    members: Sequence[nn.Module],
+    data: DataSplits,
+    *,
+    objective: Regularizer,
+    noise: NoiseSampler,
+    aggregator: Aggregator,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    lr_step: int,
+    lr_gamma: float,
+    seed: int,
+    device: torch.device,
+    resume: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, float, dict[str, Any]], None] | None = None,
+    on_batch: Callable[[], None] | None = None,
+) -> list[float]:
+    """Train ``members`` in place for ``epochs`` epochs and return the mean loss of each epoch run.
+
+    ``resume`` is a state previously passed to ``on_epoch(epoch, mean_loss, state)``; training
+    continues after its epoch. Shuffling and noise are seeded from ``(seed, epoch)``, so a resumed run
+    sees the batches an uninterrupted one would have.
+    """
+    opt, sched = make_optimizer(members, lr, momentum, weight_decay, lr_step, lr_gamma)
+    start = 0
+    if resume is not None:
+        for m, state in zip(members, resume["members"]):
+            m.load_state_dict(state)
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        start = int(resume["epoch"])
+    losses = []
+    for epoch in range(start, epochs):
+        for m in members:
+            m.train()
+        order = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=order)
+        gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch + 7_919)
+        total = torch.zeros((), device=device)
+        batches = 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = objective.loss(
+                TrainBatch(x=x, y=y, members=members, noise=noise, aggregator=aggregator, generator=gen, epoch=epoch)
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            batches += 1
+            if on_batch is not None:
+                on_batch()
+        sched.step()
+        mean = float(total) / max(batches, 1)
+        losses.append(mean)
+        for m in members:
+            m.eval()
+        if on_epoch is not None:
+            on_epoch(
+                epoch + 1,
+                mean,
+                {
+                    "epoch": epoch + 1,
+                    "members": [m.state_dict() for m in members],
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                },
+            )
+    for m in members:
+        m.eval()
+    return losses

@@ -1,0 +1,74 @@
+"""attrs validators whose messages read well after a TOML path (``alpha: must be in (0, 1), got 1.5``).
+
+Use them on component fields; the configuration loader runs every field's validator and collects
+all failures, so a message should describe the value, not the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Validator = Callable[[Any, Any, Any], None]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def in_range(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Validator:
+    """The value must lie between ``low`` and ``high`` (closed ends unless marked open)."""
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    if low is not None and high is not None:
+        text = f"must be in {left}{_fmt(low)}, {_fmt(high)}{right}"
+    elif low is not None:
+        text = f"must be {'>' if low_open else '>='} {_fmt(low)}"
+    else:
+        text = f"must be {'<' if high_open else '<='} {_fmt(high)}"
+
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            bad = isinstance(v, float) and math.isnan(v)
+            if low is not None:
+                bad |= v <= low if low_open else v < low
+            if high is not None:
+                bad |= v >= high if high_open else v > high
+            if bad:
+                raise ValueError(f"{text}, got {value!r}")
+
+    return check
+
+
+def positive(_instance: Any, _attribute: Any, value: Any) -> None:
+    """The value (or every value of a list) must be > 0."""
+    in_range(0, low_open=True)(_instance, _attribute, value)
+
+
+def probability(_instance: Any, _attribute: Any, value: Any) -> None:
+    """The value must lie in the open interval (0, 1)."""
+    in_range(0, 1, low_open=True, high_open=True)(_instance, _attribute, value)
+
+
+def one_of(choices: Sequence[Any]) -> Validator:
+    """The value must be one of ``choices``."""
+
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+    return check
+
+
+def non_empty(_instance: Any, _attribute: Any, value: Any) -> None:
+    """The list must have at least one element."""
+    if len(value) == 0:
+        raise ValueError("must not be empty")
