@@ -70,6 +70,12 @@ def _entry_points() -> list[metadata.EntryPoint]:
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:
+    if name is None:  # a plugin object: name it after its module or class, kept unique
+        base = getattr(plugin, "__name__", None) or type(plugin).__qualname__
+        name, n = base, 1
+        while pm.has_plugin(name):
+            n += 1
+            name = f"{base}#{n}"
     try:
         pm.register(plugin, name=name)
     except (ValueError, pluggy.PluginValidationError) as exc:
@@ -81,8 +87,8 @@ def collect_components(pm: pluggy.PluginManager) -> Registry:
     registry = Registry()
     for kind in KINDS.values():
         caller = getattr(pm.hook, kind.hook)
-        # Call implementations one by one (oldest first) so each registration knows its plugin.
-        for impl in reversed(caller.get_hookimpls()):
+        # Call implementations one by one (in registration order) so each registration knows its plugin.
+        for impl in caller.get_hookimpls():
             register = functools.partial(registry.add, kind.name, plugin=impl.plugin_name)
             impl.function(**{arg: register for arg in impl.argnames})
     return registry

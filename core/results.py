@@ -103,7 +103,7 @@ def _row(result: ExampleResult, mechanisms: Sequence[str]) -> list[str]:
     def fields(name: str) -> list[str]:
         o = result.outcomes[name]
         c = o.certificate
-        return [str(c.prediction), f"{c.radius:.6g}", str(int(result.correct(name))), f"{o.seconds:.4f}", str(c.samples)]
+        return [str(c.prediction), repr(float(c.radius)), str(int(result.correct(name))), f"{o.seconds:.4f}", str(c.samples)]
 
     first = fields(mechanisms[0])
     row = [str(result.index), str(result.label), first[0], first[1], first[2], first[3], first[4]]

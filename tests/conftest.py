@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A third-party plugin package: a certifier registered through the `ensemblecert` entry-point group,
+# exactly as an installed package would declare it (a module plus a dist-info with entry_points.txt).
+THIRD_PARTY_MODULE = '''
+import attrs
+from ensemblecert import ABSTAIN, Certificate, Certifier, hookimpl
+from ensemblecert.validators import in_range
+
+
+@attrs.frozen
+class MajorityVote(Certifier):
+    """Reports the majority class of n draws and never certifies a radius (a test plugin)."""
+
+    n: int = attrs.field(default=50, validator=in_range(1))
+
+    def certify(self, smoothed, x, generator=None):
+        tally = smoothed.tally(x, self.n, generator=generator)
+        return Certificate(tally.top, 0.0, self.n)
+
+
+@hookimpl
+def register_certifiers(register):
+    register("majority", MajorityVote)
+'''
+
+
+@pytest.fixture(scope="session")
+def third_party(tmp_path_factory) -> Path:
+    """A directory holding an 'installed' third-party plugin distribution; put it on sys.path / PYTHONPATH."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "ec_majority.py").write_text(textwrap.dedent(THIRD_PARTY_MODULE))
+    info = root / "ec_majority-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ec-majority\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[ensemblecert]\nmajority = ec_majority\n")
+    return root
+
+
+@pytest.fixture
+def on_path(monkeypatch):
+    """Put directories on sys.path for this test only."""
+
+    def add(path: Path) -> None:
+        monkeypatch.syspath_prepend(str(path))
+
+    return add
+
+
+def run_cli(*args: str, cwd: Path | None = None, extra_path: Path | None = None, timeout: float = 600):
+    env = dict(os.environ)
+    env["COLUMNS"] = "200"
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "ensemblecert", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path) -> dict:
+    """A fast digits pipeline as a dict (2 members, 2 epochs, small n, 12 test inputs)."""
+    return {
+        "seed": 1,
+        "device": "cpu",
+        "output": str(tmp_path / "run"),
+        "data": {"name": "digits"},
+        "noise": {"name": "gaussian", "sigma": 0.25},
+        "ensemble": {"members": 2, "model": {"name": "mlp", "hidden": [32]}},
+        "train": {"epochs": 2, "batch_size": 128, "lr": 0.1},
+        "certify": {
+            "mechanisms": [{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}],
+            "batch_size": 100,
+            "skip": 30,
+            "radii": [0.0, 0.25],
+        },
+    }

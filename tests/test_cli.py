@@ -1,0 +1,110 @@
+"""The command line: clear errors with exit status 2, listings, help, and an end-to-end run."""
+
+import json
+
+import pytest
+
+from ensemblecert.registry import KINDS
+
+MALFORMED = {
+    "bad TOML": ("[train\nepochs = 3\n", "not valid TOML"),
+    "unknown name": ('[ensemble]\naggregator = { name = "avg" }\n', "unknown aggregator 'avg'; known aggregators (ensemble protocols): 'mme', 'we'"),
+    "wrong type": ("[train]\nepochs = \"ten\"\n", "train.epochs: expected an integer, got 'ten'"),
+    "out of range": ('[certify]\nmechanisms = [{ name = "cohen", alpha = 1.5 }]\n', "certify.mechanisms[0].alpha: must be in (0, 1), got 1.5"),
+    "unknown key": ("[train]\nepocs = 3\n", "train.epocs: unknown setting; did you mean 'epochs'?"),
+    "not UTF-8": (b"\xff\xfe[train]\n", "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_malformed_pipeline_gets_one_clear_message(case, command, tmp_path, cli):
+    text, expected = MALFORMED[case]
+    path = tmp_path / "pipeline.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    proc = cli(command, str(path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.count("error:") == 1
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_missing_file(tmp_path, cli):
+    proc = cli("run", "nope.toml", cwd=tmp_path)
+    assert proc.returncode == 2 and "nope.toml: no such pipeline file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_set_and_bad_arguments(tmp_path, cli):
+    proc = cli("validate", "--set", "train.epochs", cwd=tmp_path)
+    assert proc.returncode == 2 and "expected PATH=VALUE" in proc.stderr
+    proc = cli("run", "--no-such-flag", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_missing_data_files_are_a_user_error(tmp_path, cli):
+    proc = cli("run", "--set", 'data={ name = "mnist", root = "nowhere" }', cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "MNIST not found: expected train-images-idx3-ubyte" in proc.stderr
+    assert "data.download = true" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validate_the_default_and_the_example(cli):
+    from conftest import REPO
+
+    for args in ([], [str(REPO / "examples" / "digits.toml")]):
+        proc = cli("validate", *args)
+        assert proc.returncode == 0, proc.stderr
+        assert "valid" in proc.stdout and 'name = "cohen"' in proc.stdout
+
+
+def test_plugins_lists_every_kind_with_builtins(cli):
+    proc = cli("plugins")
+    assert proc.returncode == 0, proc.stderr
+    for kind in KINDS.values():
+        assert kind.title in proc.stdout
+    for name in ["digits", "mnist", "cifar10", "imagenet", "mlp", "lenet", "resnet20", "resnet110", "resnet50",
+                 "we", "mme", "gaussian", "ebs", "cohen"]:
+        assert f" {name} " in proc.stdout
+
+
+def test_plugins_shows_third_party_components(cli, third_party):
+    proc = cli("plugins", extra_path=third_party)
+    assert proc.returncode == 0, proc.stderr
+    assert "majority" in proc.stdout and "MajorityVote" not in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["validate", "--help"], ["plugins", "--help"]])
+def test_help(cli, args):
+    proc = cli(*args)
+    assert proc.returncode == 0 and "usage: ensemblecert" in proc.stdout
+
+
+def test_default_prints_the_builtin_pipeline(cli):
+    from conftest import REPO
+
+    proc = cli("default")
+    assert proc.stdout == (REPO / "examples" / "digits.toml").read_text()
+
+
+def test_run_end_to_end_on_digits(tmp_path, cli):
+    proc = cli(
+        "run", "--output", "out", "--set", "train.epochs=3", "--set", "ensemble.members=3",
+        "--set", "certify.mechanisms[0].n=500", "--set", "certify.skip=12",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Certified accuracy (30 test inputs)" in proc.stdout and "ACR" in proc.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    cohen = summary["mechanisms"]["cohen"]
+    assert summary["examples"] == 30
+    assert set(cohen["certified_accuracy"]) == {"0", "0.25", "0.5", "0.75"}
+    acc = [cohen["certified_accuracy"][r] for r in ("0", "0.25", "0.5", "0.75")]
+    assert acc == sorted(acc, reverse=True) and acc[0] > 0.5  # trained members beat chance by far
+    assert cohen["acr"] > 0
+    rows = (tmp_path / "out" / "certify.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert len(rows) == 31
+    assert (tmp_path / "out" / "certified_accuracy.png").stat().st_size > 1000
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["member_0.pt", "member_1.pt", "member_2.pt"]

@@ -1,0 +1,109 @@
+"""Data set loaders, exercised offline on tiny files written in the real on-disk formats."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ensemblecert import UserError, build_component, load_registry
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry()
+
+
+def dataset(registry, **spec):
+    return build_component("dataset", spec, registry).load()
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """IDX format: big-endian magic (0, 0, dtype 0x08 = ubyte, ndim), the dimensions, then the bytes."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_digits_split_is_fixed(registry):
+    a = dataset(registry, name="digits")
+    b = dataset(registry, name="digits")
+    assert (len(a.train), len(a.test)) == (1437, 360)
+    assert a.info.input_shape == (1, 8, 8) and a.info.num_classes == 10
+    assert torch.equal(a.test.tensors[0], b.test.tensors[0])
+    x, y = a.test[0]
+    assert x.shape == (1, 8, 8) and 0.0 <= x.min() and x.max() <= 1.0 and 0 <= int(y) < 10
+    labels = a.test.tensors[1]
+    assert torch.bincount(labels, minlength=10).min() >= 35  # stratified
+
+
+def test_mnist_reads_raw_idx_files(tmp_path, registry):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    splits = dataset(registry, name="mnist", root=str(tmp_path))
+    assert (len(splits.train), len(splits.test)) == (6, 4)
+    x, y = splits.test[3]
+    assert x.shape == (1, 28, 28) and y == 3 and 0 <= x.min() and x.max() <= 1
+
+
+def test_mnist_missing_files_are_named(tmp_path, registry):
+    with pytest.raises(UserError) as info:
+        dataset(registry, name="mnist", root=str(tmp_path))
+    message = str(info.value)
+    assert "train-images-idx3-ubyte" in message and str(tmp_path / "MNIST" / "raw") in message
+    assert "data.download = true" in message
+
+
+def write_cifar(root, n_per_batch=3):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {"data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8), "labels": [1, 2, 3][:n_per_batch]}
+        with open(base / name, "wb") as fh:
+            pickle.dump(entry, fh)
+    with open(base / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}, fh)
+
+
+def test_cifar10_reads_python_batches(tmp_path, registry):
+    write_cifar(tmp_path)
+    splits = dataset(registry, name="cifar10", root=str(tmp_path), verify=False, augment=False)
+    assert (len(splits.train), len(splits.test)) == (15, 3)
+    x, y = splits.test[2]
+    assert x.shape == (3, 32, 32) and y == 3
+    assert splits.info.num_classes == 10 and len(splits.info.mean) == 3
+
+
+def test_cifar10_checksums_are_checked_by_default(tmp_path, registry):
+    write_cifar(tmp_path)
+    with pytest.raises(UserError, match="checksum .* data.verify = false"):
+        dataset(registry, name="cifar10", root=str(tmp_path))
+
+
+def test_cifar10_missing(tmp_path, registry):
+    with pytest.raises(UserError, match="CIFAR-10 not found: expected data_batch_1"):
+        dataset(registry, name="cifar10", root=str(tmp_path), verify=False)
+
+
+def test_imagenet_reads_class_folders(tmp_path, registry):
+    for split, per_class in (("train", 2), ("val", 1)):
+        for wnid in ("n01440764", "n01443537"):
+            folder = tmp_path / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(np.full((40, 30, 3), 50 * i, dtype=np.uint8)).save(folder / f"{wnid}_{i}.JPEG", format="JPEG")
+    splits = dataset(registry, name="imagenet", root=str(tmp_path))
+    assert (len(splits.train), len(splits.test), splits.info.num_classes) == (4, 2, 2)
+    x, y = splits.test[1]
+    assert x.shape == (3, 224, 224) and y == 1
+
+
+def test_imagenet_missing(tmp_path, registry):
+    with pytest.raises(UserError, match="ImageNet not found: expected class folders"):
+        dataset(registry, name="imagenet", root=str(tmp_path))
