@@ -70,6 +70,8 @@ class EnsembleConfig:
     smoothing: SmoothingStrategy = component("smoothing", {"name": "ebs"})
     #: Checkpoint files to load instead of the run's own (one per member); implies no training.
     checkpoints: list[str] = attrs.field(factory=list)
+    #: Evaluate members as one torch.func.vmap call (slower than a loop on CPU; see benchmarks/members.py).
+    vectorize: bool = False
 
 
 @attrs.frozen(kw_only=True)

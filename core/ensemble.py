@@ -63,11 +63,12 @@ def _signature(module: nn.Module) -> tuple:
 class Members:
     """The members of an ensemble, run on one batch.
 
-    When all members share one architecture and are in evaluation mode they run as a single
-    vectorised call (``torch.func.vmap`` over their stacked weights); otherwise one after another.
+    With ``vectorize`` and members that share one architecture and are in evaluation mode, they run
+    as a single vectorised call (``torch.func.vmap`` over their stacked weights); otherwise one after
+    another. On CPU the loop is faster (``benchmarks/members.py``), hence the default.
     """
 
-    def __init__(self, modules: Sequence[nn.Module], *, vectorize: bool = True) -> None:
+    def __init__(self, modules: Sequence[nn.Module], *, vectorize: bool = False) -> None:
         self.modules = list(modules)
         self._stacked: tuple[dict, dict] | None = None
         self._base: nn.Module | None = None
@@ -106,7 +107,7 @@ class Ensemble(nn.Module):
     ``evaluate`` returns the full :class:`Aggregate` (member logits and evaluation counts too).
     """
 
-    def __init__(self, members: Sequence[nn.Module], aggregator: Aggregator, *, vectorize: bool = True) -> None:
+    def __init__(self, members: Sequence[nn.Module], aggregator: Aggregator, *, vectorize: bool = False) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")

@@ -310,7 +310,8 @@ def run_pipeline(
         f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes; device {run.device}"
     )
     members, losses = run.members(data)
-    ensemble = Ensemble(members, pipeline.ensemble.aggregator).to(run.device).eval()
+    ensemble = Ensemble(members, pipeline.ensemble.aggregator, vectorize=pipeline.ensemble.vectorize)
+    ensemble = ensemble.to(run.device).eval()
     results: list[ExampleResult] = []
     summary = None
     if pipeline.certify.enabled:

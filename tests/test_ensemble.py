@@ -40,7 +40,7 @@ def test_vectorised_members_match_one_by_one(model):
     info = DataInfo((3, 8, 8), 3, (0.5,) * 3, (0.25,) * 3) if isinstance(model, ResNet20) else INFO
     members = [build_member(model, info, seed).eval() for seed in range(3)]
     x = torch.rand(7, *info.input_shape)
-    together = Members(members)
+    together = Members(members, vectorize=True)
     assert together.vectorized
     looped = Members(members, vectorize=False)
     with torch.no_grad():

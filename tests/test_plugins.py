@@ -128,3 +128,21 @@ def test_registry_can_be_built_without_entry_points():
     assert list(registry) == []
     with pytest.raises(UserError, match="known certificate mechanisms: none"):
         registry.get("certifier", "cohen")
+
+
+def test_the_documented_plugin_example_works_and_is_sound(tmp_path, on_path):
+    from conftest import REPO
+
+    from ensemblecert.plugins.noise import GaussianNoise
+    from ensemblecert.testing import assert_sound
+
+    text = (REPO / "docs" / "plugins.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "doc_example_plugin.py").write_text(code)
+    on_path(tmp_path)
+    pipeline, registry = load_pipeline(
+        {"plugins": ["doc_example_plugin"], "certify": {"mechanisms": [{"name": "two-stage", "n": 200, "n0": 20, "alpha": 0.1}]}}
+    )
+    mechanism = pipeline.certify.mechanisms[0]
+    assert registry.get("certifier", "two-stage").plugin == "doc_example_plugin"
+    assert_sound(mechanism, GaussianNoise(0.5), trials=600)
