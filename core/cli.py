@@ -154,6 +154,8 @@ def _validate(args: argparse.Namespace, out: Console) -> int:
 
 
 def _inline(value: object) -> str:
+    if value is None:
+        return "none"
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + " }"
     if isinstance(value, list):

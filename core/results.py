@@ -185,7 +185,7 @@ def plot_certified_accuracy(results: Iterable[ExampleResult], mechanisms: Sequen
     for name in mechanisms:
         radii = sorted(r.outcomes[name].certificate.radius for r in results if r.correct(name))
         top = max([*radii, 1e-9])
-        grid = [top * i / 200 for i in range(201)]
+        grid = [1.05 * top * i / 200 for i in range(201)]
         n = max(len(results), 1)
         ax.plot(grid, [sum(r >= g for r in radii) / n for g in grid], label=name)
     ax.set_xlabel("L2 radius")
