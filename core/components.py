@@ -90,6 +90,10 @@ class Aggregator(ABC):
     def combine(self, member_logits: Tensor) -> Tensor:
         """Map member logits ``[N, B, C]`` to ensemble class probabilities ``[B, C]`` (rows sum to 1)."""
 
+    def check_members(self, count: int) -> str | None:
+        """Return why this protocol cannot combine ``count`` members, or ``None``. Called once per run."""
+        return None
+
 
 # --------------------------------------------------------------------------------------- noise
 class NoiseSampler(ABC):

@@ -67,6 +67,7 @@ def register_aggregators(register: Register) -> None:
     ``Aggregator.forward(members, x)`` is called on every (noisy) batch during certification and
     prediction. It returns an :class:`~ensemblecert.Aggregate` holding class probabilities, the member
     logits it computed and how many member evaluations it spent; it may skip members (K-consensus).
+    ``Aggregator.check_members(count)`` is called once per run to refuse an ensemble size it cannot combine.
     """
 
 

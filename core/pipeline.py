@@ -82,7 +82,7 @@ def check_pipeline(pipeline: Pipeline) -> None:
             f"ensemble.checkpoints: {len(checkpoints)} files for {pipeline.ensemble.members} members; "
             "give one checkpoint per member or change ensemble.members"
         )
-    why = getattr(pipeline.ensemble.aggregator, "check_members", lambda n: None)(pipeline.ensemble.members)
+    why = pipeline.ensemble.aggregator.check_members(pipeline.ensemble.members)
     if why:
         problems.append(f"ensemble.aggregator: {why}")
     if problems:

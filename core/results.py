@@ -150,6 +150,8 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
     reader = csv.reader([ln for ln in complete if ln], delimiter="\t")
     header = next(reader, None)
     expected = columns(mechanisms)
+    if header is None:
+        return []
     if header != expected:
         raise UserError(
             f"{path}: its columns {header} do not match this pipeline's mechanisms {list(mechanisms)}; "
