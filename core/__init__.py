@@ -3,9 +3,10 @@
 The public API. Plugins import only from here (and ``ensemblecert.validators`` for field checks).
 """
 
-from .certification import certify, certify_one, input_generator
+from .certification import certify, input_generator
 from .components import (
     ABSTAIN,
+    Aggregate,
     Aggregator,
     Certificate,
     Certifier,
@@ -19,7 +20,7 @@ from .components import (
     TrainBatch,
 )
 from .config import Pipeline, build_component, describe, load_pipeline
-from .ensemble import Aggregate, Ensemble, Members, Normalize, build_member
+from .ensemble import Ensemble, Members, Normalize, build_member
 from .errors import ConfigError, UserError
 from .hookspecs import hookimpl
 from .manager import load_registry, make_plugin_manager
@@ -61,7 +62,6 @@ __all__ = [
     "build_component",
     "build_member",
     "certify",
-    "certify_one",
     "clopper_pearson_interval",
     "clopper_pearson_lower",
     "clopper_pearson_upper",

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from .components import Certificate, Certifier, NoiseSampler, SmoothingStrategy
+from .components import Certificate, Certifier, NoiseSampler
 from .sampling import Classifier, MonteCarloSampler, SmoothedClassifier
 
 
@@ -22,19 +22,6 @@ def input_generator(seed: int, index: int, slot: int = 0, device: torch.device |
     gen = torch.Generator(device=device)
     gen.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
     return gen
-
-
-def certify_one(
-    mechanism: Certifier,
-    smoothed: SmoothedClassifier,
-    x: Tensor,
-    generator: torch.Generator | None = None,
-    strategy: SmoothingStrategy | None = None,
-) -> Certificate:
-    """Certify one input, through ``strategy`` when given (it may combine per-member certificates)."""
-    if strategy is not None:
-        return strategy.certify(mechanism, smoothed, x, generator)
-    return mechanism.certify(smoothed, x, generator)
 
 
 def certify(

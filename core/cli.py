@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import attrs
 from rich.console import Console
 from rich.table import Table
 
@@ -189,9 +190,7 @@ def _plugins(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def _default(a) -> str:
-    import attrs
-
+def _default(a: attrs.Attribute) -> str:
     d = a.default
     if d is attrs.NOTHING:
         return "(required)"

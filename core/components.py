@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
-    from .ensemble import Aggregate, Ensemble, Members
+    from .ensemble import Ensemble, Members
     from .sampling import SmoothedClassifier
 
 #: The prediction a certifier reports when it abstains.
@@ -69,6 +69,20 @@ class Model(ABC):
 
 
 # --------------------------------------------------------------------------------- aggregation
+@attrs.frozen
+class Aggregate:
+    """An aggregator's answer for one batch.
+
+    ``probs``: ensemble class probabilities ``[B, C]``. ``member_logits``: the members' logits
+    ``[N, B, C]`` when every member was evaluated (``None`` when the protocol skipped some).
+    ``evaluations``: member forward passes spent, summed over the batch.
+    """
+
+    probs: Tensor
+    member_logits: Tensor | None
+    evaluations: int
+
+
 class Aggregator(ABC):
     """An ensemble protocol: how the members' outputs become one prediction.
 
@@ -79,8 +93,6 @@ class Aggregator(ABC):
 
     def forward(self, members: Members, x: Tensor) -> Aggregate:
         """Evaluate ``members`` on the batch ``x`` and aggregate. Called on every noisy batch."""
-        from .ensemble import Aggregate
-
         logits = members.logits(x)
         return Aggregate(
             probs=self.combine(logits), member_logits=logits, evaluations=len(members) * x.shape[0]

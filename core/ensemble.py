@@ -6,12 +6,11 @@ import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import attrs
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
-from .components import Aggregator, DataInfo, Model
+from .components import Aggregate, Aggregator, DataInfo, Model
 
 
 class Normalize(nn.Module):
@@ -36,20 +35,6 @@ def build_member(model: Model, info: DataInfo, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         net = model.build(info)
     return nn.Sequential(OrderedDict(normalize=Normalize(info.mean, info.std), net=net))
-
-
-@attrs.frozen
-class Aggregate:
-    """An aggregator's answer for one batch.
-
-    ``probs``: ensemble class probabilities ``[B, C]``. ``member_logits``: the members' logits
-    ``[N, B, C]`` when every member was evaluated (``None`` when the protocol skipped some).
-    ``evaluations``: member forward passes spent, summed over the batch.
-    """
-
-    probs: Tensor
-    member_logits: Tensor | None
-    evaluations: int
 
 
 def _signature(module: nn.Module) -> tuple:
@@ -118,7 +103,12 @@ class Ensemble(nn.Module):
         self._runner_key: tuple | None = None
 
     def runner(self) -> Members:
-        """The :class:`Members` view, rebuilt whenever a weight changed or the mode switched."""
+        """The :class:`Members` view. Vectorised, it holds stacked copies of the weights, rebuilt whenever
+        a weight changed or the mode switched; looped, it holds the modules themselves."""
+        if not self.vectorize:
+            if self._runner is None:
+                self._runner = Members(list(self.members))
+            return self._runner
         key = (self.training, tuple((id(p), p._version) for p in self.parameters()))
         if self._runner is None or key != self._runner_key:
             self._runner = Members(list(self.members), vectorize=self.vectorize)

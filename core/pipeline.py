@@ -24,7 +24,7 @@ import attrs
 import torch
 from torch import nn
 
-from .certification import certify_one, input_generator
+from .certification import input_generator
 from .checkpoints import load_checkpoint, plain, save_checkpoint, write_json
 from .components import DataInfo, DataSplits
 from .config import Pipeline, describe, load_pipeline
@@ -195,16 +195,9 @@ class _Run:
             losses = train_ensemble(
                 members,
                 data,
-                objective=t.objective,
+                t,
                 noise=p.train_noise,
                 aggregator=p.ensemble.aggregator,
-                epochs=t.epochs,
-                batch_size=t.batch_size,
-                lr=t.lr,
-                momentum=t.momentum,
-                weight_decay=t.weight_decay,
-                lr_step=t.lr_step,
-                lr_gamma=t.lr_gamma,
                 seed=p.seed,
                 device=self.device,
                 resume=resume,
@@ -267,6 +260,7 @@ class _Run:
             self.rep.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already in {tsv}")
         strategy = p.ensemble.smoothing
         smoothed = strategy.smooth(ensemble, p.noise, batch_size=c.batch_size)
+        correct = sum(r.correct(labels[0]) for r in results)
         with ResultsWriter(tsv, labels) as writer, self.rep.progress() as bar:
             task = bar.add_task("certify", total=len(indices), completed=len(results), status="")
             for index in todo:
@@ -276,12 +270,12 @@ class _Run:
                 for slot, (label, mech) in enumerate(zip(labels, c.mechanisms)):
                     gen = input_generator(p.seed, index, slot, self.device)
                     start = time.perf_counter()
-                    cert = certify_one(mech, smoothed, x, gen, strategy)
+                    cert = strategy.certify(mech, smoothed, x, gen)
                     outcomes[label] = Outcome(cert, time.perf_counter() - start)
                 result = ExampleResult(index=index, label=int(y), outcomes=outcomes)
                 writer.write(result)
                 results.append(result)
-                correct = sum(r.correct(labels[0]) for r in results)
+                correct += result.correct(labels[0])
                 bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
         results.sort(key=lambda r: r.index)
         summary = summarize(results, labels, c.radii)

@@ -14,43 +14,32 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .components import Aggregator, DataSplits, NoiseSampler, Regularizer, TrainBatch
-
-
-def make_optimizer(members: Sequence[nn.Module], lr: float, momentum: float, weight_decay: float, lr_step: int, lr_gamma: float):
-    params = [p for m in members for p in m.parameters()]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_step, gamma=lr_gamma)
-    return opt, sched
+from .components import Aggregator, DataSplits, NoiseSampler, TrainBatch
+from .config import TrainConfig
 
 
 def train_ensemble(
     members: Sequence[nn.Module],
     data: DataSplits,
+    config: TrainConfig,
     *,
-    objective: Regularizer,
     noise: NoiseSampler,
     aggregator: Aggregator,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    lr_step: int,
-    lr_gamma: float,
     seed: int,
     device: torch.device,
     resume: dict[str, Any] | None = None,
     on_epoch: Callable[[int, float, dict[str, Any]], None] | None = None,
     on_batch: Callable[[], None] | None = None,
 ) -> list[float]:
-    """Train ``members`` in place for ``epochs`` epochs and return the mean loss of each epoch run.
+    """Train ``members`` in place as ``config`` says and return the mean loss of each epoch run.
 
     ``resume`` is a state previously passed to ``on_epoch(epoch, mean_loss, state)``; training
     continues after its epoch. Shuffling and noise are seeded from ``(seed, epoch)``, so a resumed run
     sees the batches an uninterrupted one would have.
     """
-    opt, sched = make_optimizer(members, lr, momentum, weight_decay, lr_step, lr_gamma)
+    params = [p for m in members for p in m.parameters()]
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_step, gamma=config.lr_gamma)
     start = 0
     if resume is not None:
         for m, state in zip(members, resume["members"]):
@@ -59,17 +48,17 @@ def train_ensemble(
         sched.load_state_dict(resume["scheduler"])
         start = int(resume["epoch"])
     losses = []
-    for epoch in range(start, epochs):
+    for epoch in range(start, config.epochs):
         for m in members:
             m.train()
         order = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=order)
+        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, generator=order)
         gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch + 7_919)
         total = torch.zeros((), device=device)
         batches = 0
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = objective.loss(
+            loss = config.objective.loss(
                 TrainBatch(x=x, y=y, members=members, noise=noise, aggregator=aggregator, generator=gen, epoch=epoch)
             )
             opt.zero_grad(set_to_none=True)

@@ -48,14 +48,11 @@ def in_range(
     return check
 
 
-def positive(_instance: Any, _attribute: Any, value: Any) -> None:
-    """The value (or every value of a list) must be > 0."""
-    in_range(0, low_open=True)(_instance, _attribute, value)
+#: The value (or every value of a list) must be > 0.
+positive = in_range(0, low_open=True)
 
-
-def probability(_instance: Any, _attribute: Any, value: Any) -> None:
-    """The value must lie in the open interval (0, 1)."""
-    in_range(0, 1, low_open=True, high_open=True)(_instance, _attribute, value)
+#: The value must lie in the open interval (0, 1).
+probability = in_range(0, 1, low_open=True, high_open=True)
 
 
 def one_of(choices: Sequence[Any]) -> Validator:

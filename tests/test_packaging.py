@@ -1,5 +1,6 @@
 """A built wheel imports exactly like the editable install: same packages, entry points and data."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -8,9 +9,15 @@ from conftest import REPO
 
 
 def test_wheel_contents_and_imports(tmp_path):
+    # Build from a copy of the tracked files: a build/ left in the checkout could leak stale modules.
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    source = tmp_path / "source"
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
     dist = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert build.returncode == 0, build.stdout + build.stderr
