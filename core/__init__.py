@@ -28,7 +28,13 @@ from .pipeline import RunResult, run, run_pipeline
 from .registry import KINDS, Component, Registry
 from .results import ExampleResult, Summary, summarize
 from .sampling import MonteCarloSampler, SmoothedClassifier, Tally
-from .stats import clopper_pearson_interval, clopper_pearson_lower, clopper_pearson_upper
+from .stats import (
+    clopper_pearson_interval,
+    clopper_pearson_lower,
+    clopper_pearson_lower_gap,
+    clopper_pearson_upper,
+    gaussian_radius,
+)
 
 __all__ = [
     "ABSTAIN",
@@ -64,8 +70,10 @@ __all__ = [
     "certify",
     "clopper_pearson_interval",
     "clopper_pearson_lower",
+    "clopper_pearson_lower_gap",
     "clopper_pearson_upper",
     "describe",
+    "gaussian_radius",
     "hookimpl",
     "input_generator",
     "load_pipeline",

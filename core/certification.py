@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -33,6 +33,7 @@ def certify(
     batch_size: int = 1000,
     num_classes: int | None = None,
     seed: int = 0,
+    indices: Sequence[int] | None = None,
     device: torch.device | str | None = None,
 ) -> list[Certificate]:
     """Certify each input with ``mechanism``, no pipeline needed.
@@ -40,6 +41,10 @@ def certify(
     ``classifier`` is any callable from a batch of inputs to logits (an :class:`~ensemblecert.Ensemble`
     included), smoothed with ``noise``; or an already smoothed classifier (then ``noise`` is unused).
     ``inputs`` is a tensor whose first dimension indexes inputs, or an iterable of single inputs.
+    The noise of an input comes from ``input_generator(seed, index)`` where ``index`` is its entry in
+    ``indices`` (default ``0, 1, 2, ...``): certifying a shard with its indices in the full list gives
+    exactly the full run's certificates for those inputs, whatever ``batch_size`` is. A module is
+    certified in evaluation mode and left as it was.
     """
     if isinstance(classifier, SmoothedClassifier):
         smoothed = classifier
@@ -53,7 +58,12 @@ def certify(
     if problem:
         raise ValueError(problem)
     gen_device = getattr(smoothed, "device", "cpu")
+    inputs = list(inputs)
+    if indices is None:
+        indices = range(len(inputs))
+    elif len(indices) != len(inputs):
+        raise ValueError(f"got {len(indices)} indices for {len(inputs)} inputs; give one index per input")
     return [
-        mechanism.certify(smoothed, x, input_generator(seed, i, device=gen_device))
-        for i, x in enumerate(inputs)
+        mechanism.certify(smoothed, x, input_generator(seed, int(i), device=gen_device))
+        for i, x in zip(indices, inputs)
     ]

@@ -1,13 +1,24 @@
 """Monte-Carlo smoothing: draw noisy copies of one input and count what the base classifier says.
 
-This is the hot path of certification. Noise is drawn a whole batch at a time, predictions are
-counted on the device with ``bincount``, and only the final counts are copied to the host, so
-memory is bounded by ``batch_size`` and not by the number of samples.
+This is the hot path of certification. Noise is drawn in blocks of :data:`NOISE_BLOCK` samples
+(never one sample at a time), predictions are counted on the device with ``bincount``, and only the
+final counts are copied to the host, so memory is bounded by ``batch_size`` and not by the number of
+samples.
+
+Two things make a tally depend only on the input, ``n`` and the generator:
+
+* the noise of sample ``j`` is the same whatever ``batch_size`` is, because noise is always drawn in
+  blocks of :data:`NOISE_BLOCK` samples and batches are cut from those blocks (a random-number
+  generator's output for one request of ``m`` numbers differs from two requests that add up to ``m``);
+* the classifier runs in evaluation mode (dropout off, batch-norm on its running statistics), so each
+  draw's prediction does not depend on the other draws in its batch, as the binomial bounds assume; the
+  caller's mode is restored afterwards and no state of the model changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -63,6 +74,66 @@ class SmoothedClassifier(Protocol):
 
 Classifier = Callable[[Tensor], Tensor]
 
+#: Noise is drawn this many samples at a time, whatever the batch size (see the module docstring).
+NOISE_BLOCK = 128
+
+
+@contextmanager
+def evaluation_mode(model: object) -> Iterator[None]:
+    """Run ``model`` (any ``nn.Module``; other callables are left alone) in evaluation mode, then restore
+    every submodule's own mode."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    if not any(training for _, training in modes):
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+class NoiseStream:
+    """Consecutive noisy copies of one input, drawn in blocks of ``block`` samples.
+
+    ``take(k)`` returns the next ``k`` noisy copies; the noise of the ``j``-th copy depends only on the
+    generator's state when the stream started, never on how the copies are split into batches.
+    """
+
+    def __init__(
+        self,
+        noise: NoiseSampler,
+        x: Tensor,
+        generator: torch.Generator | None,
+        *,
+        block: int = NOISE_BLOCK,
+    ) -> None:
+        self.noise = noise
+        self.x = x
+        self.generator = generator
+        self.block = block
+        self._left: Tensor | None = None  # drawn noise not yet handed out
+
+    def _draw(self) -> Tensor:
+        return self.noise.sample(
+            (self.block, *self.x.shape), generator=self.generator, device=self.x.device, dtype=self.x.dtype
+        )
+
+    def take(self, count: int) -> Tensor:
+        pieces: list[Tensor] = []
+        need = count
+        while need > 0:
+            block = self._left if self._left is not None else self._draw()
+            pieces.append(block[:need])
+            self._left = block[need:] if need < block.shape[0] else None
+            need -= pieces[-1].shape[0]
+        batch = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return batch.add_(self.x)  # rows handed out are never handed out again, so in place is safe
+
 
 class MonteCarloSampler:
     """Smooth ``classifier`` under ``noise`` by sampling.
@@ -91,7 +162,7 @@ class MonteCarloSampler:
         self._ensemble = classifier if isinstance(classifier, Ensemble) else None
 
     def _infer_classes(self, x: Tensor) -> int:
-        with torch.inference_mode():
+        with torch.inference_mode(), evaluation_mode(self.classifier):
             return int(self._scores(x.unsqueeze(0))[0].shape[-1])
 
     def _scores(self, batch: Tensor) -> tuple[Tensor, bool, Tensor | None, int]:
@@ -127,11 +198,11 @@ class MonteCarloSampler:
             )
         evaluations = 0
         done = 0
-        with torch.inference_mode():
+        stream = NoiseStream(self.noise, x, generator)
+        with torch.inference_mode(), evaluation_mode(self.classifier):
             while done < n:
                 size = min(self.batch_size, n - done)
-                batch = self.noise.sample((size, *x.shape), generator=generator, device=self.device, dtype=x.dtype)
-                batch += x
+                batch = stream.take(size)
                 scores, are_probs, member_logits, spent = self._scores(batch)
                 evaluations += spent
                 if scores.shape[-1] != classes:

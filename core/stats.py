@@ -1,4 +1,10 @@
-"""Confidence bounds shared by every certifier (pure functions over counts)."""
+"""Confidence bounds shared by every certifier (pure, vectorized functions over counts).
+
+Near ``p = 1`` a bound such as ``0.9999999999970043`` carries few significant digits of the distance to 1,
+and a radius ``sigma * Phi^-1(p)`` amplifies that loss (an infinite radius once the bound rounds to 1).
+:func:`clopper_pearson_lower_gap` therefore returns ``1 - lower bound`` computed directly, and radii are
+computed from it with the normal's inverse survival function (:func:`gaussian_radius`).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +27,24 @@ def _out(x: np.ndarray) -> float | np.ndarray:
     return float(x) if x.ndim == 0 else x
 
 
+def clopper_pearson_lower_gap(successes: ArrayLike, trials: ArrayLike, alpha: float) -> float | np.ndarray:
+    """``1 - `` the one-sided Clopper-Pearson lower bound, computed without cancellation.
+
+    The lower bound is the ``alpha`` quantile of ``Beta(k, n - k + 1)``, so its distance to 1 is the upper
+    ``alpha`` quantile of ``Beta(n - k + 1, k)`` (1 when ``k = 0``).
+    """
+    k, n = _check(successes, trials, alpha)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = stats.beta.isf(alpha, n - k + 1, np.maximum(k, 1))
+    return _out(np.where(k == 0, 1.0, gap))
+
+
 def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float) -> float | np.ndarray:
     """One-sided Clopper-Pearson lower bound: ``P(p < bound) <= alpha`` for ``successes ~ Bin(trials, p)``.
 
     The ``alpha`` quantile of ``Beta(k, n - k + 1)``, and 0 when ``k = 0`` (Clopper & Pearson, 1934;
-    LOWERCONFBND of Algorithm 1 in 001_94e5826843c1fbd1.txt).
+    LOWERCONFBND of Algorithm 1 in 001_94e5826843c1fbd1.txt). Near 1 prefer
+    :func:`clopper_pearson_lower_gap`.
     """
     k, n = _check(successes, trials, alpha)
     with np.errstate(invalid="ignore"):
@@ -49,3 +68,15 @@ def clopper_pearson_interval(
         clopper_pearson_lower(successes, trials, alpha / 2),
         clopper_pearson_upper(successes, trials, alpha / 2),
     )
+
+
+def gaussian_radius(gap: ArrayLike, sigma: float) -> float | np.ndarray:
+    """``sigma * Phi^-1(1 - gap)``, the L2 radius of a class with probability at least ``1 - gap``.
+
+    Computed as ``sigma * Phi^-1`` of the upper tail (``norm.isf(gap)``), exact for tiny gaps; 0 when
+    ``gap >= 1/2`` (no certificate). Cohen et al.'s Theorem 1 with ``p_B = 1 - p_A``.
+    """
+    q = np.asarray(gap, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        radius = np.where(q < 0.5, sigma * stats.norm.isf(np.clip(q, 0.0, 0.5)), 0.0)
+    return _out(radius)

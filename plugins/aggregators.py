@@ -37,19 +37,36 @@ class WeightedEnsemble(Aggregator):
         return torch.einsum("n,nbc->bc", w / w.sum(), probs)
 
 
+def margin_logit(member_logits: Tensor) -> Tensor:
+    """``log(m / (1 - m))`` of the softmax margin ``m = f_top - f_runner-up`` (Definition 3), from logits.
+
+    Increasing in ``m``, so the member with the largest value has the largest margin; exact at both ends,
+    where ``m`` itself rounds to 0 or to 1 in float32 (two members with top probabilities above
+    ``1 - 6e-8`` both have ``m == 1.0`` there). With ``d = l_runner-up - l_top <= 0`` and ``s`` the
+    log-sum-exp of all non-top logits minus ``l_top``: ``m = (1 - e^d) / Z`` and ``1 - m = (e^s + e^d) / Z``
+    for the same ``Z``, so the value is ``log(-expm1(d)) - logaddexp(s, d)``. Returns ``[N, B]``.
+    """
+    top2 = member_logits.topk(2, dim=-1)
+    lead = top2.values[..., :1]
+    shifted = (member_logits - lead).scatter(-1, top2.indices[..., :1], float("-inf"))
+    d = top2.values[..., 1] - top2.values[..., 0]
+    s = shifted.logsumexp(dim=-1)
+    return torch.log(-torch.expm1(d)) - torch.logaddexp(s, d)
+
+
 @attrs.frozen
 class MaxMarginEnsemble(Aggregator):
     """Max-Margin Ensemble (MME, Definition 3, Eq. 2): follow the member most confident over its runner-up.
 
-    For each input, pick ``c = argmax_i f_i(x)_top - f_i(x)_runner-up`` and output member ``c``'s
-    softmax, so the ensemble predicts ``F_c(x)``.
+    For each input, pick ``c = argmax_i f_i(x)_top - f_i(x)_runner-up`` (softmax probabilities; the
+    comparison is made exactly through :func:`margin_logit`) and output member ``c``'s softmax, so the
+    ensemble predicts ``F_c(x)``. Ties go to the lowest member index.
     """
 
     def combine(self, member_logits: Tensor) -> Tensor:
-        probs = member_logits.softmax(dim=-1)  # [N, B, C]
-        top2 = probs.topk(2, dim=-1).values
-        chosen = (top2[..., 0] - top2[..., 1]).argmax(dim=0)  # [B]
-        return probs[chosen, torch.arange(probs.shape[1], device=probs.device)]
+        chosen = margin_logit(member_logits).argmax(dim=0)  # [B]
+        logits = member_logits[chosen, torch.arange(member_logits.shape[1], device=member_logits.device)]
+        return logits.softmax(dim=-1)
 
 
 @hookimpl

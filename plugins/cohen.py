@@ -3,6 +3,7 @@
 CERTIFY as Algorithm 1 of 001_94e5826843c1fbd1.txt: ``n0`` draws select the top class, ``n`` fresh
 draws give a one-sided Clopper-Pearson lower bound on its probability at level ``1 - alpha``; above
 one half it certifies ``sigma * Phi^-1(p_lower)`` (Theorem 3.1 with ``p_B = 1 - p_A``), else abstains.
+The radius is computed from ``1 - p_lower`` directly, so it stays exact (and finite) as ``p_lower -> 1``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,25 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from ensemblecert import ABSTAIN, Certificate, Certifier, NoiseSampler, SmoothedClassifier, clopper_pearson_lower, hookimpl
+from ensemblecert import (
+    ABSTAIN,
+    Certificate,
+    Certifier,
+    NoiseSampler,
+    SmoothedClassifier,
+    clopper_pearson_lower_gap,
+    gaussian_radius,
+    hookimpl,
+)
 from ensemblecert.validators import in_range, probability
 
 
 def cohen_radius(p_lower: float, sigma: float) -> float:
-    """``sigma * Phi^-1(p_lower)`` when ``p_lower > 1/2``, else 0 (no certificate)."""
-    return float(sigma * stats.norm.ppf(p_lower)) if p_lower > 0.5 else 0.0
+    """``sigma * Phi^-1(p_lower)`` when ``p_lower > 1/2``, else 0 (no certificate).
+
+    Precise only as far as ``p_lower`` is; :meth:`Cohen.radius` works from ``1 - p_lower``.
+    """
+    return float(gaussian_radius(1.0 - p_lower, sigma))
 
 
 @attrs.frozen
@@ -36,15 +49,15 @@ class Cohen(Certifier):
 
     def radius(self, count: int, n: int, sigma: float) -> tuple[float, float]:
         """``(p_lower, radius)`` from ``count`` top-class hits in ``n`` draws, without sampling."""
-        p_lower = float(clopper_pearson_lower(count, n, self.alpha))
-        return p_lower, cohen_radius(p_lower, sigma)
+        gap = float(clopper_pearson_lower_gap(count, n, self.alpha))
+        return 1.0 - gap, float(gaussian_radius(gap, sigma))
 
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
         top = smoothed.tally(x, self.n0, generator=generator).top
         count = int(smoothed.tally(x, self.n, generator=generator).counts[top])
         p_lower, radius = self.radius(count, self.n, smoothed.noise.sigma)
         details = {"count": float(count), "p_lower": p_lower}
-        if p_lower <= 0.5:
+        if radius <= 0.0:
             return Certificate(ABSTAIN, 0.0, self.n0 + self.n, details)
         return Certificate(top, radius, self.n0 + self.n, details)
 

@@ -1,10 +1,12 @@
 """Cohen's CERTIFY: closed-form radius, soundness against an exactly known smoothed classifier, PREDICT."""
 
+import copy
 import math
 
 import pytest
 import torch
 from scipy import stats
+from torch import nn
 
 from ensemblecert import ABSTAIN, Certificate, Certifier, MonteCarloSampler, certify, input_generator
 from ensemblecert.plugins.cohen import Cohen, cohen_radius
@@ -20,17 +22,24 @@ def test_radius_formula():
     assert r == pytest.approx(0.25 * stats.norm.ppf(p_low))
 
 
-def test_cohen_is_sound_on_a_linear_model():
-    # Small n and a large alpha make over-claiming likely if the bound were wrong.
-    report = check_soundness(Cohen(n0=20, n=100, alpha=0.1), GaussianNoise(sigma=0.5), trials=1500)
-    assert report.sound, str(report)
-    assert report.certified > 500  # the test exercised many certificates, not only abstentions
+@pytest.mark.parametrize("n, alpha", [(10**7, 0.2), (10**9, 0.5), (10**12, 0.05), (10**20, 0.001)])
+def test_radius_is_exact_near_p_one(n, alpha):
+    # All n draws agree: the lower bound is alpha^(1/n), so 1 - p_lower = -expm1(log(alpha) / n) exactly.
+    # Through p_lower itself the radius is off by up to 1e-7 relative (too large), or infinite at 1e20.
+    gap = -math.expm1(math.log(alpha) / n)
+    exact = 0.25 * stats.norm.isf(gap)
+    p_lower, radius = Cohen(alpha=alpha).radius(n, n, 0.25)
+    assert math.isfinite(radius)
+    assert radius == pytest.approx(exact, rel=1e-13)
+    assert radius <= exact * (1 + 1e-14)
+    assert p_lower == pytest.approx(1 - gap, abs=1e-16)
 
 
-@pytest.mark.parametrize("sigma", [0.12, 1.0])
-def test_cohen_is_sound_at_other_scales(sigma):
-    report = check_soundness(Cohen(n0=10, n=50, alpha=0.2), GaussianNoise(sigma=sigma), trials=800, seed=3)
+@pytest.mark.parametrize("sigma, alpha, n0, n", [(0.12, 0.2, 10, 50), (1.0, 0.05, 30, 1000)])
+def test_cohen_is_sound_at_other_scales(sigma, alpha, n0, n):
+    report = check_soundness(Cohen(n0=n0, n=n, alpha=alpha), GaussianNoise(sigma=sigma), trials=600, seed=3)
     assert report.sound, str(report)
+    assert report.certified > 600  # the test exercised many certificates, not only abstentions
 
 
 class PointEstimate(Certifier):
@@ -67,6 +76,52 @@ def test_certify_api_with_a_plain_classifier():
     assert all(0 < c.radius <= 2.0 for c in certs[:2])
     assert certs[2].prediction == ABSTAIN and certs[2].radius == 0.0
     assert all(c.samples == 2050 for c in certs)
+
+
+def batchnorm_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    with torch.no_grad():
+        for _ in range(3):  # running statistics that differ from any batch's own
+            model(torch.randn(32, 5) * 3 + 1)
+    return model
+
+
+def test_certify_runs_modules_in_evaluation_mode_and_changes_nothing():
+    model = batchnorm_model().train()
+    model[3].eval()  # modes are restored per submodule, not just for the root
+    modes = [m.training for m in model.modules()]
+    state = copy.deepcopy(model.state_dict())
+    xs, cohen, noise = torch.rand(3, 5), Cohen(n0=10, n=300, alpha=0.01), GaussianNoise(0.5)
+    small = certify(cohen, model, xs, noise, batch_size=16, num_classes=3)
+    large = certify(cohen, model, xs, noise, batch_size=200, num_classes=3)
+    assert small == large  # in training mode, batch statistics made these differ
+    assert [m.training for m in model.modules()] == modes
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key  # running statistics untouched
+    assert certify(cohen, model.eval(), xs, noise, num_classes=3) == small
+
+
+def test_a_shard_reproduces_the_full_runs_certificates():
+    model = LinearModel(5, seed=3)
+    xs = torch.stack([model.point_at(m, seed=i) for i, m in enumerate([0.1, 0.4, -0.3, 0.2, -0.05])])
+    cohen, noise = Cohen(n0=20, n=500, alpha=0.01), GaussianNoise(0.5)
+    full = certify(cohen, model, xs, noise)
+    assert certify(cohen, model, xs[2:4], noise, indices=[2, 3]) == full[2:4]
+    assert certify(cohen, model, xs[2:4], noise) != full[2:4]  # positions 0 and 1 draw other noise
+    with pytest.raises(ValueError, match="2 indices for 1 inputs"):
+        certify(cohen, model, xs[:1], noise, indices=[0, 1])
+
+
+@pytest.mark.parametrize("dim", [5, 147, 64])
+def test_certificates_do_not_depend_on_the_batch_size(dim):
+    # Odd sizes: a noise batch of 5 or 147 values per copy is not a multiple of the generator's blocks of 16.
+    model = LinearModel(dim, seed=1)
+    xs = torch.stack([model.point_at(m, seed=i) for i, m in enumerate([0.05, -0.2, 0.6])])
+    cohen, noise = Cohen(n0=13, n=301, alpha=0.01), GaussianNoise(0.5)
+    reference = certify(cohen, model, xs, noise, batch_size=1000)
+    for batch_size in (1, 7, 16, 127, 128, 129, 300):
+        assert certify(cohen, model, xs, noise, batch_size=batch_size) == reference, batch_size
 
 
 def test_predict_abstains_near_the_boundary_and_answers_far_from_it():

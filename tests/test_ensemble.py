@@ -23,6 +23,38 @@ def test_weighted_ensemble_is_the_weighted_mean_of_softmax():
         WeightedEnsemble(weights=w).combine(logits[:2])
 
 
+def logits_of(*rows):
+    return torch.tensor(rows, dtype=torch.float64).log().float()
+
+
+def test_mme_uses_the_softmax_margin_not_confidence_or_logit_margin():
+    # 20 classes. Member 0: top 0.62 (class 0), runner-up 0.06 -> margin 0.56 (the largest).
+    # Member 1: top 0.7 (class 1), runner-up 0.3 -> the largest confidence, margin 0.4.
+    # Member 2: top 0.5 (class 2), the rest 0.5/19 each -> the largest logit margin (log 19 > log(0.62/0.06)).
+    a = [0.62, 0.06] + [0.32 / 18] * 18
+    b = [0.0, 0.7, 0.3] + [1e-30] * 17
+    c = [0.5 / 19] * 2 + [0.5] + [0.5 / 19] * 17
+    probs = logits_of(a, b, c).softmax(-1)
+    top2 = probs.topk(2, dim=-1).values
+    logit_margin = logits_of(a, b, c).topk(2, dim=-1).values
+    assert (top2[:, 0] - top2[:, 1]).argmax() == 0
+    assert top2[:, 0].argmax() == 1
+    assert (logit_margin[:, 0] - logit_margin[:, 1]).argmax() == 2
+    out = MaxMarginEnsemble().combine(logits_of(a, b, c)[:, None])  # [N=3, B=1, C=20]
+    assert out.argmax(1).tolist() == [0]
+    assert torch.allclose(out[0], probs[0], atol=1e-6)
+
+
+def test_mme_stays_exact_for_confident_members():
+    # float32 softmax margins are both exactly 1.0 here; Definition 3 picks member 1 (margin 1 - 4e-18 vs 1 - 2e-9).
+    logits = torch.tensor([[[20.0, 0.0, 0.0]], [[0.0, 40.0, 0.0]]])
+    probs = logits.softmax(-1)
+    assert probs[0, 0].topk(2).values.diff().abs().item() == probs[1, 0].topk(2).values.diff().abs().item() == 1.0
+    assert MaxMarginEnsemble().combine(logits).argmax(1).tolist() == [1]
+    swapped = logits.flip(0)
+    assert MaxMarginEnsemble().combine(swapped).argmax(1).tolist() == [1]
+
+
 def test_max_margin_ensemble_follows_the_most_confident_member():
     # input 0: member 1 has the larger top-vs-runner-up margin; input 1: member 0 does.
     probs = torch.tensor(

@@ -1,0 +1,105 @@
+"""The soundness harness itself: it must catch certifiers that over-claim where errors live.
+
+The mutants here are the plausible wrong versions of CERTIFY (class chosen on the estimation draws;
+selection and estimation on the same draws) and oracles that over-claim at exactly twice alpha in one
+region only, which an average over all inputs would dilute below alpha.
+"""
+
+import attrs
+import pytest
+import torch
+
+from ensemblecert import ABSTAIN, Certificate, Certifier
+from ensemblecert.plugins.cohen import Cohen
+from ensemblecert.plugins.noise import GaussianNoise
+from ensemblecert.testing import DEFAULT_REGIONS, LinearModel, Region, check_soundness, overclaims
+
+NOISE = GaussianNoise(sigma=0.5)
+
+
+@attrs.frozen
+class TopOfEstimation(Cohen):
+    """Wrong: certifies the most frequent class of the estimation draws instead of the selected one."""
+
+    def certify(self, smoothed, x, generator=None):
+        smoothed.tally(x, self.n0, generator=generator)
+        tally = smoothed.tally(x, self.n, generator=generator)
+        _, radius = self.radius(int(tally.counts[tally.top]), self.n, smoothed.noise.sigma)
+        return Certificate(tally.top if radius > 0 else ABSTAIN, radius, self.n0 + self.n)
+
+
+@attrs.frozen
+class SameDraws(Cohen):
+    """Wrong: selects the class and bounds its probability on the same draws."""
+
+    def certify(self, smoothed, x, generator=None):
+        tally = smoothed.tally(x, self.n, generator=generator)
+        _, radius = self.radius(int(tally.counts[tally.top]), self.n, smoothed.noise.sigma)
+        return Certificate(tally.top if radius > 0 else ABSTAIN, radius, self.n)
+
+
+@attrs.frozen
+class Oracle(Certifier):
+    """Knows the truth; over-claims with probability ``rate`` on inputs whose top probability is in ``band``."""
+
+    rate: float
+    band: tuple[float, float]
+    alpha: float = 0.1
+
+    def certify(self, smoothed, x, generator=None):
+        model, sigma = smoothed.classifier, smoothed.noise.sigma
+        cls, exact = model.smoothed_class(x), model.exact_radius(x)
+        p = max(model.smoothed_probability(x, sigma), 1 - model.smoothed_probability(x, sigma))
+        u = float(torch.rand((), generator=generator, device=generator.device))
+        if self.band[0] <= p <= self.band[1] and u < self.rate:
+            return Certificate(cls, exact + 0.05, 1)
+        return Certificate(cls, 0.5 * exact, 1)
+
+
+def test_correct_cohen_passes_in_every_region():
+    report = check_soundness(Cohen(n0=20, n=100, alpha=0.1), NOISE)
+    assert report.sound, str(report)
+    assert [r.region.name for r in report.regions] == ["boundary", "moderate", "confident"]
+    assert all(r.certified > 0 for r in report.regions)
+
+
+@pytest.mark.parametrize("mutant", [TopOfEstimation, SameDraws])
+def test_selection_mistakes_are_caught_near_the_boundary(mutant):
+    report = check_soundness(mutant(n0=20, n=100, alpha=0.1), NOISE)
+    assert not report.sound, str(report)
+    worst = min(report.regions, key=lambda r: r.p_value)
+    assert worst.region.name == "boundary"
+
+
+@pytest.mark.parametrize("region", DEFAULT_REGIONS, ids=lambda r: r.name)
+def test_twice_alpha_in_one_region_is_caught(region):
+    # Over all three regions the rate is 2 alpha / 3 < alpha: only a per-region test sees it.
+    report = check_soundness(Oracle(rate=0.2, band=(region.low, region.high)), NOISE, trials=1000)
+    assert not report.sound, str(report)
+    assert report.overclaims < 0.1 * report.trials
+    assert min(report.regions, key=lambda r: r.p_value).region == region
+
+
+def test_alpha_itself_is_accepted():
+    report = check_soundness(Oracle(rate=0.1, band=(0.5, 1.0)), NOISE, trials=1000)
+    assert report.sound, str(report)
+    assert 0.07 * report.trials < report.overclaims < 0.13 * report.trials  # the oracle really over-claims
+
+
+def test_target_radius_region_covers_inputs_just_below_the_target():
+    region = Region.below_radius(0.5, sigma=0.5)
+    band = (region.low, region.high)
+    assert band[1] == pytest.approx(0.8413447, abs=1e-6)  # Phi(1): exact radius 0.5 at sigma 0.5
+    assert not check_soundness(Oracle(rate=0.2, band=band), NOISE, target_radii=[0.5]).sound
+    assert check_soundness(Oracle(rate=0.2, band=band), NOISE).sound  # diluted without the target region
+
+
+def test_overclaim_definition():
+    model = LinearModel(4)
+    x = model.point_at(0.3, seed=0)
+    exact = model.exact_radius(x)
+    assert exact == pytest.approx(0.3, abs=1e-6)
+    assert not overclaims(Certificate(1, exact, 1), model, x, 0.5)
+    assert overclaims(Certificate(1, exact + 1e-6, 1), model, x, 0.5)
+    assert overclaims(Certificate(0, 0.01, 1), model, x, 0.5)  # the wrong class, however small the radius
+    assert not overclaims(Certificate(ABSTAIN, 0.0, 1), model, x, 0.5)
