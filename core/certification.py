@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -10,6 +9,7 @@ from torch import Tensor
 
 from .components import Certificate, Certifier, NoiseSampler
 from .sampling import Classifier, MonteCarloSampler, SmoothedClassifier
+from .seeds import generator
 
 
 def input_generator(seed: int, index: int, slot: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
@@ -18,10 +18,7 @@ def input_generator(seed: int, index: int, slot: int = 0, device: torch.device |
     Depends only on ``(seed, index, slot)``, so a resumed or sharded run draws exactly the noise an
     uninterrupted run would have drawn for the same input.
     """
-    digest = hashlib.blake2b(f"{seed}/{index}/{slot}".encode(), digest_size=8).digest()
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-    return gen
+    return generator(seed, index, slot, device=device)
 
 
 def certify(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,12 @@ import torch
 from .errors import UserError
 
 
+_TMP_SUFFIX = ".tmp"
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -25,6 +30,21 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that atomic writes in ``directory`` left behind when killed; return them.
+
+    Only files named like the ones :func:`save_checkpoint` and :func:`write_json` create
+    (``.<name>.<random>.tmp``) are touched. Call it when a run starts, before it writes anything.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(f".*.*{_TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
@@ -39,8 +59,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable ensemblecert checkpoint ({type(exc).__name__}: {exc})") from exc
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():  # torch refused a global: the file holds arbitrary objects
+            raise UserError(
+                f"{path}: not a readable ensemblecert checkpoint: it holds objects other than tensors and "
+                "plain data, and such files are never loaded because loading them can run code"
+            ) from None
+        raise UserError(f"{path}: not a readable ensemblecert checkpoint: the file is damaged or not a torch checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        reason = "truncated" if isinstance(exc, EOFError) else "damaged or not a torch checkpoint"
+        raise UserError(f"{path}: not a readable ensemblecert checkpoint: the file is {reason}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: not an ensemblecert checkpoint (expected a dictionary)")
     return obj

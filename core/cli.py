@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
 import attrs
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import default_pipeline_text, describe, load_pipeline
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(default_pipeline_text())
             return 0
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted; everything finished so far is saved; run the same command again to resume")
@@ -114,9 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     overrides = list(args.overrides)
-    if args.output:
+    if args.output is not None:
+        if not args.output.strip():
+            raise UserError("--output: must not be empty; give a directory, e.g. --output runs/mine")
         overrides.append(f"output={_toml_string(args.output)}")
-    if args.device:
+    if args.device is not None:
         overrides.append(f"device={_toml_string(args.device)}")
     if args.skip_train:
         overrides.append("train.enabled=false")
@@ -133,23 +137,24 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` as a TOML basic string (JSON's escapes are valid TOML escapes; non-ASCII stays as it is)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _validate(args: argparse.Namespace, out: Console) -> int:
     pipeline, registry = load_pipeline(args.pipeline, overrides=args.overrides)
     check_pipeline(pipeline)
     config = describe(pipeline, registry)
-    table = Table(title=f"{args.pipeline or 'built-in default pipeline'}: valid", show_header=False)
+    table = Table(title=escape(f"{args.pipeline or 'built-in default pipeline'}: valid"), show_header=False)
     table.add_column("setting", style="bold")
     table.add_column("value")
     for key in ("data", "noise"):
-        table.add_row(key, _inline(config[key]))
+        table.add_row(key, escape(_inline(config[key])))
     for section in ("ensemble", "train", "certify"):
         for key, value in config[section].items():
-            table.add_row(f"{section}.{key}", _inline(value))
+            table.add_row(f"{section}.{key}", escape(_inline(value)))
     for key in ("seed", "device", "output", "plugins"):
-        table.add_row(key, _inline(config[key]))
+        table.add_row(key, escape(_inline(config[key])))
     out.print(table)
     return 0
 
@@ -184,7 +189,9 @@ def _plugins(args: argparse.Namespace, out: Console) -> int:
             params = ", ".join(
                 f"{a.alias}={_default(a)}" for a in comp.parameters
             )
-            table.add_row(kind.title if i == 0 else "", comp.name, comp.plugin, params, comp.summary)
+            table.add_row(
+                kind.title if i == 0 else "", escape(comp.name), escape(comp.plugin), escape(params), escape(comp.summary)
+            )
         table.add_section()
     out.print(table)
     return 0

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import sys
+import typing
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -23,7 +25,7 @@ import cattrs
 from .components import Aggregator, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
 from .errors import ConfigError, UserError
 from .registry import Registry, UnknownComponentError
-from .validators import in_range, non_empty
+from .validators import in_range, non_empty, path_string
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +33,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _INVALID = object()
+
+#: The largest seed: torch generators take 64-bit seeds, and derived seeds stay below 2**63.
+MAX_SEED = 2**63 - 1
 
 
 def component(kind: str, spec: Mapping[str, Any] | None = None, **field_kwargs: Any) -> Any:
@@ -69,7 +74,7 @@ class EnsembleConfig:
     aggregator: Aggregator = component("aggregator", {"name": "we"})
     smoothing: SmoothingStrategy = component("smoothing", {"name": "ebs"})
     #: Checkpoint files to load instead of the run's own (one per member); implies no training.
-    checkpoints: list[str] = attrs.field(factory=list)
+    checkpoints: list[str] = attrs.field(factory=list, validator=attrs.validators.deep_iterable(path_string))
     #: Evaluate members as one torch.func.vmap call (slower than a loop on CPU; see benchmarks/members.py).
     vectorize: bool = False
 
@@ -118,14 +123,17 @@ class Pipeline:
     ensemble: EnsembleConfig = section()
     train: TrainConfig = section()
     certify: CertifyConfig = section()
-    seed: int = 0
+    #: Seeds initialisation, shuffling and noise; any integer that fits in 63 bits.
+    seed: int = attrs.field(default=0, validator=in_range(0, MAX_SEED))
     device: str = attrs.field(default="auto", validator=_device)
     #: Where checkpoints and results go (relative to the working directory).
-    output: str = "runs/default"
+    output: str = attrs.field(default="runs/default", validator=path_string)
     #: Extra plugin modules to load for this pipeline.
     plugins: list[str] = attrs.field(factory=list)
     #: The configuration as read (after overrides), saved next to checkpoints and results.
     source: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False, metadata={"internal": True})
+    #: Where the configuration came from (a file name), for messages.
+    label: str | None = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
 
     @property
     def train_noise(self) -> NoiseSampler:
@@ -142,15 +150,30 @@ def _strict(kind: type, accept: tuple[type, ...], word: str):
     return hook
 
 
+def _finite(value: Any, _type: Any) -> float:
+    number = _strict(float, (int, float), "a number")(value, float)
+    if not math.isfinite(number):
+        raise TypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def make_converter() -> cattrs.Converter:
-    """A cattrs converter that refuses lossy conversions (``"3"`` -> 3, ``2.5`` -> 2)."""
+    """A cattrs converter that refuses lossy conversions (``"3"`` -> 3, ``2.5`` -> 2) and non-finite numbers."""
     conv = cattrs.Converter(detailed_validation=True)
     conv.register_structure_hook(int, _strict(int, (int,), "an integer"))
-    conv.register_structure_hook(float, _strict(float, (int, float), "a number"))
+    conv.register_structure_hook(float, _finite)
     conv.register_structure_hook(bool, _strict(bool, (bool,), "true or false"))
     conv.register_structure_hook(str, _strict(str, (str,), "a string"))
     conv.register_structure_hook(Path, lambda v, _: Path(_strict(str, (str,), "a path string")(v, str)))
     return conv
+
+
+def _list_only(tp: Any) -> bool:
+    """Whether values of type ``tp`` are lists (or lists or None): a string must not pass as a list of letters."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (list, Sequence, tuple):
+        return True
+    return bool(args) and all(_list_only(a) or a is type(None) for a in args) and type(None) in args
 
 
 def _join(path: str, key: str | int) -> str:
@@ -234,6 +257,9 @@ class _Structurer:
             return self.table(f.type, raw, path)
         if f.type is None or isinstance(f.type, str):
             return raw
+        if _list_only(f.type) and not (raw is None or isinstance(raw, list)):
+            self.problem(path, f"expected a list, got {raw!r}")
+            return _INVALID
         try:
             return self.converter.structure(raw, f.type)
         except Exception as exc:
@@ -297,8 +323,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file, turning a missing file or a syntax error into a :class:`UserError`."""
     path = Path(path)
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text.removeprefix("\ufeff"))  # editors may start UTF-8 files with a byte-order mark
     except FileNotFoundError:
         raise UserError(f"{path}: no such pipeline file") from None
     except IsADirectoryError:
@@ -306,7 +332,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML (not UTF-8 text: {exc.reason})") from None
+        raise UserError(f"{path}: not valid TOML (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the pipeline file: {exc.strerror or exc}") from None
 
 
 def default_pipeline_text() -> str:
@@ -423,12 +451,15 @@ def load_pipeline(
     modules = data.get("plugins", [])
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError([f"plugins: expected a list of module names, got {modules!r}"], label)
-    registry = load_registry(modules, plugins=plugins, entry_points=entry_points)
+    try:
+        registry = load_registry(modules, plugins=plugins, entry_points=entry_points)
+    except UserError as exc:
+        raise UserError(f"{label}: {exc}" if label else str(exc)) from None
     try:
         pipeline = structure(Pipeline, data, registry)
     except ConfigError as exc:
         raise ConfigError(exc.problems, label) from None
-    return attrs.evolve(pipeline, source=data), registry
+    return attrs.evolve(pipeline, source=data, label=label), registry
 
 
 def describe(obj: Any, registry: Registry) -> Any:

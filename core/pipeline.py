@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from .certification import input_generator
-from .checkpoints import load_checkpoint, plain, save_checkpoint, write_json
+from .checkpoints import load_checkpoint, plain, remove_temporaries, save_checkpoint, write_json
 from .components import DataInfo, DataSplits
 from .config import Pipeline, describe, load_pipeline
 from .ensemble import Ensemble, build_member
@@ -52,11 +53,20 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for a pipeline's ``device`` setting; a UserError if this machine lacks it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device: {name!r} requested but CUDA is not available; use device = \"cpu\" or \"auto\"")
+    fix = 'use device = "cpu" or "auto"'
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device: {name!r} requested but CUDA is not available; {fix}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} CUDA devices; {fix}")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError(f"device: 'mps' requested but this torch build or machine has no MPS support; {fix}")
     return device
 
 
@@ -70,8 +80,12 @@ def mechanism_labels(pipeline: Pipeline, registry: Registry) -> list[str]:
 
 
 def check_pipeline(pipeline: Pipeline) -> None:
-    """Checks that need several components together (each component validated its own fields)."""
+    """Checks that need several components together, or the machine (each component validated its own fields)."""
     problems = []
+    try:
+        resolve_device(pipeline.device)
+    except UserError as exc:
+        problems.append(str(exc))
     for i, mech in enumerate(pipeline.certify.mechanisms):
         why = mech.check_noise(pipeline.noise)
         if why:
@@ -86,7 +100,38 @@ def check_pipeline(pipeline: Pipeline) -> None:
     if why:
         problems.append(f"ensemble.aggregator: {why}")
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, pipeline.label)
+
+
+def prepare_output(out: Path, *, checkpoints: bool) -> None:
+    """Create the output directory (and ``checkpoints/`` when members will be saved) and make sure both are
+    writable, before any work; remove temporary files that a killed run's atomic writes left behind."""
+    dirs = [out, out / "checkpoints"] if checkpoints else [out]
+    fix = "choose another directory with --output or the pipeline's `output`"
+    for d in dirs:
+        try:
+            if d.exists() and not d.is_dir():
+                raise UserError(f"output: {d} exists and is not a directory; remove it or {fix}")
+            d.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(d)
+            probe = d / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"output: cannot write to {d}: {exc.strerror or exc}; {fix}") from None
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The certification metadata written beside the results (empty if there is none)."""
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: damaged (not a JSON object); run with --fresh to start the certification over")
+    return meta
 
 
 def _fingerprint(obj: Any) -> str:
@@ -149,8 +194,8 @@ class _Run:
 
     def _load_member(self, member: nn.Module, path: Path, *, check_fingerprint: bool) -> None:
         ckpt = load_checkpoint(path)
-        if ckpt.get("format") != CHECKPOINT_FORMAT or "state_dict" not in ckpt:
-            raise UserError(f"{path}: not an ensemblecert member checkpoint")
+        if ckpt.get("format") != CHECKPOINT_FORMAT or not isinstance(ckpt.get("state_dict"), Mapping):
+            raise UserError(f"{path}: not an ensemblecert member checkpoint (no {CHECKPOINT_FORMAT} weights in it)")
         if check_fingerprint and ckpt.get("fingerprint") != self.train_fp:
             raise UserError(
                 f"{path}: was trained with a different configuration than this pipeline's; "
@@ -159,8 +204,8 @@ class _Run:
             )
         try:
             member.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
+        except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(
                 f"{path}: does not fit the configured model {self.config['ensemble']['model']} ({first}); "
                 f"it was saved for {ckpt.get('model')}"
@@ -241,7 +286,7 @@ class _Run:
         tsv, meta = self.out / "certify.tsv", self.out / "certify.json"
         done: list[ExampleResult] = []
         if tsv.exists():
-            previous = json.loads(meta.read_text()) if meta.exists() else {}
+            previous = _read_meta(meta)
             if previous.get("fingerprint") != fp:
                 raise UserError(
                     f"{tsv}: holds results of a different model or certification setup; "
@@ -292,11 +337,12 @@ def run_pipeline(
     reporter = reporter or Reporter(quiet=True)
     check_pipeline(pipeline)
     run = _Run(pipeline, registry, reporter)
+    prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
     if fresh:
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)
         for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png"):
             (run.out / name).unlink(missing_ok=True)
-    run.out.mkdir(parents=True, exist_ok=True)
+        prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
     write_json(run.out / "pipeline.json", run.config)
     data = pipeline.data.load()
     reporter.info(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from .results import Summary
@@ -20,7 +21,7 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message)
+            self.console.print(message, markup=False, highlight=False)
 
     def progress(self) -> Progress:
         return Progress(
@@ -50,7 +51,7 @@ def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
         table.add_column(col, justify="right")
     for name, m in summary.mechanisms.items():
         table.add_row(
-            name,
+            escape(name),
             *(f"{m.certified_accuracy[float(r)]:.1%}" for r in radii),
             f"{m.acr:.3f}",
             f"{m.abstain_rate:.1%}",

@@ -143,8 +143,13 @@ class ResultsWriter:
 def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleResult]:
     """Read a results TSV written for ``mechanisms``; a truncated last line (a crash mid-write) is dropped."""
     path = Path(path)
-    with path.open(encoding="utf-8", newline="") as fh:
-        text = fh.read()
+    fix = "run with --fresh to start the certification over, or choose another output directory"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a results table (binary content); {fix}") from None
+    if "\0" in text:
+        raise UserError(f"{path}: not a results table (binary content); {fix}")
     lines = text.split("\n")
     complete = lines[:-1] if not text.endswith("\n") else lines
     reader = csv.reader([ln for ln in complete if ln], delimiter="\t")
@@ -159,20 +164,41 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
         )
     at = {c: i for i, c in enumerate(expected)}
     results = []
-    for row in reader:
+    for line, row in enumerate(reader, start=2):
         if len(row) != len(expected):
             continue
-        outcomes = {}
-        for name in mechanisms:
-            prefix = f"{name}:" if len(mechanisms) > 1 else ""
-            value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples")}
-            certificate = Certificate(int(value["predict"]), float(value["radius"]), int(value["samples"]))
-            outcomes[name] = Outcome(certificate, float(value["time"]))
-        results.append(ExampleResult(index=int(row[0]), label=int(row[1]), outcomes=outcomes))
+        try:
+            results.append(_parse_row(row, at, mechanisms))
+        except ValueError as exc:
+            raise UserError(f"{path}, line {line}: {exc}; {fix}") from None
     if not text.endswith("\n") and lines[-1]:
         with path.open("w", encoding="utf-8", newline="") as fh:  # drop the partial line before appending
             fh.write("\n".join(complete) + ("\n" if complete else ""))
     return results
+
+
+def _number(text: str, kind: type, column: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"column {column!r} holds {text!r}, not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and math.isnan(value):
+        raise ValueError(f"column {column!r} holds {text!r}, not a number")
+    return value
+
+
+def _parse_row(row: Sequence[str], at: Mapping[str, int], mechanisms: Sequence[str]) -> ExampleResult:
+    outcomes = {}
+    for name in mechanisms:
+        prefix = f"{name}:" if len(mechanisms) > 1 else ""
+        value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples")}
+        certificate = Certificate(
+            int(_number(value["predict"], int, prefix + "predict")),
+            float(_number(value["radius"], float, prefix + "radius")),
+            int(_number(value["samples"], int, prefix + "samples")),
+        )
+        outcomes[name] = Outcome(certificate, float(_number(value["time"], float, prefix + "time")))
+    return ExampleResult(index=int(_number(row[0], int, "idx")), label=int(_number(row[1], int, "label")), outcomes=outcomes)
 
 
 def plot_certified_accuracy(results: Iterable[ExampleResult], mechanisms: Sequence[str], path: str | Path) -> Path:

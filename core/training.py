@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from .components import Aggregator, DataSplits, NoiseSampler, TrainBatch
 from .config import TrainConfig
+from .seeds import generator
 
 
 def train_ensemble(
@@ -34,8 +35,8 @@ def train_ensemble(
     """Train ``members`` in place as ``config`` says and return the mean loss of each epoch run.
 
     ``resume`` is a state previously passed to ``on_epoch(epoch, mean_loss, state)``; training
-    continues after its epoch. Shuffling and noise are seeded from ``(seed, epoch)``, so a resumed run
-    sees the batches an uninterrupted one would have.
+    continues after its epoch. Shuffling and noise are seeded from ``(seed, epoch)`` (see
+    :mod:`ensemblecert.seeds`), so a resumed run sees the batches an uninterrupted one would have.
     """
     params = [p for m in members for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -51,9 +52,9 @@ def train_ensemble(
     for epoch in range(start, config.epochs):
         for m in members:
             m.train()
-        order = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = generator(seed, "shuffle", epoch)
         loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, generator=order)
-        gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch + 7_919)
+        gen = generator(seed, "train-noise", epoch, device=device)
         total = torch.zeros((), device=device)
         batches = 0
         for x, y in loader:

@@ -24,7 +24,8 @@ def in_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> Validator:
-    """The value must lie between ``low`` and ``high`` (closed ends unless marked open)."""
+    """The value (or every value of a list) must be finite and lie between ``low`` and ``high`` (closed ends
+    unless marked open)."""
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
     if low is not None and high is not None:
@@ -37,7 +38,9 @@ def in_range(
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
-            bad = isinstance(v, float) and math.isnan(v)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"must be a finite number, got {value!r}")
+            bad = False
             if low is not None:
                 bad |= v <= low if low_open else v < low
             if high is not None:
@@ -63,6 +66,16 @@ def one_of(choices: Sequence[Any]) -> Validator:
             raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
     return check
+
+
+def path_string(_instance: Any, _attribute: Any, value: Any) -> None:
+    """The value must be a usable file-system path: not empty, no NUL character."""
+    if value is None:
+        return
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if "\0" in value:
+        raise ValueError(f"must not contain a NUL character, got {value!r}")
 
 
 def non_empty(_instance: Any, _attribute: Any, value: Any) -> None:

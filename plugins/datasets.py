@@ -66,34 +66,83 @@ class MNIST(Dataset):
             if "not found" in str(exc).lower():
                 raise _missing("MNIST", raw, files) from None
             raise UserError(f"data: cannot read MNIST in {raw}: {exc}") from None
+        except (AssertionError, ValueError, TypeError, IndexError, OSError) as exc:  # torchvision asserts on bad headers
+            detail = f" ({exc})" if str(exc) else ""
+            raise UserError(
+                f"data: MNIST files in {raw} are damaged or not in IDX format{detail}; expected {', '.join(files)} "
+                "as published (uncompressed), or set data.download = true to fetch them"
+            ) from None
         return DataSplits(train, test, DataInfo((1, 28, 28), 10, (0.1307,), (0.3081,)))
 
 
-class _CIFAR10Files:
-    """Mixin that lets torchvision's CIFAR-10 loader skip its MD5 checks when asked to."""
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 python batch holds (dicts, lists, strings, bytes, numbers, numpy arrays)
+    and refuses every other global, so a crafted batch file cannot run code."""
 
-    def _check_integrity(self) -> bool:  # type: ignore[override]
-        if getattr(self, "_verify", True):
-            return super()._check_integrity()  # type: ignore[misc]
-        base = Path(self.root) / self.base_folder  # type: ignore[attr-defined]
-        return all((base / name).is_file() for name, _ in self.train_list + self.test_list)  # type: ignore[attr-defined]
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+    }
 
-    def _load_meta(self) -> None:
-        if getattr(self, "_verify", True):
-            return super()._load_meta()  # type: ignore[misc]
-        path = Path(self.root) / self.base_folder / self.meta["filename"]  # type: ignore[attr-defined]
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """Images ``[N, 32, 32, 3]`` (uint8) and labels of one CIFAR-10 python batch, read without running code."""
+    try:
         with path.open("rb") as fh:
-            data = pickle.load(fh, encoding="latin1")
-        self.classes = data[self.meta["key"]]  # type: ignore[attr-defined]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+            entry = _ArraysOnly(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise UserError(f"data: {path}: not a CIFAR-10 python batch ({exc})") from None
+    data = entry.get("data") if isinstance(entry, dict) else None
+    labels = entry.get("labels") if isinstance(entry, dict) else None
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+        or not isinstance(labels, list)
+        or len(labels) != data.shape[0]
+        or not all(isinstance(y, int) and 0 <= y < 10 for y in labels)
+    ):
+        raise UserError(
+            f"data: {path}: not a CIFAR-10 python batch (expected 'data', uint8 [N, 3072], and N 'labels' in 0..9)"
+        )
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+class ImageArray(torch.utils.data.Dataset):
+    """Images ``[N, H, W, C]`` (uint8) and labels; ``transform`` maps a PIL image to a tensor."""
+
+    def __init__(self, images: np.ndarray, labels: list[int], transform) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
 @attrs.frozen
 class CIFAR10(Dataset):
-    """CIFAR-10 through torchvision (python batches under ``<root>/cifar-10-batches-py``); downloads only if asked.
+    """CIFAR-10 (python batches under ``<root>/cifar-10-batches-py``); downloads through torchvision only if asked.
 
     ``augment`` applies the usual random crop (padding 4) and horizontal flip to training images;
-    ``verify = false`` skips torchvision's MD5 checks of the files.
+    ``verify = false`` skips the MD5 checks of the files. Batches are always read with an unpickler
+    that accepts only the types the format holds, so no file can run code.
     """
 
     root: str = "data"
@@ -103,32 +152,46 @@ class CIFAR10(Dataset):
 
     def load(self) -> DataSplits:
         from torchvision import datasets, transforms
+        from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-        class Files(_CIFAR10Files, datasets.CIFAR10):
-            def __init__(self, *args, verify: bool, **kwargs):
-                self._verify = verify
-                super().__init__(*args, **kwargs)
+        reference = datasets.CIFAR10
+        where = Path(self.root) / reference.base_folder
+        checksums = dict(reference.train_list + reference.test_list)
+        files = list(checksums)
+        if self.download and not all((where / name).is_file() for name in files):
+            download_and_extract_archive(reference.url, self.root, filename=reference.filename, md5=reference.tgz_md5)
+        missing = [name for name in files if not (where / name).is_file()]
+        if missing:
+            raise _missing("CIFAR-10", where, files)
+        if self.verify:
+            bad = [name for name in files if not check_integrity(str(where / name), checksums[name])]
+            if bad:
+                raise UserError(
+                    f"data: CIFAR-10 files in {where} fail their checksum: {', '.join(bad)}; replace them with the "
+                    "originals (data.download = true fetches them), or set data.verify = false to skip the check"
+                )
+
+        def split(names: list[str], transform) -> ImageArray:
+            parts = [read_cifar_batch(where / name) for name in names]
+            return ImageArray(np.concatenate([p[0] for p in parts]), [y for p in parts for y in p[1]], transform)
 
         train_tf = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if self.augment else []
-        where = Path(self.root) / "cifar-10-batches-py"
-        files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-        try:
-            train = Files(self.root, train=True, download=self.download, verify=self.verify,
-                          transform=transforms.Compose([*train_tf, transforms.ToTensor()]))
-            test = Files(self.root, train=False, download=False, verify=self.verify, transform=transforms.ToTensor())
-        except RuntimeError as exc:
-            if "not found" in str(exc).lower():
-                err = _missing("CIFAR-10", where, files)
-                if self.verify:
-                    err = UserError(f"{err} (files that fail torchvision's checksum count as missing; "
-                                    "data.verify = false skips the check)")
-                raise err from None
-            raise UserError(f"data: cannot read CIFAR-10 in {where}: {exc}") from None
-        except FileNotFoundError as exc:
-            raise _missing("CIFAR-10", where, files) from exc
+        train = split([n for n, _ in reference.train_list], transforms.Compose([*train_tf, transforms.ToTensor()]))
+        test = split([n for n, _ in reference.test_list], transforms.ToTensor())
         return DataSplits(
             train, test, DataInfo((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
         )
+
+
+def _checked_image_loader(path: str):
+    """torchvision's image loader, with unreadable files reported by name instead of a traceback."""
+    from PIL import UnidentifiedImageError
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"data: {path}: not a readable image ({exc}); remove or replace the file") from None
 
 
 @attrs.frozen
@@ -136,8 +199,9 @@ class ImageNet(Dataset):
     """ImageNet (ILSVRC-2012) as class folders ``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG``.
 
     Read with torchvision's ``ImageFolder``; test images are resized to 256 and centre-cropped to 224,
-    training images randomly resized-cropped to 224 and flipped. ImageNet cannot be downloaded
-    automatically: its licence requires fetching it yourself.
+    training images randomly resized-cropped to 224 and flipped. An unreadable image is reported by its
+    path when it is first read. ImageNet cannot be downloaded automatically: its licence requires
+    fetching it yourself.
     """
 
     root: str = "data/imagenet"
@@ -157,8 +221,8 @@ class ImageNet(Dataset):
         )
         test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
         try:
-            train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
-            test = datasets.ImageFolder(str(root / "val"), transform=test_tf)
+            train = datasets.ImageFolder(str(root / "train"), transform=train_tf, loader=_checked_image_loader)
+            test = datasets.ImageFolder(str(root / "val"), transform=test_tf, loader=_checked_image_loader)
         except (FileNotFoundError, RuntimeError) as exc:
             raise UserError(f"data: cannot read ImageNet in {root}: {exc}") from None
         if train.classes != test.classes:

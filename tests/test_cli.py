@@ -1,6 +1,7 @@
 """The command line: clear errors with exit status 2, listings, help, and an end-to-end run."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,67 @@ def test_run_end_to_end_on_digits(tmp_path, cli):
     assert len(rows) == 31
     assert (tmp_path / "out" / "certified_accuracy.png").stat().st_size > 1000
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["member_0.pt", "member_1.pt", "member_2.pt"]
+
+
+def one_clear_error(proc, expected: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.count("error:") == 1
+
+
+FAST = ["--set", "train.epochs=1", "--set", "certify.max_examples=1", "--set", "certify.mechanisms[0].n=10"]
+
+
+def test_a_seed_beyond_64_bits(tmp_path, cli):
+    proc = cli("run", "--set", "seed=99999999999999999999999", cwd=tmp_path)
+    one_clear_error(proc, "seed: must be in [0, 9223372036854775807], got 99999999999999999999999")
+
+
+def test_a_device_this_torch_lacks(tmp_path, cli):
+    import torch
+
+    if torch.backends.mps.is_available():  # pragma: no cover - not on the CI machines
+        pytest.skip("this machine has MPS")
+    proc = cli("run", "--device", "mps", cwd=tmp_path)
+    one_clear_error(proc, "device: 'mps' requested but this torch build or machine has no MPS support")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "too long", "empty"])
+def test_unusable_output_paths(case, tmp_path, cli):
+    (tmp_path / "afile").write_text("x")
+    output = {"a file": "afile", "under a file": "afile/run", "too long": "x" * 300, "empty": ""}[case]
+    expected = {
+        "a file": "output: " + str(Path("afile")) + " exists and is not a directory",
+        "under a file": "output: cannot write to afile/run",
+        "too long": "File name too long",
+        "empty": "--output: must not be empty",
+    }[case]
+    proc = cli("run", "--output", output, *FAST, cwd=tmp_path)
+    one_clear_error(proc, expected)
+
+
+def test_an_output_with_a_nul_character(tmp_path, cli):
+    (tmp_path / "p.toml").write_text('output = "runs/a\\u0000b"\n')
+    proc = cli("run", "p.toml", cwd=tmp_path)
+    one_clear_error(proc, "output: must not contain a NUL character")
+
+
+def test_checkpoints_being_a_file_is_found_before_any_work(tmp_path, cli):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoints").write_text("not a directory")
+    proc = cli("run", "--output", "out", *FAST, cwd=tmp_path)
+    one_clear_error(proc, "checkpoints exists and is not a directory")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints"]  # nothing was trained or written
+
+
+def test_validate_shows_values_that_look_like_markup(tmp_path, cli):
+    proc = cli("validate", "--set", 'output="[bold]runs[/bold]"', cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert '"[bold]runs[/bold]"' in proc.stdout
+
+
+def test_an_error_message_keeps_values_that_look_like_markup(tmp_path, cli):
+    proc = cli("validate", "--set", 'ensemble.aggregator="[red]avg"', cwd=tmp_path)
+    one_clear_error(proc, "unknown aggregator '[red]avg'")

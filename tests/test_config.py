@@ -137,3 +137,115 @@ def test_bad_overrides(bad):
 def test_plugins_key_must_be_module_names():
     (msg,) = problems({"plugins": "mine"})
     assert msg.startswith("plugins: expected a list of module names")
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    "data, path",
+    [
+        ({"noise": {"sigma": INF}}, "noise.sigma"),
+        ({"train": {"lr": INF}}, "train.lr"),
+        ({"train": {"weight_decay": INF}}, "train.weight_decay"),
+        ({"train": {"momentum": NAN}}, "train.momentum"),
+        ({"ensemble": {"aggregator": {"name": "we", "weights": [INF, 1.0, 1.0]}}}, "ensemble.aggregator.weights[0]"),
+        ({"certify": {"radii": [0.0, NAN]}}, "certify.radii[1]"),
+        ({"certify": {"mechanisms": [{"name": "cohen", "alpha": NAN}]}}, "certify.mechanisms[0].alpha"),
+    ],
+)
+def test_non_finite_numbers_are_refused(data, path):
+    (msg,) = problems(data)
+    assert msg.startswith(f"{path}: expected a finite number, got ")
+
+
+def test_validators_refuse_non_finite_values_passed_directly():
+    from ensemblecert.plugins.noise import GaussianNoise
+
+    with pytest.raises(ValueError, match="must be a finite number"):
+        GaussianNoise(sigma=INF)
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"ensemble": {"checkpoints": "abc"}}, "ensemble.checkpoints: expected a list, got 'abc'"),
+        ({"ensemble": {"model": {"name": "mlp", "hidden": "64"}}}, "ensemble.model.hidden: expected a list, got '64'"),
+        ({"ensemble": {"model": {"name": "mlp", "hidden": 256}}}, "ensemble.model.hidden: expected a list, got 256"),
+        ({"certify": {"radii": 0.5}}, "certify.radii: expected a list, got 0.5"),
+        ({"ensemble": {"aggregator": {"name": "we", "weights": "1,2"}}}, "ensemble.aggregator.weights: expected a list, got '1,2'"),
+    ],
+)
+def test_a_list_must_be_a_list(data, expected):
+    assert problems(data) == [expected]
+
+
+# Each rule at its exact threshold: the bound itself is refused for open ends and accepted for closed ends.
+REFUSED_AT_THE_BOUND = [
+    ({"noise": {"sigma": 0}}, "noise.sigma: must be > 0, got 0.0"),
+    ({"train": {"lr": 0}}, "train.lr: must be > 0, got 0.0"),
+    ({"train": {"lr_gamma": 0}}, "train.lr_gamma: must be in (0, 1], got 0.0"),
+    ({"train": {"momentum": 1}}, "train.momentum: must be in [0, 1), got 1.0"),
+    ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+    ({"certify": {"mechanisms": [{"name": "cohen", "alpha": 0}]}}, "certify.mechanisms[0].alpha: must be in (0, 1), got 0.0"),
+    ({"certify": {"mechanisms": [{"name": "cohen", "alpha": 1}]}}, "certify.mechanisms[0].alpha: must be in (0, 1), got 1.0"),
+    ({"certify": {"radii": [-1e-300]}}, "certify.radii: must be >= 0, got [-1e-300]"),
+    ({"ensemble": {"aggregator": {"name": "we", "weights": [1.0, 0.0, 1.0]}}}, "ensemble.aggregator.weights: must be > 0, got [1.0, 0.0, 1.0]"),
+    ({"ensemble": {"model": {"name": "mlp", "hidden": [8, 0]}}}, "ensemble.model.hidden: must be > 0, got [8, 0]"),
+    ({"seed": -1}, "seed: must be in [0, 9223372036854775807], got -1"),
+    ({"seed": 2**63}, "seed: must be in [0, 9223372036854775807], got 9223372036854775808"),
+    ({"output": ""}, "output: must not be empty"),
+    ({"output": "runs/a\0b"}, "output: must not contain a NUL character, got 'runs/a\\x00b'"),
+    ({"ensemble": {"checkpoints": [""]}}, "ensemble.checkpoints: must not be empty"),
+]
+
+
+@pytest.mark.parametrize("data, expected", REFUSED_AT_THE_BOUND)
+def test_open_bounds_are_refused_at_the_bound(data, expected):
+    assert problems(data) == [expected]
+
+
+def test_closed_bounds_are_accepted_at_the_bound():
+    pipeline, _ = load_pipeline(
+        {
+            "seed": 2**63 - 1,
+            "train": {"momentum": 0, "weight_decay": 0, "lr_gamma": 1, "epochs": 1},
+            "certify": {"radii": [0], "mechanisms": [{"name": "cohen", "n": 1, "n0": 1}]},
+        }
+    )
+    assert pipeline.seed == 2**63 - 1 and pipeline.train.momentum == 0.0 and pipeline.train.lr_gamma == 1.0
+
+
+def test_the_largest_seed_derives_valid_generators():
+    from ensemblecert.seeds import derive_seed, generator
+
+    assert 0 <= derive_seed(2**63 - 1, "shuffle", 3) < 2**63
+    assert derive_seed(5, "shuffle", 3) != derive_seed(5, "shuffle", 4) != derive_seed(5, "train-noise", 4)
+    torch_gen = generator(2**63 - 1, "shuffle", 0)
+    assert torch_gen.initial_seed() == derive_seed(2**63 - 1, "shuffle", 0)
+
+
+def test_cross_setting_problems_name_the_pipeline_file(tmp_path):
+    from ensemblecert.pipeline import check_pipeline
+
+    path = tmp_path / "p.toml"
+    path.write_text('[ensemble]\nmembers = 2\naggregator = { name = "we", weights = [1.0] }\n')
+    pipeline, _ = load_pipeline(path)
+    with pytest.raises(ConfigError) as info:
+        check_pipeline(pipeline)
+    assert str(info.value).splitlines()[0] == f"1 problem in {path}:"
+
+
+def test_plugin_import_errors_name_the_pipeline_file(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('plugins = ["no_such_module_for_ensemblecert"]\n')
+    with pytest.raises(UserError) as info:
+        load_pipeline(path)
+    assert str(info.value).startswith(f"{path}: plugins[0]: cannot import plugin module 'no_such_module_for_ensemblecert'")
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff[train]\nepochs = 4\n".encode("utf-8"))
+    pipeline, _ = load_pipeline(path)
+    assert pipeline.train.epochs == 4

@@ -150,3 +150,130 @@ def test_mme_pipeline_and_dict_loading(tiny_pipeline):
     assert registry.name_of(type(pipeline.ensemble.aggregator)) == "mme"
     result = run(tiny_pipeline)
     assert result.summary.examples == 12
+
+
+def test_a_checkpoint_whose_weights_are_not_a_mapping(tiny_pipeline, tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "ensemblecert.member/1", "state_dict": [1, 2, 3]}, bad)
+    tiny_pipeline["ensemble"]["checkpoints"] = [str(bad), str(bad)]
+    with pytest.raises(UserError, match="bad.pt: not an ensemblecert member checkpoint"):
+        run(tiny_pipeline)
+
+
+def test_a_checkpoint_with_arbitrary_objects_is_refused_without_unsafe_advice(tiny_pipeline, tmp_path):
+    import fractions
+
+    bad = tmp_path / "objects.pt"
+    torch.save({"format": "ensemblecert.member/1", "state_dict": {"w": fractions.Fraction(1, 3)}}, bad)
+    tiny_pipeline["ensemble"]["checkpoints"] = [str(bad), str(bad)]
+    with pytest.raises(UserError) as info:
+        run(tiny_pipeline)
+    message = str(info.value)
+    assert "objects.pt: not a readable ensemblecert checkpoint: it holds objects other than tensors" in message
+    assert "weights_only" not in message and "trusted source" not in message
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"{\"fingerprint\": \"abc", "certify.json: damaged (not a JSON object)"),
+        (b"[1, 2]", "certify.json: damaged (not a JSON object)"),
+        (b"\xff\xfe\x00", "certify.json: damaged (not a JSON object)"),
+    ],
+)
+def test_damaged_certification_metadata(tiny_pipeline, content, expected):
+    first = run(tiny_pipeline)
+    (first.output / "certify.json").write_bytes(content)
+    with pytest.raises(UserError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        run(tiny_pipeline)
+
+
+def test_stale_temporary_files_are_removed_when_a_run_starts(tiny_pipeline, tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    stale = [out / ".summary.json.k3j2_x.tmp", out / "checkpoints" / ".member_0.pt.a8b_c1.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    keep = out / "notes.tmp"  # not named like an atomic write's temporary file
+    keep.write_text("mine")
+    tiny_pipeline["certify"]["enabled"] = False
+    run(tiny_pipeline)
+    assert not any(path.exists() for path in stale)
+    assert keep.read_text() == "mine"
+
+
+def test_every_member_learns_from_its_own_training(tiny_pipeline):
+    tiny_pipeline["ensemble"]["members"] = 3
+    tiny_pipeline["certify"]["enabled"] = False
+    result = run(tiny_pipeline)
+    from ensemblecert.plugins.datasets import Digits
+
+    test = Digits().load().test
+    x, y = test.tensors
+    with torch.no_grad():
+        accuracies = [float((member(x).argmax(1) == y).float().mean()) for member in result.ensemble.members]
+    assert min(accuracies) > 0.6, accuracies  # chance is 0.1; untrained members sit near it
+    weights = [m.net[1].weight for m in result.ensemble.members]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+
+
+def test_the_training_noise_reaches_the_objective(tiny_pipeline, tmp_path):
+    tiny_pipeline["certify"]["enabled"] = False
+    losses = {}
+    for sigma in (0.01, 2.0):
+        cfg = copy.deepcopy(tiny_pipeline)
+        cfg["output"] = str(tmp_path / f"sigma{sigma}")
+        cfg["train"]["noise"] = {"name": "gaussian", "sigma": sigma}
+        losses[sigma] = run(cfg).losses[-1]
+    assert losses[2.0] > losses[0.01] + 1.0, losses  # heavy noise makes digits much harder to fit
+
+
+def test_gaussian_augmentation_gives_each_member_its_own_noise():
+    from torch import nn
+
+    from ensemblecert import TrainBatch
+    from ensemblecert.plugins.aggregators import WeightedEnsemble
+    from ensemblecert.plugins.noise import GaussianNoise
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.seen = None
+
+        def forward(self, x):
+            self.seen = x.detach().clone()
+            return self.lin(x)
+
+    members = [Spy(), Spy()]
+    x, y = torch.zeros(4000, 4), torch.zeros(4000, dtype=torch.long)
+    batch = TrainBatch(x=x, y=y, members=members, noise=GaussianNoise(0.5), aggregator=WeightedEnsemble(),
+                       generator=torch.Generator().manual_seed(0), epoch=0)
+    loss = GaussianAugmentation().loss(batch)
+    loss.backward()
+    for m in members:
+        assert float(m.seen.std()) == pytest.approx(0.5, rel=0.03)
+        assert m.lin.weight.grad is not None and float(m.lin.weight.grad.abs().sum()) > 0
+    assert not torch.equal(members[0].seen, members[1].seen)
+
+
+def test_the_summary_is_what_the_rows_say(tiny_pipeline):
+    from scipy import stats
+
+    tiny_pipeline["certify"]["skip"] = 9
+    tiny_pipeline["certify"]["radii"] = [0.0, 0.1, 0.2, 0.3]
+    result = run(tiny_pipeline)
+    header, *lines = rows(result)
+    table = [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
+    n = len(table)
+    assert n == 40
+    for r in (0.0, 0.1, 0.2, 0.3):
+        expected = sum(row["correct"] == "1" and float(row["radius"]) >= r for row in table) / n
+        assert result.summary.mechanisms["cohen"].certified_accuracy[r] == pytest.approx(expected)
+    acr = sum(float(row["radius"]) for row in table if row["correct"] == "1") / n
+    assert result.summary.mechanisms["cohen"].acr == pytest.approx(acr)
+    # no radius beyond what n = 200 draws at alpha = 0.01 can certify: sigma * Phi^-1(alpha^(1/n))
+    largest = 0.25 * stats.norm.ppf(0.01 ** (1 / 200))
+    assert all(float(row["radius"]) <= largest + 1e-12 for row in table)
+    assert all((row["predict"] == "-1") == (float(row["radius"]) == 0.0) for row in table)
+    assert 0.05 < result.summary.mechanisms["cohen"].certified_accuracy[0.2] < result.summary.mechanisms["cohen"].certified_accuracy[0.0]

@@ -53,3 +53,26 @@ def test_several_mechanisms_get_their_own_columns(tmp_path):
     cols = dict(zip(header.split("\t"), row.split("\t")))
     assert cols["predict"] == "3" and cols["a:radius"] == "0.4" and cols["b:predict"] == "-1" and cols["b:samples"] == "20"
     assert read_results(path, ["a", "b"]) == [both]
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ("0\t1\t1\tabc\t1\t0.5\t100\n", "line 2: column 'radius' holds 'abc', not a number"),
+        ("0\t1\t1\tnan\t1\t0.5\t100\n", "line 2: column 'radius' holds 'nan', not a number"),
+        ("0\tseven\t1\t0.3\t1\t0.5\t100\n", "line 2: column 'label' holds 'seven', not an integer"),
+    ],
+)
+def test_damaged_rows_are_a_user_error(tmp_path, row, expected):
+    path = tmp_path / "certify.tsv"
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\n" + row)
+    with pytest.raises(UserError, match=expected):
+        read_results(path, ["cohen"])
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\xff", b"idx\tlabel\x00\n"])
+def test_binary_content_is_a_user_error(tmp_path, content):
+    path = tmp_path / "certify.tsv"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=r"certify.tsv: not a results table \(binary content\); run with --fresh"):
+        read_results(path, ["cohen"])
