@@ -198,7 +198,7 @@ class MonteCarloSampler:
             )
         evaluations = 0
         done = 0
-        stream = NoiseStream(self.noise, x, generator)
+        stream = NoiseStream(self.noise, x, generator, block=NOISE_BLOCK)
         with torch.inference_mode(), evaluation_mode(self.classifier):
             while done < n:
                 size = min(self.batch_size, n - done)
