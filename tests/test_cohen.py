@@ -139,3 +139,52 @@ def test_cohen_refuses_non_gaussian_noise():
     assert "Gaussian" in Cohen().check_noise(Uniform(0.5))
     assert Cohen().check_noise(GaussianNoise(0.5)) is None
     assert not math.isnan(Cohen().radius(60, 100, 1.0)[0])
+
+
+class Scripted:
+    """A smoothed classifier that answers each tally with the next scripted class counts."""
+
+    num_classes = 3
+
+    def __init__(self, *counts, sigma=0.5):
+        self.script = [torch.tensor(c) for c in counts]
+        self.noise = GaussianNoise(sigma)
+        self.asked = []
+
+    def tally(self, x, n, *, generator=None, softmax=False, members=False):
+        from ensemblecert import Tally
+
+        counts = self.script.pop(0)
+        assert int(counts.sum()) == n
+        self.asked.append(n)
+        return Tally(n=n, counts=counts, evaluations=n)
+
+
+def smallest_certifying_count(n, alpha):
+    return next(k for k in range(n + 1) if Cohen(alpha=alpha).radius(k, n, 1.0)[1] > 0)
+
+
+def test_cohen_counts_the_class_selected_on_the_first_draws():
+    # Selection (n0 = 10) says class 2; estimation's most frequent class is 1. CERTIFY bounds class 2.
+    k = smallest_certifying_count(100, 0.1)
+    smoothed = Scripted([1, 2, 7], [0, 100 - k, k])
+    cert = Cohen(n0=10, n=100, alpha=0.1).certify(smoothed, torch.zeros(2))
+    assert smoothed.asked == [10, 100]
+    assert cert.prediction == 2 and cert.details["count"] == k
+    assert cert.radius == pytest.approx(0.5 * stats.norm.isf(clopper_gap(k, 100, 0.1)))
+    # ... and abstains when the selected class falls short, however clear the estimation's winner is.
+    cert = Cohen(n0=10, n=100, alpha=0.1).certify(Scripted([1, 2, 7], [0, 101 - k, k - 1]), torch.zeros(2))
+    assert cert.prediction == ABSTAIN and cert.radius == 0.0 and cert.samples == 110
+
+
+def clopper_gap(k, n, alpha):
+    from ensemblecert import clopper_pearson_lower_gap
+
+    return clopper_pearson_lower_gap(k, n, alpha)
+
+
+def test_cohen_abstains_exactly_below_one_half():
+    n, alpha = 100, 0.1
+    k = smallest_certifying_count(n, alpha)
+    assert clopper_gap(k, n, alpha) < 0.5 <= clopper_gap(k - 1, n, alpha)
+    assert stats.beta.ppf(alpha, k, n - k + 1) > 0.5 >= stats.beta.ppf(alpha, k - 1, n - k + 2)

@@ -45,3 +45,24 @@ def test_coverage_by_simulation():
 def test_rejects_invalid_input(args):
     with pytest.raises(ValueError):
         clopper_pearson_lower(*args)
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (57, 100), (9990, 10000), (10**6, 10**6)])
+def test_the_gap_is_one_minus_the_lower_bound(k, n):
+    from ensemblecert import clopper_pearson_lower_gap
+
+    gap = clopper_pearson_lower_gap(k, n, 0.01)
+    assert gap == pytest.approx(1 - clopper_pearson_lower(k, n, 0.01), abs=1e-12)
+    if 0 < k:
+        # defining property, evaluated where it is exact: P(Bin(n, 1 - gap) >= k) = alpha
+        assert stats.binom.sf(k - 1, n, 1 - gap) == pytest.approx(0.01, rel=1e-6)
+
+
+def test_gaussian_radius_at_its_threshold():
+    from ensemblecert import gaussian_radius
+
+    assert gaussian_radius(0.5, 1.0) == 0.0
+    assert gaussian_radius(0.7, 1.0) == 0.0
+    assert gaussian_radius(np.nextafter(0.5, 0), 2.0) > 0.0
+    assert gaussian_radius(stats.norm.sf(1.3), 0.5) == pytest.approx(0.65)
+    assert gaussian_radius(1e-300, 1.0) == pytest.approx(stats.norm.isf(1e-300))  # finite far beyond float's 1 - p
