@@ -277,3 +277,30 @@ def test_the_summary_is_what_the_rows_say(tiny_pipeline):
     assert all(float(row["radius"]) <= largest + 1e-12 for row in table)
     assert all((row["predict"] == "-1") == (float(row["radius"]) == 0.0) for row in table)
     assert 0.05 < result.summary.mechanisms["cohen"].certified_accuracy[0.2] < result.summary.mechanisms["cohen"].certified_accuracy[0.0]
+
+
+def test_an_unwritable_output_is_found_before_any_work(tiny_pipeline, monkeypatch):
+    from pathlib import Path
+
+    real = Path.write_bytes
+
+    def refuse(self, data):  # what a read-only directory answers (root is never refused, so simulate it)
+        if self.name.startswith(".write-test-"):
+            raise PermissionError(13, "Permission denied")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    with pytest.raises(UserError, match=r"output: cannot write to .*run: Permission denied; choose another directory"):
+        run(tiny_pipeline)
+
+
+def test_a_read_only_output_directory(tiny_pipeline, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere; the simulated refusal above covers this path")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    tiny_pipeline["output"] = str(locked / "run")
+    with pytest.raises(UserError, match="output: cannot write to"):
+        run(tiny_pipeline)
