@@ -177,7 +177,8 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
     return results
 
 
-def _number(text: str, kind: type, column: str) -> float:
+def _number(text: str, kind: type[int] | type[float], column: str) -> int | float:
+    """``text`` read as ``kind``; a ValueError naming the column otherwise (NaN is not a number here)."""
     try:
         value = kind(text)
     except ValueError:
@@ -193,12 +194,12 @@ def _parse_row(row: Sequence[str], at: Mapping[str, int], mechanisms: Sequence[s
         prefix = f"{name}:" if len(mechanisms) > 1 else ""
         value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples")}
         certificate = Certificate(
-            int(_number(value["predict"], int, prefix + "predict")),
-            float(_number(value["radius"], float, prefix + "radius")),
-            int(_number(value["samples"], int, prefix + "samples")),
+            _number(value["predict"], int, prefix + "predict"),
+            _number(value["radius"], float, prefix + "radius"),
+            _number(value["samples"], int, prefix + "samples"),
         )
-        outcomes[name] = Outcome(certificate, float(_number(value["time"], float, prefix + "time")))
-    return ExampleResult(index=int(_number(row[0], int, "idx")), label=int(_number(row[1], int, "label")), outcomes=outcomes)
+        outcomes[name] = Outcome(certificate, _number(value["time"], float, prefix + "time"))
+    return ExampleResult(index=_number(row[0], int, "idx"), label=_number(row[1], int, "label"), outcomes=outcomes)
 
 
 def plot_certified_accuracy(results: Iterable[ExampleResult], mechanisms: Sequence[str], path: str | Path) -> Path:
