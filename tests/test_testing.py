@@ -103,3 +103,27 @@ def test_overclaim_definition():
     assert overclaims(Certificate(1, exact + 1e-6, 1), model, x, 0.5)
     assert overclaims(Certificate(0, 0.01, 1), model, x, 0.5)  # the wrong class, however small the radius
     assert not overclaims(Certificate(ABSTAIN, 0.0, 1), model, x, 0.5)
+
+
+def test_interval_model_closed_form_matches_sampling_and_brute_force():
+    import numpy as np
+
+    from ensemblecert import MonteCarloSampler, input_generator
+    from ensemblecert.testing import IntervalModel
+
+    model, sigma = IntervalModel(8, [-0.5, 0.0, 0.4, 1.5], seed=1), 0.5
+    sampler = MonteCarloSampler(model, GaussianNoise(sigma), num_classes=5, batch_size=100_000)
+    for p, seed in [(0.6, 0), (0.6, 1), (0.35, 4), (0.9, 3)]:
+        x = model.point_with_top_probability(p, sigma, seed)
+        probs = model.smoothed_probabilities(x, sigma)
+        assert probs.max() == pytest.approx(p, abs=1e-6) and probs.sum() == pytest.approx(1.0)
+        tally = sampler.tally(x, 200_000, generator=input_generator(0, seed))
+        assert np.allclose(tally.counts.numpy() / 200_000, probs, atol=0.004)
+        # exact radius against a fine grid of projections
+        m0, top = float(model.projection(x[None])[0]), int(probs.argmax())
+        grid = m0 + np.linspace(-3, 3, 600_001)
+        changed = np.argmax(model.probabilities_at(grid, sigma), axis=1) != top
+        assert model.exact_radius(x, sigma) == pytest.approx(np.abs(grid[changed] - m0).min(), abs=2e-5)
+    assert {model.smoothed_class(model.point_with_top_probability(0.6, sigma, s), sigma) for s in range(6)} == {0, 3, 4}
+    with pytest.raises(ValueError, match="no class of this model has top-class probability 0.2"):
+        model.point_with_top_probability(0.2, sigma, 0)
