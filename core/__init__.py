@@ -33,6 +33,7 @@ from .stats import (
     clopper_pearson_lower,
     clopper_pearson_lower_gap,
     clopper_pearson_upper,
+    clopper_pearson_upper_gap,
     gaussian_radius,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "clopper_pearson_lower",
     "clopper_pearson_lower_gap",
     "clopper_pearson_upper",
+    "clopper_pearson_upper_gap",
     "describe",
     "gaussian_radius",
     "hookimpl",

@@ -214,3 +214,7 @@ class SmoothingStrategy(ABC):
     ) -> Certificate:
         """Certify ``x`` with ``mechanism``; strategies whose certificate combines per-member ones override this."""
         return mechanism.certify(smoothed, x, generator)
+
+    def check_mechanism(self, mechanism: Certifier) -> str | None:
+        """Return why this strategy cannot certify with ``mechanism``, or ``None``. Called once per run."""
+        return None

@@ -46,10 +46,11 @@ def component(kind: str, spec: Mapping[str, Any] | None = None, **field_kwargs: 
     return attrs.field(metadata=meta, **field_kwargs)
 
 
-def component_list(kind: str, default: Sequence[Mapping[str, Any]]) -> Any:
-    """A field holding a non-empty list of components of ``kind``."""
+def component_list(kind: str, default: Sequence[Mapping[str, Any]], *, single: bool = False) -> Any:
+    """A field holding a non-empty list of components of ``kind``; with ``single``, one component written
+    without brackets is taken as a list of one."""
     return attrs.field(
-        metadata={"kind": kind, "many": True, "default_spec": [dict(d) for d in default]},
+        metadata={"kind": kind, "many": True, "single": single, "default_spec": [dict(d) for d in default]},
         validator=non_empty,
     )
 
@@ -72,7 +73,8 @@ class EnsembleConfig:
     members: int = attrs.field(default=3, validator=in_range(1))
     model: Model = component("model", {"name": "mlp"})
     aggregator: Aggregator = component("aggregator", {"name": "we"})
-    smoothing: SmoothingStrategy = component("smoothing", {"name": "ebs"})
+    #: One strategy, or a list of them to compare on the same members, inputs and noise.
+    smoothing: list[SmoothingStrategy] = component_list("smoothing", [{"name": "ebs"}], single=True)
     #: Checkpoint files to load instead of the run's own (one per member); implies no training.
     checkpoints: list[str] = attrs.field(factory=list, validator=attrs.validators.deep_iterable(path_string))
     #: Evaluate members as one torch.func.vmap call (slower than a loop on CPU; see benchmarks/members.py).
@@ -246,6 +248,8 @@ class _Structurer:
     def value(self, f: attrs.Attribute, raw: Any, path: str) -> Any:
         kind = f.metadata.get("kind")
         if kind and f.metadata.get("many"):
+            if f.metadata.get("single") and isinstance(raw, (str, Mapping)):
+                raw = [raw]
             if not isinstance(raw, list):
                 self.problem(path, f"expected a list of {kind} tables, got {raw!r}")
                 return _INVALID

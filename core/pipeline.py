@@ -70,13 +70,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def mechanism_labels(pipeline: Pipeline, registry: Registry) -> list[str]:
-    """A unique column label per mechanism: its name, numbered when a name repeats."""
-    names = [registry.name_of(type(m)) or type(m).__name__ for m in pipeline.certify.mechanisms]
-    labels = []
-    for i, name in enumerate(names):
-        labels.append(name if names.count(name) == 1 else f"{name}#{names[:i].count(name) + 1}")
-    return labels
+def _unique(names: list[str]) -> list[str]:
+    """The names, numbered where a name repeats (``cohen#1``, ``cohen#2``)."""
+    return [name if names.count(name) == 1 else f"{name}#{names[:i].count(name) + 1}" for i, name in enumerate(names)]
+
+
+def certification_plan(pipeline: Pipeline, registry: Registry) -> list[tuple[str, int, int]]:
+    """``(label, strategy index, mechanism index)`` for every smoothing strategy and mechanism, in results order.
+
+    Labels are the mechanisms' names (numbered when one repeats), prefixed by the strategy's name
+    (``eas/cohen``) when the pipeline compares several strategies.
+    """
+    name = lambda obj: registry.name_of(type(obj)) or type(obj).__name__  # noqa: E731
+    mechanisms = _unique([name(m) for m in pipeline.certify.mechanisms])
+    strategies = _unique([name(s) for s in pipeline.ensemble.smoothing])
+    if len(strategies) == 1:
+        return [(label, 0, k) for k, label in enumerate(mechanisms)]
+    return [(f"{s}/{m}", i, k) for i, s in enumerate(strategies) for k, m in enumerate(mechanisms)]
+
 
 
 def check_pipeline(pipeline: Pipeline) -> None:
@@ -90,6 +101,10 @@ def check_pipeline(pipeline: Pipeline) -> None:
         why = mech.check_noise(pipeline.noise)
         if why:
             problems.append(f"certify.mechanisms[{i}]: {why}")
+        for j, strategy in enumerate(pipeline.ensemble.smoothing):
+            why = strategy.check_mechanism(mech)
+            if why:
+                problems.append(f"ensemble.smoothing[{j}]: certify.mechanisms[{i}]: {why}")
     checkpoints = pipeline.ensemble.checkpoints
     if checkpoints and len(checkpoints) != pipeline.ensemble.members:
         problems.append(
@@ -271,7 +286,8 @@ class _Run:
     # -------------------------------------------------------------------------- certification
     def certify(self, ensemble: Ensemble, data: DataSplits) -> tuple[list[ExampleResult], Summary]:
         p, c = self.p, self.p.certify
-        labels = mechanism_labels(p, self.registry)
+        plan = certification_plan(p, self.registry)
+        labels = [label for label, _, _ in plan]
         fp = _fingerprint(
             {
                 "weights": _weights_digest(ensemble.members),
@@ -303,8 +319,8 @@ class _Run:
         todo = [i for i in indices if i not in finished]
         if results:
             self.rep.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already in {tsv}")
-        strategy = p.ensemble.smoothing
-        smoothed = strategy.smooth(ensemble, p.noise, batch_size=c.batch_size)
+        strategies = p.ensemble.smoothing
+        smoothed = [s.smooth(ensemble, p.noise, batch_size=c.batch_size) for s in strategies]
         correct = sum(r.correct(labels[0]) for r in results)
         with ResultsWriter(tsv, labels) as writer, self.rep.progress() as bar:
             task = bar.add_task("certify", total=len(indices), completed=len(results), status="")
@@ -312,10 +328,11 @@ class _Run:
                 x, y = data.test[index]
                 x = torch.as_tensor(x)
                 outcomes = {}
-                for slot, (label, mech) in enumerate(zip(labels, c.mechanisms)):
-                    gen = input_generator(p.seed, index, slot, self.device)
+                for label, i, k in plan:
+                    # the noise depends on the input and the mechanism only: strategies see the same draws
+                    gen = input_generator(p.seed, index, k, self.device)
                     start = time.perf_counter()
-                    cert = strategy.certify(mech, smoothed, x, gen)
+                    cert = strategies[i].certify(c.mechanisms[k], smoothed[i], x, gen)
                     outcomes[label] = Outcome(cert, time.perf_counter() - start)
                 result = ExampleResult(index=index, label=int(y), outcomes=outcomes)
                 writer.write(result)

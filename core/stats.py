@@ -60,6 +60,15 @@ def clopper_pearson_upper(successes: ArrayLike, trials: ArrayLike, alpha: float)
     return _out(np.where(k == n, 1.0, bound))
 
 
+def clopper_pearson_upper_gap(successes: ArrayLike, trials: ArrayLike, alpha: float) -> float | np.ndarray:
+    """``1 - `` the one-sided Clopper-Pearson upper bound, computed without cancellation: the ``alpha``
+    quantile of ``Beta(n - k, k + 1)`` (0 when ``k = n``)."""
+    k, n = _check(successes, trials, alpha)
+    with np.errstate(invalid="ignore"):
+        gap = stats.beta.ppf(alpha, np.maximum(n - k, 1), k + 1)
+    return _out(np.where(k == n, 0.0, gap))
+
+
 def clopper_pearson_interval(
     successes: ArrayLike, trials: ArrayLike, alpha: float
 ) -> tuple[float | np.ndarray, float | np.ndarray]:

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -66,3 +68,14 @@ def test_gaussian_radius_at_its_threshold():
     assert gaussian_radius(np.nextafter(0.5, 0), 2.0) > 0.0
     assert gaussian_radius(stats.norm.sf(1.3), 0.5) == pytest.approx(0.65)
     assert gaussian_radius(1e-300, 1.0) == pytest.approx(stats.norm.isf(1e-300))  # finite far beyond float's 1 - p
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (57, 100), (9990, 10000), (10, 10)])
+def test_the_upper_gap_is_one_minus_the_upper_bound(k, n):
+    from ensemblecert import clopper_pearson_upper_gap
+
+    assert clopper_pearson_upper_gap(k, n, 0.01) == pytest.approx(1 - clopper_pearson_upper(k, n, 0.01), abs=1e-12)
+    # near 0 the gap keeps its digits: k = n - 1 gives 1 - upper = 1 - (1 - alpha)^(1/n) exactly
+    n_big = 10**12
+    exact = -math.expm1(math.log1p(-0.01) / n_big)
+    assert clopper_pearson_upper_gap(n_big - 1, n_big, 0.01) == pytest.approx(exact, rel=1e-12)
