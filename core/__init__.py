@@ -27,7 +27,7 @@ from .manager import load_registry, make_plugin_manager
 from .pipeline import RunResult, run, run_pipeline
 from .registry import KINDS, Component, Registry
 from .results import ExampleResult, Summary, summarize
-from .sampling import MonteCarloSampler, SmoothedClassifier, Tally
+from .sampling import MonteCarloSampler, SmoothedClassifier, Tally, Usage
 from .stats import (
     clopper_pearson_interval,
     clopper_pearson_lower,
@@ -65,6 +65,7 @@ __all__ = [
     "Summary",
     "Tally",
     "TrainBatch",
+    "Usage",
     "UserError",
     "build_component",
     "build_member",

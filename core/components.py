@@ -75,12 +75,14 @@ class Aggregate:
 
     ``probs``: ensemble class probabilities ``[B, C]``. ``member_logits``: the members' logits
     ``[N, B, C]`` when every member was evaluated (``None`` when the protocol skipped some).
-    ``evaluations``: member forward passes spent, summed over the batch.
+    ``evaluations``: member forward passes spent, summed over the batch. ``settled``: for protocols that
+    stop early (K-consensus), how many of the batch's samples were decided before the last member.
     """
 
     probs: Tensor
     member_logits: Tensor | None
     evaluations: int
+    settled: int | None = None
 
 
 class Aggregator(ABC):

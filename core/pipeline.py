@@ -331,16 +331,22 @@ class _Run:
                 for label, i, k in plan:
                     # the noise depends on the input and the mechanism only: strategies see the same draws
                     gen = input_generator(p.seed, index, k, self.device)
+                    usage = getattr(smoothed[i], "usage", None)
+                    before = usage.snapshot() if usage is not None else None
                     start = time.perf_counter()
                     cert = strategies[i].certify(c.mechanisms[k], smoothed[i], x, gen)
-                    outcomes[label] = Outcome(cert, time.perf_counter() - start)
+                    seconds = time.perf_counter() - start
+                    spent = usage - before if usage is not None else None
+                    outcomes[label] = Outcome(
+                        cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None
+                    )
                 result = ExampleResult(index=index, label=int(y), outcomes=outcomes)
                 writer.write(result)
                 results.append(result)
                 correct += result.correct(labels[0])
                 bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
         results.sort(key=lambda r: r.index)
-        summary = summarize(results, labels, c.radii)
+        summary = summarize(results, labels, c.radii, members=ensemble.num_members)
         write_json(self.out / "summary.json", {**summary.to_dict(), "tsv": str(tsv)})
         if results:
             plot_certified_accuracy(results, labels, self.out / "certified_accuracy.png")

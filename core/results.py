@@ -1,9 +1,17 @@
-"""Results: one TSV row per certified input, written as soon as it is known, and a summary."""
+"""Results: one TSV row per certified input, written as soon as it is known, and a summary.
+
+Columns: the base columns (``idx label predict radius correct time samples evaluations``) for the first
+mechanism; with several mechanisms the same per mechanism as ``<label>:<field>``; then extra columns
+``<label>:<key>`` for everything a certificate's ``details`` holds (bounds, counts, stages, per-member radii)
+and, where an aggregator settled samples early, ``<label>:kcr``. The extra columns are fixed by the first
+row written; a resumed run reads them back.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -12,16 +20,27 @@ import attrs
 from .components import ABSTAIN, Certificate
 from .errors import UserError
 
-#: The leading columns, as in the original randomized-smoothing tooling.
-BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+#: The leading columns, as in the original randomized-smoothing tooling, then the costs.
+BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "samples", "evaluations")
+_PER_MECHANISM = ("predict", "radius", "correct", "time", "samples", "evaluations")
 
 
 @attrs.frozen
 class Outcome:
-    """One mechanism's result on one input: its certificate and the seconds it took."""
+    """One mechanism's result on one input: its certificate, the seconds it took, the member evaluations it
+    spent, and how many of its noisy samples the aggregator settled early (K-consensus), where known."""
 
     certificate: Certificate
     seconds: float
+    evaluations: int | None = None
+    settled: int | None = None
+
+    def extras(self) -> dict[str, float]:
+        """The extra columns: the certificate's details, and the share of samples settled early (KCR)."""
+        out = {key: float(value) for key, value in self.certificate.details.items()}
+        if self.settled is not None and self.certificate.samples:
+            out["kcr"] = self.settled / self.certificate.samples
+        return out
 
 
 @attrs.frozen
@@ -38,13 +57,22 @@ class ExampleResult:
 
 @attrs.frozen
 class MechanismSummary:
-    """Certified accuracy at each radius, average certified radius (ACR) and costs, for one mechanism."""
+    """Certified accuracy at each radius, average certified radius (ACR) and costs, for one mechanism.
+
+    ``evaluation_share``: member evaluations spent over those the full ensemble would have spent on the
+    same samples (below 1 when an aggregator skipped members). ``details``: the mean of every extra column.
+    """
 
     certified_accuracy: Mapping[float, float]
     acr: float
     abstain_rate: float
     mean_seconds: float
     mean_samples: float
+    median_samples: float
+    mean_evaluations: float | None = None
+    median_evaluations: float | None = None
+    evaluation_share: float | None = None
+    details: Mapping[str, float] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -57,77 +85,108 @@ class Summary:
             "examples": self.examples,
             "mechanisms": {
                 name: {
+                    **attrs.asdict(m, recurse=False),
                     "certified_accuracy": {f"{r:g}": acc for r, acc in m.certified_accuracy.items()},
-                    "acr": m.acr,
-                    "abstain_rate": m.abstain_rate,
-                    "mean_seconds": m.mean_seconds,
-                    "mean_samples": m.mean_samples,
+                    "details": dict(m.details),
                 }
                 for name, m in self.mechanisms.items()
             },
         }
 
 
-def summarize(results: Sequence[ExampleResult], mechanisms: Sequence[str], radii: Sequence[float]) -> Summary:
-    """Certified accuracy at ``radii`` (share of inputs predicted correctly with radius >= r) and ACR.
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def summarize(
+    results: Sequence[ExampleResult], mechanisms: Sequence[str], radii: Sequence[float], *, members: int | None = None
+) -> Summary:
+    """Certified accuracy at ``radii`` (share of inputs predicted correctly with radius >= r), ACR and costs.
 
     ACR is the mean over inputs of the certified radius, counting 0 for wrong predictions and abstentions.
+    ``members`` (the ensemble size) gives the evaluation share against evaluating every member on every sample.
     """
     n = len(results)
     out = {}
     for name in mechanisms:
-        certs = [(r.outcomes[name].certificate, r.correct(name), r.outcomes[name].seconds) for r in results]
+        outcomes = [r.outcomes[name] for r in results]
+        certs = [(o.certificate, r.correct(name)) for o, r in zip(outcomes, results)]
+        samples = [c.samples for c, _ in certs]
+        spent = [o.evaluations for o in outcomes if o.evaluations is not None]
+        counted = [o.certificate.samples for o in outcomes if o.evaluations is not None]
+        extras = [o.extras() for o in outcomes]
+        keys = sorted({k for e in extras for k in e})
         out[name] = MechanismSummary(
             certified_accuracy={
-                float(rad): (sum(ok and c.radius >= rad for c, ok, _ in certs) / n if n else math.nan)
-                for rad in radii
+                float(rad): (sum(ok and c.radius >= rad for c, ok in certs) / n if n else math.nan) for rad in radii
             },
-            acr=sum(c.radius for c, ok, _ in certs if ok) / n if n else math.nan,
-            abstain_rate=sum(c.prediction == ABSTAIN for c, _, _ in certs) / n if n else math.nan,
-            mean_seconds=sum(s for _, _, s in certs) / n if n else math.nan,
-            mean_samples=sum(c.samples for c, _, _ in certs) / n if n else math.nan,
+            acr=sum(c.radius for c, ok in certs if ok) / n if n else math.nan,
+            abstain_rate=sum(c.prediction == ABSTAIN for c, _ in certs) / n if n else math.nan,
+            mean_seconds=_mean([o.seconds for o in outcomes]),
+            mean_samples=_mean(samples),
+            median_samples=float(statistics.median(samples)) if samples else math.nan,
+            mean_evaluations=_mean(spent) if spent else None,
+            median_evaluations=float(statistics.median(spent)) if spent else None,
+            evaluation_share=sum(spent) / (members * sum(counted)) if spent and members and sum(counted) else None,
+            details={k: _mean([e[k] for e in extras if k in e and not math.isnan(e[k])]) for k in keys},
         )
     return Summary(examples=n, mechanisms=out)
 
 
-def columns(mechanisms: Sequence[str]) -> list[str]:
-    """TSV header: the base columns for the first mechanism, ``samples``, then ``<mechanism>:<field>`` for each."""
-    cols = [*BASE_COLUMNS, "samples"]
+def columns(mechanisms: Sequence[str], extras: Sequence[str] = ()) -> list[str]:
+    """TSV header: the base columns for the first mechanism, per-mechanism columns when there are several,
+    then the extra columns ``<mechanism>:<key>``."""
+    cols = list(BASE_COLUMNS)
     if len(mechanisms) > 1:
         for name in mechanisms:
-            cols += [f"{name}:{f}" for f in ("predict", "radius", "correct", "time", "samples")]
-    return cols
+            cols += [f"{name}:{f}" for f in _PER_MECHANISM]
+    return cols + list(extras)
 
 
-def _row(result: ExampleResult, mechanisms: Sequence[str]) -> list[str]:
+def extra_columns(result: ExampleResult, mechanisms: Sequence[str]) -> list[str]:
+    """The extra columns a row of ``result`` calls for, in mechanism order."""
+    return [f"{name}:{key}" for name in mechanisms for key in result.outcomes[name].extras()]
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _row(result: ExampleResult, mechanisms: Sequence[str], extras: Sequence[str]) -> list[str]:
     def fields(name: str) -> list[str]:
         o = result.outcomes[name]
         c = o.certificate
-        return [str(c.prediction), repr(float(c.radius)), str(int(result.correct(name))), f"{o.seconds:.4f}", str(c.samples)]
+        spent = "" if o.evaluations is None else str(o.evaluations)
+        return [str(c.prediction), repr(float(c.radius)), str(int(result.correct(name))), f"{o.seconds:.4f}", str(c.samples), spent]
 
-    first = fields(mechanisms[0])
-    row = [str(result.index), str(result.label), first[0], first[1], first[2], first[3], first[4]]
+    row = [str(result.index), str(result.label), *fields(mechanisms[0])]
     if len(mechanisms) > 1:
         for name in mechanisms:
             row += fields(name)
-    return row
+    values = {f"{name}:{k}": v for name in mechanisms for k, v in result.outcomes[name].extras().items()}
+    return row + [_fmt(values.get(col)) for col in extras]
 
 
 class ResultsWriter:
-    """Appends one TSV row per input and flushes it, so an interrupted run loses nothing."""
+    """Appends one TSV row per input and flushes it, so an interrupted run loses nothing.
+
+    The header is written with the first row (its extra columns come from that row's details), or taken
+    from the file when appending to an earlier run's results.
+    """
 
     def __init__(self, path: str | Path, mechanisms: Sequence[str]) -> None:
         self.path = Path(path)
         self.mechanisms = list(mechanisms)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists() or self.path.stat().st_size == 0
+        self.extras: list[str] | None = None if fresh else _read_header(self.path)[len(columns(self.mechanisms)):]
         self._fh = self.path.open("a", encoding="utf-8", newline="")
-        if fresh:
-            self._fh.write("\t".join(columns(self.mechanisms)) + "\n")
-            self._fh.flush()
 
     def write(self, result: ExampleResult) -> None:
-        self._fh.write("\t".join(_row(result, self.mechanisms)) + "\n")
+        if self.extras is None:
+            self.extras = extra_columns(result, self.mechanisms)
+            self._fh.write("\t".join(columns(self.mechanisms, self.extras)) + "\n")
+        self._fh.write("\t".join(_row(result, self.mechanisms, self.extras)) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
@@ -140,16 +199,28 @@ class ResultsWriter:
         self.close()
 
 
-def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleResult]:
-    """Read a results TSV written for ``mechanisms``; a truncated last line (a crash mid-write) is dropped."""
-    path = Path(path)
-    fix = "run with --fresh to start the certification over, or choose another output directory"
+_FIX = "run with --fresh to start the certification over, or choose another output directory"
+
+
+def _read_text(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not a results table (binary content); {fix}") from None
+        raise UserError(f"{path}: not a results table (binary content); {_FIX}") from None
     if "\0" in text:
-        raise UserError(f"{path}: not a results table (binary content); {fix}")
+        raise UserError(f"{path}: not a results table (binary content); {_FIX}")
+    return text
+
+
+def _read_header(path: Path) -> list[str]:
+    first = _read_text(path).split("\n", 1)[0]
+    return first.split("\t") if first else []
+
+
+def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleResult]:
+    """Read a results TSV written for ``mechanisms``; a truncated last line (a crash mid-write) is dropped."""
+    path = Path(path)
+    text = _read_text(path)
     lines = text.split("\n")
     complete = lines[:-1] if not text.endswith("\n") else lines
     reader = csv.reader([ln for ln in complete if ln], delimiter="\t")
@@ -157,24 +228,29 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
     expected = columns(mechanisms)
     if header is None:
         return []
-    if header != expected:
+    extras = header[len(expected):]
+    if header[: len(expected)] != expected or not all(_is_extra(c, mechanisms) for c in extras):
         raise UserError(
-            f"{path}: its columns {header} do not match this pipeline's mechanisms {list(mechanisms)}; "
+            f"{path}: its columns {header[:len(expected)]} do not match this pipeline's mechanisms {list(mechanisms)}; "
             "use --fresh to start over or choose another output directory"
         )
-    at = {c: i for i, c in enumerate(expected)}
+    at = {c: i for i, c in enumerate(header)}
     results = []
     for line, row in enumerate(reader, start=2):
-        if len(row) != len(expected):
+        if len(row) != len(header):
             continue
         try:
             results.append(_parse_row(row, at, mechanisms))
         except ValueError as exc:
-            raise UserError(f"{path}, line {line}: {exc}; {fix}") from None
+            raise UserError(f"{path}, line {line}: {exc}; {_FIX}") from None
     if not text.endswith("\n") and lines[-1]:
         with path.open("w", encoding="utf-8", newline="") as fh:  # drop the partial line before appending
             fh.write("\n".join(complete) + ("\n" if complete else ""))
     return results
+
+
+def _is_extra(column: str, mechanisms: Sequence[str]) -> bool:
+    return any(column.startswith(f"{name}:") for name in mechanisms)
 
 
 def _number(text: str, kind: type[int] | type[float], column: str) -> int | float:
@@ -192,13 +268,26 @@ def _parse_row(row: Sequence[str], at: Mapping[str, int], mechanisms: Sequence[s
     outcomes = {}
     for name in mechanisms:
         prefix = f"{name}:" if len(mechanisms) > 1 else ""
-        value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples")}
+        value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples", "evaluations")}
+        extras = {
+            column[len(name) + 1:]: _number(row[i], float, column)
+            for column, i in at.items()
+            if column.startswith(f"{name}:") and column[len(name) + 1:] not in _PER_MECHANISM and row[i] != ""
+        }
+        samples = _number(value["samples"], int, prefix + "samples")
+        kcr = extras.pop("kcr", None)
         certificate = Certificate(
             _number(value["predict"], int, prefix + "predict"),
             _number(value["radius"], float, prefix + "radius"),
-            _number(value["samples"], int, prefix + "samples"),
+            samples,
+            extras,
         )
-        outcomes[name] = Outcome(certificate, _number(value["time"], float, prefix + "time"))
+        outcomes[name] = Outcome(
+            certificate,
+            _number(value["time"], float, prefix + "time"),
+            _number(value["evaluations"], int, prefix + "evaluations") if value["evaluations"] else None,
+            round(kcr * samples) if kcr is not None else None,
+        )
     return ExampleResult(index=_number(row[0], int, "idx"), label=_number(row[1], int, "label"), outcomes=outcomes)
 
 

@@ -52,6 +52,24 @@ class Tally:
         return int(torch.argmax(self.counts))
 
 
+@attrs.define
+class Usage:
+    """What a sampler has spent so far: noise draws, member evaluations, and samples an aggregator settled
+    early (``None`` while no aggregator reported any). Take a :meth:`snapshot` before and after a piece of
+    work and subtract to see what it cost."""
+
+    draws: int = 0
+    evaluations: int = 0
+    settled: int | None = None
+
+    def snapshot(self) -> Usage:
+        return Usage(self.draws, self.evaluations, self.settled)
+
+    def __sub__(self, earlier: Usage) -> Usage:
+        settled = None if self.settled is None else self.settled - (earlier.settled or 0)
+        return Usage(self.draws - earlier.draws, self.evaluations - earlier.evaluations, settled)
+
+
 @runtime_checkable
 class SmoothedClassifier(Protocol):
     """What certifiers sample from: a base classifier smoothed by a noise distribution."""
@@ -159,18 +177,19 @@ class MonteCarloSampler:
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else _device_of(classifier)
         self.num_classes = num_classes
+        self.usage = Usage()
         self._ensemble = classifier if isinstance(classifier, Ensemble) else None
 
     def _infer_classes(self, x: Tensor) -> int:
         with torch.inference_mode(), evaluation_mode(self.classifier):
             return int(self._scores(x.unsqueeze(0))[0].shape[-1])
 
-    def _scores(self, batch: Tensor) -> tuple[Tensor, bool, Tensor | None, int]:
-        """(scores, are-probabilities, member logits or None, evaluations) for one batch."""
+    def _scores(self, batch: Tensor) -> tuple[Tensor, bool, Tensor | None, int, int | None]:
+        """(scores, are-probabilities, member logits or None, evaluations, settled or None) for one batch."""
         if self._ensemble is not None:
             agg = self._ensemble.evaluate(batch)
-            return agg.probs, True, agg.member_logits, agg.evaluations
-        return self.classifier(batch), False, None, batch.shape[0]
+            return agg.probs, True, agg.member_logits, agg.evaluations, agg.settled
+        return self.classifier(batch), False, None, batch.shape[0], None
 
     def tally(
         self,
@@ -203,8 +222,10 @@ class MonteCarloSampler:
             while done < n:
                 size = min(self.batch_size, n - done)
                 batch = stream.take(size)
-                scores, are_probs, member_logits, spent = self._scores(batch)
+                scores, are_probs, member_logits, spent, settled = self._scores(batch)
                 evaluations += spent
+                if settled is not None:
+                    self.usage.settled = (self.usage.settled or 0) + settled
                 if scores.shape[-1] != classes:
                     raise ValueError(f"the classifier returned {scores.shape[-1]} classes, expected {classes}")
                 counts += torch.bincount(scores.argmax(dim=1), minlength=classes)
@@ -218,6 +239,8 @@ class MonteCarloSampler:
                         1, member_logits.argmax(dim=2), torch.ones_like(member_logits[..., 0], dtype=torch.long)
                     )
                 done += size
+        self.usage.draws += n
+        self.usage.evaluations += evaluations
         return Tally(
             n=n,
             counts=counts.cpu(),

@@ -304,3 +304,18 @@ def test_a_read_only_output_directory(tiny_pipeline, tmp_path):
     tiny_pipeline["output"] = str(locked / "run")
     with pytest.raises(UserError, match="output: cannot write to"):
         run(tiny_pipeline)
+
+
+def test_costs_and_details_reach_the_table_and_the_summary(tiny_pipeline):
+    import json
+
+    result = run(tiny_pipeline)
+    header, *lines = rows(result)
+    table = [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
+    assert header.split("\t")[8:] == ["cohen:count", "cohen:p_lower"]
+    for row in table:  # soft voting evaluates both members on every draw, selection included
+        assert int(row["evaluations"]) == 2 * int(row["samples"]) == 2 * 220
+        assert 0 <= float(row["cohen:count"]) <= 200 and 0 <= float(row["cohen:p_lower"]) < 1
+    summary = json.loads((result.output / "summary.json").read_text())["mechanisms"]["cohen"]
+    assert summary["evaluation_share"] == 1.0 and summary["median_samples"] == 220
+    assert summary["details"]["count"] == pytest.approx(sum(float(r["cohen:count"]) for r in table) / len(table))
