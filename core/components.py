@@ -108,6 +108,37 @@ class Aggregator(ABC):
         """Return why this protocol cannot combine ``count`` members, or ``None``. Called once per run."""
         return None
 
+    def needs_heldout(self) -> bool:
+        """Whether :meth:`calibrate` needs held-out data (then the pipeline carves it from the training data)."""
+        return False
+
+    def calibrate(self, members: Members, heldout: HeldOut) -> Aggregator:
+        """Return this protocol fitted to held-out data (member ranking, weights). Called once per run after
+        training when :meth:`needs_heldout`; the returned component's fields are saved with the run and it is
+        rebuilt from them when the run resumes, so put everything fitted into fields."""
+        return self
+
+
+@attrs.frozen
+class HeldOut:
+    """Held-out labelled data for calibrating a protocol, never certified: a split of the training data.
+
+    :meth:`noisy_batches` yields ``(x + noise, y)`` on ``device`` with noise from ``generator``.
+    """
+
+    data: torch.utils.data.Dataset
+    noise: NoiseSampler
+    generator: torch.Generator
+    device: torch.device
+    batch_size: int = 500
+
+    def noisy_batches(self):
+        loader = torch.utils.data.DataLoader(self.data, batch_size=self.batch_size, shuffle=False)
+        for x, y in loader:
+            x, y = x.to(self.device), torch.as_tensor(y).to(self.device)
+            noise = self.noise.sample(x.shape, generator=self.generator, device=self.device, dtype=x.dtype)
+            yield x + noise, y
+
 
 # --------------------------------------------------------------------------------------- noise
 class NoiseSampler(ABC):

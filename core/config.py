@@ -117,6 +117,15 @@ class CertifyConfig:
 
 
 @attrs.frozen(kw_only=True)
+class HeldoutConfig:
+    """``[heldout]``: labelled data kept from training, never certified, for protocols that calibrate
+    (K-consensus ranks members on it, weighted soft voting fits weights). Carved only when one asks."""
+
+    #: Share of the training data set aside, chosen with the pipeline seed; recorded in heldout.json.
+    fraction: float = attrs.field(default=0.1, validator=in_range(0, 1, low_open=True, high_open=True))
+
+
+@attrs.frozen(kw_only=True)
 class Pipeline:
     """A whole pipeline: data -> train (or load) members -> aggregate -> smooth -> certify -> report."""
 
@@ -125,6 +134,7 @@ class Pipeline:
     ensemble: EnsembleConfig = section()
     train: TrainConfig = section()
     certify: CertifyConfig = section()
+    heldout: HeldoutConfig = section()
     #: Seeds initialisation, shuffling and noise; any integer that fits in 63 bits.
     seed: int = attrs.field(default=0, validator=in_range(0, MAX_SEED))
     device: str = attrs.field(default="auto", validator=_device)

@@ -27,13 +27,14 @@ from torch import nn
 
 from .certification import input_generator
 from .checkpoints import load_checkpoint, plain, remove_temporaries, save_checkpoint, write_json
-from .components import DataInfo, DataSplits
-from .config import Pipeline, describe, load_pipeline
+from .components import Aggregator, DataInfo, DataSplits, HeldOut
+from .config import Pipeline, build_component, describe, load_pipeline
 from .ensemble import Ensemble, build_member
 from .errors import ConfigError, UserError
 from .registry import Registry
 from .report import Reporter
 from .results import ExampleResult, Outcome, ResultsWriter, Summary, plot_certified_accuracy, read_results, summarize
+from .seeds import generator
 from .training import train_ensemble
 
 CHECKPOINT_FORMAT = "ensemblecert.member/1"
@@ -172,6 +173,7 @@ class _Run:
         self.device = resolve_device(pipeline.device)
         self.config = describe(pipeline, registry)
         c = self.config
+        self.uses_heldout = pipeline.ensemble.aggregator.needs_heldout()
         self.train_fp = _fingerprint(
             {
                 "data": c["data"],
@@ -180,8 +182,54 @@ class _Run:
                 "noise": c["train"]["noise"] or c["noise"],
                 "seed": c["seed"],
                 "train": {k: v for k, v in c["train"].items() if k not in ("enabled", "noise")},
+                "heldout": c["heldout"] if self.uses_heldout else None,
             }
         )
+
+    # ------------------------------------------------------------------------------ held-out
+    def split_heldout(self, data: DataSplits) -> tuple[DataSplits, torch.utils.data.Dataset]:
+        """Set ``heldout.fraction`` of the training data aside (chosen with the pipeline seed), record which
+        indices in heldout.json, and return the remaining splits and the held-out part."""
+        size = len(data.train)
+        count = max(1, round(self.p.heldout.fraction * size))
+        if count >= size:
+            raise UserError(f"heldout.fraction: {self.p.heldout.fraction} leaves no training data of {size} inputs")
+        order = torch.randperm(size, generator=generator(self.p.seed, "heldout")).tolist()
+        held, kept = sorted(order[:count]), sorted(order[count:])
+        write_json(self.out / "heldout.json", {"fraction": self.p.heldout.fraction, "size": size, "indices": held})
+        subset = torch.utils.data.Subset
+        return attrs.evolve(data, train=subset(data.train, kept)), subset(data.train, held)
+
+    def calibrate(self, aggregator: Aggregator, members: Sequence[nn.Module], heldout: torch.utils.data.Dataset) -> Aggregator:
+        """The aggregator fitted on the held-out split, reused from aggregator.json when the same members,
+        protocol, noise and split produced it."""
+        path = self.out / "aggregator.json"
+        fp = _fingerprint(
+            {
+                "weights": _weights_digest(members),
+                "aggregator": self.config["ensemble"]["aggregator"],
+                "noise": self.config["noise"],
+                "heldout": self.config["heldout"],
+                "seed": self.p.seed,
+            }
+        )
+        saved = _read_meta(path)
+        if saved.get("fingerprint") == fp and isinstance(saved.get("aggregator"), dict):
+            self.rep.info(f"Reusing the calibrated aggregator in {path}")
+            return build_component("aggregator", saved["aggregator"], self.registry)
+        self.rep.info(f"Calibrating the aggregator on {len(heldout)} held-out inputs")
+        held = HeldOut(
+            data=heldout,
+            noise=self.p.noise,
+            generator=generator(self.p.seed, "heldout-noise", device=self.device),
+            device=self.device,
+            batch_size=self.p.certify.batch_size,
+        )
+        for m in members:
+            m.eval()
+        fitted = aggregator.calibrate(Ensemble(members, aggregator).runner(), held)
+        write_json(path, {"fingerprint": fp, "aggregator": plain(describe(fitted, self.registry))})
+        return fitted
 
     # ------------------------------------------------------------------------------ members
     def members(self, data: DataSplits) -> tuple[list[nn.Module], list[float]]:
@@ -291,7 +339,7 @@ class _Run:
         fp = _fingerprint(
             {
                 "weights": _weights_digest(ensemble.members),
-                "aggregator": self.config["ensemble"]["aggregator"],
+                "aggregator": plain(describe(ensemble.aggregator, self.registry)),
                 "smoothing": self.config["ensemble"]["smoothing"],
                 "noise": self.config["noise"],
                 "mechanisms": self.config["certify"]["mechanisms"],
@@ -363,7 +411,7 @@ def run_pipeline(
     prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
     if fresh:
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)
-        for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png"):
+        for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png", "aggregator.json", "heldout.json"):
             (run.out / name).unlink(missing_ok=True)
         prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
     write_json(run.out / "pipeline.json", run.config)
@@ -372,8 +420,15 @@ def run_pipeline(
         f"Data: {len(data.train)} training and {len(data.test)} test inputs of shape "
         f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes; device {run.device}"
     )
+    aggregator = pipeline.ensemble.aggregator
+    heldout = None
+    if run.uses_heldout:
+        data, heldout = run.split_heldout(data)
+        reporter.info(f"Held out {len(heldout)} training inputs to calibrate the aggregator (heldout.json)")
     members, losses = run.members(data)
-    ensemble = Ensemble(members, pipeline.ensemble.aggregator, vectorize=pipeline.ensemble.vectorize)
+    if heldout is not None:
+        aggregator = run.calibrate(aggregator, members, heldout)
+    ensemble = Ensemble(members, aggregator, vectorize=pipeline.ensemble.vectorize)
     ensemble = ensemble.to(run.device).eval()
     results: list[ExampleResult] = []
     summary = None
