@@ -1,0 +1,46 @@
+"""Every example pipeline validates, and every registered component is used by at least one example."""
+
+import sys
+
+import pytest
+
+from conftest import REPO
+from ensemblecert import load_pipeline
+from ensemblecert.pipeline import check_pipeline
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_validates(path):
+    pipeline, _ = load_pipeline(path)
+    check_pipeline(pipeline)
+
+
+def names_in(node):
+    if isinstance(node, dict):
+        yield from ([node["name"]] if isinstance(node.get("name"), str) else [])
+        for value in node.values():
+            yield from names_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from ([value] if isinstance(value, str) else names_in(value))
+    elif isinstance(node, str):
+        yield node
+
+
+@pytest.mark.parametrize("name", ["certify_adp", "sequential", "k_consensus", "soft", "eas", "ebs", "cohen", "we"])
+def test_each_method_has_an_example(name):
+    used = {n for path in EXAMPLES for n in names_in(tomllib.loads(path.read_text()))}
+    assert name in used
+
+
+def test_the_other_voting_variants_are_shown_in_the_voting_example():
+    text = (REPO / "examples" / "voting.toml").read_text()
+    for variant in ('name = "hard"', 'name = "max"', 'name = "we"'):
+        assert variant in text
