@@ -68,6 +68,9 @@ def register_aggregators(register: Register) -> None:
     prediction. It returns an :class:`~ensemblecert.Aggregate` holding class probabilities, the member
     logits it computed and how many member evaluations it spent; it may skip members (K-consensus).
     ``Aggregator.check_members(count)`` is called once per run to refuse an ensemble size it cannot combine.
+    When ``Aggregator.needs_heldout()``, the pipeline sets part of the training data aside and, after
+    training, calls ``Aggregator.calibrate(members, heldout)`` once; the fitted copy it returns is saved
+    with the run (rank members, fit weights) and rebuilt from its fields when the run resumes.
     """
 
 

@@ -9,7 +9,7 @@ from ensemblecert.registry import KINDS
 
 MALFORMED = {
     "bad TOML": ("[train\nepochs = 3\n", "not valid TOML"),
-    "unknown name": ('[ensemble]\naggregator = { name = "avg" }\n', "unknown aggregator 'avg'; known aggregators (ensemble protocols): 'mme', 'we'"),
+    "unknown name": ('[ensemble]\naggregator = { name = "avg" }\n', "unknown aggregator 'avg'; known aggregators (ensemble protocols): 'hard', 'k_consensus', 'max', 'mme', 'soft', 'we'"),
     "wrong type": ("[train]\nepochs = \"ten\"\n", "train.epochs: expected an integer, got 'ten'"),
     "out of range": ('[certify]\nmechanisms = [{ name = "cohen", alpha = 1.5 }]\n', "certify.mechanisms[0].alpha: must be in (0, 1), got 1.5"),
     "unknown key": ("[train]\nepocs = 3\n", "train.epocs: unknown setting; did you mean 'epochs'?"),
@@ -66,7 +66,8 @@ def test_plugins_lists_every_kind_with_builtins(cli):
     for kind in KINDS.values():
         assert kind.title in proc.stdout
     for name in ["digits", "mnist", "cifar10", "imagenet", "mlp", "lenet", "resnet20", "resnet110", "resnet50",
-                 "we", "mme", "gaussian", "ebs", "cohen"]:
+                 "we", "mme", "soft", "hard", "max", "k_consensus", "gaussian", "ebs", "eas", "cohen",
+                 "certify_adp", "sequential"]:
         assert f" {name} " in proc.stdout
 
 
