@@ -36,6 +36,7 @@ from ensemblecert import (
     NoiseSampler,
     SmoothedClassifier,
     SmoothingStrategy,
+    UserError,
     clopper_pearson_lower_gap,
     clopper_pearson_upper_gap,
     hookimpl,
@@ -112,8 +113,14 @@ class EnsembleAfterSmoothing(SmoothingStrategy):
         self, mechanism: Certifier, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None
     ) -> Certificate:
         n0, n, alpha = mechanism.n0, mechanism.n, mechanism.alpha  # type: ignore[attr-defined]
-        selection = smoothed.tally(x, n0, generator=generator, members=True).member_counts.numpy()
-        counts = smoothed.tally(x, n, generator=generator, members=True).member_counts.numpy()
+        try:
+            selection = smoothed.tally(x, n0, generator=generator, members=True).member_counts.numpy()
+            counts = smoothed.tally(x, n, generator=generator, members=True).member_counts.numpy()
+        except ValueError as exc:
+            raise UserError(
+                f"ensemble.smoothing: eas smooths every member on its own and needs every member's prediction on "
+                f"every draw, but {exc}; use an aggregator that evaluates all members (not k_consensus) with eas"
+            ) from None
         y0, agree, terms = sampled_terms(selection, counts, n, alpha, smoothed.noise.sigma)
         radius = sound_radius(terms, agree)
         details = {f"r_{i}": float(t) for i, t in enumerate(terms)}

@@ -201,3 +201,11 @@ def test_eas_refuses_a_mechanism_without_n0_n_alpha():
                                  "certify": {"mechanisms": [{"name": "certify_adp", "radius": 0.25}]}})
     with pytest.raises(ConfigError, match=r"ensemble.smoothing\[0\]: certify.mechanisms\[0\]: eas runs CERTIFY"):
         check_pipeline(pipeline)
+
+
+def test_eas_with_an_aggregator_that_skips_members_is_a_user_error(tiny_pipeline):
+    from ensemblecert import UserError, run
+
+    tiny_pipeline["ensemble"].update(smoothing="eas", aggregator={"name": "k_consensus", "k": 1, "order": [0, 1]})
+    with pytest.raises(UserError, match="eas smooths every member on its own .* skipped members.*not k_consensus"):
+        run(tiny_pipeline)
