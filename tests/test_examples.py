@@ -34,7 +34,7 @@ def names_in(node):
         yield node
 
 
-@pytest.mark.parametrize("name", ["certify_adp", "sequential", "k_consensus", "soft", "eas", "ebs", "cohen", "we"])
+@pytest.mark.parametrize("name", ["certify_adp", "sequential", "k_consensus", "soft", "eas", "ebs", "cohen", "we", "best"])
 def test_each_method_has_an_example(name):
     used = {n for path in EXAMPLES for n in names_in(tomllib.loads(path.read_text()))}
     assert name in used

@@ -7,7 +7,8 @@ runner-up's and the noise scale ``sigma`` to a certified L2 radius. All are pure
 Where a mechanism is a supremum or maximum over a free parameter (Li's omega, Lecuyer's and the DP
 mechanism's epsilon), every value returned is the mechanism's radius *at* a particular parameter value, each
 of which is a valid certificate on its own; an imperfect search therefore only ever costs radius. The search
-is a grid followed by golden-section refinement, to about 1e-9 relative in the parameter.
+is a zooming grid (32 points, four levels: a resolution of 1/110,000 of the parameter's range), one vectorized
+evaluation per level.
 """
 
 from __future__ import annotations
@@ -28,27 +29,25 @@ def _pair(e0: ArrayLike, e1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return e0, e1
 
 
-def _maximise(f, low: np.ndarray, high: np.ndarray, *, grid: int = 48, rounds: int = 60) -> np.ndarray:
-    """``max f(t)`` for ``t`` in ``[low, high]`` per element: a grid, then golden-section around the best point.
-    ``f(t)`` takes arrays shaped like ``low`` and returns the objective (``-inf`` where infeasible)."""
+def _maximise(f, low: np.ndarray, high: np.ndarray, *, grid: int = 32, levels: int = 4) -> np.ndarray:
+    """``max f(t)`` for ``t`` in ``[low, high]`` per element, by a zooming grid: ``grid`` points, then ``grid`` points
+    within one step of the best, ``levels`` times (resolution ``(high - low) / (grid (grid / 2)^(levels - 1))``).
+
+    ``f`` takes ``t`` shaped ``low.shape + (grid,)`` and returns the objective there (0 where infeasible), so each
+    level is one vectorized evaluation.
+    """
     fractions = np.linspace(0.0, 1.0, grid)
-    points = low[..., None] + (high - low)[..., None] * fractions
-    values = np.stack([f(points[..., i]) for i in range(grid)], axis=-1)
-    best = np.argmax(values, axis=-1)
-    found = np.take_along_axis(values, best[..., None], axis=-1)[..., 0]
-    step = (high - low) / (grid - 1)
-    centre = np.take_along_axis(points, best[..., None], axis=-1)[..., 0]
-    a, b = np.maximum(centre - step, low), np.minimum(centre + step, high)
-    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
-    fc, fd = f(c), f(d)
-    for _ in range(rounds):
-        left = fc >= fd
-        a, b = np.where(left, a, c), np.where(left, d, b)
-        c_new, d_new = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
-        fc, fd = np.where(left, f(c_new), fd), np.where(left, fc, f(d_new))
-        c, d = np.where(left, c_new, d), np.where(left, c, d_new)
-        found = np.maximum(found, np.maximum(fc, fd))
-    return found
+    best = np.full(low.shape, -np.inf)
+    lo, hi = low, high
+    for _ in range(levels):
+        points = lo[..., None] + (hi - lo)[..., None] * fractions
+        values = f(points)
+        at = np.argmax(values, axis=-1)[..., None]
+        best = np.maximum(best, np.take_along_axis(values, at, axis=-1)[..., 0])
+        step = (hi - lo) / (grid - 1)
+        centre = np.take_along_axis(points, at, axis=-1)[..., 0]
+        lo, hi = np.maximum(centre - step, low), np.minimum(centre + step, high)
+    return best
 
 
 def cohen(e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
@@ -111,7 +110,7 @@ def li(e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
     """
     e0, e1 = _pair(e0, e1)
     low, high = np.full(e0.shape, -25.0), np.full(e0.shape, 6.0)
-    searched = _maximise(lambda t: li_at(1.0 + np.exp(t), e0, e1, sigma), low, high)
+    searched = _maximise(lambda t: li_at(1.0 + np.exp(t), e0[..., None], e1[..., None], sigma), low, high)
     return np.maximum(searched, li_limit(e0, e1, sigma))
 
 
@@ -133,7 +132,8 @@ def lecuyer(e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
     with np.errstate(divide="ignore"):
         top = np.minimum(1.0, np.where(e1 > 0, 0.5 * np.log(e0 / np.where(e1 > 0, e1, 1.0)), 1.0))
     top = np.where(e0 > e1, top, 0.0)
-    return np.where(e0 > e1, _maximise(lambda eps: lecuyer_at(eps, e0, e1, sigma), np.zeros(e0.shape), top), 0.0)
+    found = _maximise(lambda eps: lecuyer_at(eps, e0[..., None], e1[..., None], sigma), np.zeros(e0.shape), top)
+    return np.where(e0 > e1, found, 0.0)
 
 
 def gaussian_delta(radius: ArrayLike, epsilon: ArrayLike, sigma: float) -> np.ndarray:
@@ -150,7 +150,7 @@ def gaussian_delta(radius: ArrayLike, epsilon: ArrayLike, sigma: float) -> np.nd
 DP_EPSILON_CAP = 40.0
 
 
-def dp_at(epsilon: ArrayLike, e0: ArrayLike, e1: ArrayLike, sigma: float, *, iterations: int = 64) -> np.ndarray:
+def dp_at(epsilon: ArrayLike, e0: ArrayLike, e1: ArrayLike, sigma: float, *, iterations: int = 52) -> np.ndarray:
     """Eq. 18 at one ``epsilon``: the largest ``L`` with ``gaussian_delta(L, eps) <= (E0 - e^{2 eps} E1) / (1 + e^eps)``
     (the smallest feasible delta, Eq. 16, in Eq. 18's second constraint), by bisection; always a feasible ``L``."""
     epsilon, e0, e1 = np.broadcast_arrays(np.asarray(epsilon, np.float64), *_pair(e0, e1))
@@ -183,7 +183,8 @@ def dp(e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
     with np.errstate(divide="ignore"):
         top = np.where(e1 > 0, 0.5 * np.log(e0 / np.where(e1 > 0, e1, 1.0)), DP_EPSILON_CAP)
     top = np.where(e0 > e1, np.minimum(top, DP_EPSILON_CAP), 0.0)
-    return np.where(e0 > e1, _maximise(lambda eps: dp_at(eps, e0, e1, sigma), np.zeros(e0.shape), top), 0.0)
+    found = _maximise(lambda eps: dp_at(eps, e0[..., None], e1[..., None], sigma), np.zeros(e0.shape), top)
+    return np.where(e0 > e1, found, 0.0)
 
 
 #: Mechanisms by name, each ``(E0, E1, sigma) -> radius``.
