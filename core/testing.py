@@ -47,6 +47,13 @@ class ReferenceModel(Protocol):
     def exact_radius(self, x: Tensor, sigma: float) -> float: ...
 
 
+def _place(w: Tensor, projection: Callable[[Tensor], Tensor], target: float, seed: int) -> Tensor:
+    """A random input (from ``seed``) moved along the unit vector ``w`` until ``projection`` is ``target``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(w.shape[0], generator=gen, dtype=torch.float64)
+    return (x + (target - float(projection(x[None])[0])) * w).to(torch.float32)
+
+
 class LinearModel(nn.Module):
     """Two classes split by the hyperplane ``w . x + b = 0`` with ``||w|| = 1``; logits ``(-m, m)``, ``m = w . x + b``.
 
@@ -73,10 +80,7 @@ class LinearModel(nn.Module):
 
     def point_at(self, margin: float, seed: int) -> Tensor:
         """An input whose signed distance to the hyperplane is ``margin``."""
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(self.w.shape[0], generator=gen, dtype=torch.float64)
-        x = x + (margin - float(self.margin(x[None])[0])) * self.w
-        return x.to(torch.float32)
+        return _place(self.w, self.margin, margin, seed)
 
     def point_with_top_probability(self, p: float, sigma: float, seed: int) -> Tensor:
         sign = 1 if seed % 2 else -1
@@ -180,10 +184,7 @@ class IntervalModel(nn.Module):
 
     def point_at(self, m: float, seed: int) -> Tensor:
         """An input whose projection is ``m``."""
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(self.w.shape[0], generator=gen, dtype=torch.float64)
-        x = x + (m - float(self.projection(x[None])[0])) * self.w
-        return x.to(torch.float32)
+        return _place(self.w, self.projection, m, seed)
 
     def point_with_top_probability(self, p: float, sigma: float, seed: int) -> Tensor:
         """An input whose smoothed top class has probability ``p``; ``seed`` chooses among the classes (and

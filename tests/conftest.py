@@ -57,6 +57,30 @@ def on_path(monkeypatch):
     return add
 
 
+class Scripted:
+    """A smoothed classifier that answers each tally with the next scripted class counts (for unit tests of
+    certifiers' decisions); records the sample sizes it was asked for."""
+
+    num_classes = 3
+
+    def __init__(self, *counts, sigma=0.5):
+        import torch
+
+        from ensemblecert.plugins.noise import GaussianNoise
+
+        self.script = [torch.tensor(c) for c in counts]
+        self.noise = GaussianNoise(sigma)
+        self.asked = []
+
+    def tally(self, x, n, *, generator=None, softmax=False, members=False):
+        from ensemblecert import Tally
+
+        counts = self.script.pop(0)
+        assert int(counts.sum()) == n
+        self.asked.append(n)
+        return Tally(n=n, counts=counts, evaluations=n)
+
+
 def run_cli(*args: str, cwd: Path | None = None, extra_path: Path | None = None, timeout: float = 600):
     env = dict(os.environ)
     env["COLUMNS"] = "200"

@@ -7,10 +7,12 @@ import pytest
 import torch
 from scipy import stats
 
-from ensemblecert import ABSTAIN, Tally
+from ensemblecert import ABSTAIN
 from ensemblecert.plugins.certify_adp import CertifyAdp, Decision, matching_final_stage, stage_decision
 from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.testing import IntervalModel, check_early_abstentions, check_soundness
+
+from conftest import Scripted
 
 SIGMA = 0.25
 
@@ -61,30 +63,15 @@ def test_matching_final_stage_reaches_certifys_largest_radius():
         assert (alpha / s) ** (1 / ns) >= alpha ** (1 / n) > (alpha / s) ** (1 / (ns - 1))
 
 
-class Scripted:
-    num_classes = 3
-
-    def __init__(self, *counts):
-        self.script = [torch.tensor(c) for c in counts]
-        self.noise = GaussianNoise(SIGMA)
-        self.asked = []
-
-    def tally(self, x, n, *, generator=None, softmax=False, members=False):
-        counts = self.script.pop(0)
-        assert int(counts.sum()) == n
-        self.asked.append(n)
-        return Tally(n=n, counts=counts, evaluations=n)
-
-
 def test_stops_at_the_stage_that_decides_and_counts_the_selected_class():
     adp = CertifyAdp(radius=0.25, n0=10, stages=[100, 1000, 5000])
     # selection picks class 1; stage 1 is undecided for class 1 (class 2 leads there, and is not counted)
-    smoothed = Scripted([2, 7, 1], [0, 85, 15], [0, 990, 10])
+    smoothed = Scripted([2, 7, 1], [0, 85, 15], [0, 990, 10], sigma=SIGMA)
     cert = adp.certify(smoothed, torch.zeros(2))
     assert smoothed.asked == [10, 100, 1000]
     assert (cert.prediction, cert.radius, cert.samples) == (1, 0.25, 1110)
     assert cert.details["stage"] == 2 and cert.details["count"] == 990
-    early = adp.certify(Scripted([2, 7, 1], [40, 20, 40]), torch.zeros(2))
+    early = adp.certify(Scripted([2, 7, 1], [40, 20, 40], sigma=SIGMA), torch.zeros(2))
     assert (early.prediction, early.radius, early.samples, early.details["stage"]) == (ABSTAIN, 0.0, 110, 1)
 
 

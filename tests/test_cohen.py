@@ -13,6 +13,8 @@ from ensemblecert.plugins.cohen import Cohen, cohen_radius
 from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.testing import LinearModel, check_soundness
 
+from conftest import Scripted
+
 
 def test_radius_formula():
     assert cohen_radius(0.5, 1.0) == 0.0
@@ -139,25 +141,6 @@ def test_cohen_refuses_non_gaussian_noise():
     assert "Gaussian" in Cohen().check_noise(Uniform(0.5))
     assert Cohen().check_noise(GaussianNoise(0.5)) is None
     assert not math.isnan(Cohen().radius(60, 100, 1.0)[0])
-
-
-class Scripted:
-    """A smoothed classifier that answers each tally with the next scripted class counts."""
-
-    num_classes = 3
-
-    def __init__(self, *counts, sigma=0.5):
-        self.script = [torch.tensor(c) for c in counts]
-        self.noise = GaussianNoise(sigma)
-        self.asked = []
-
-    def tally(self, x, n, *, generator=None, softmax=False, members=False):
-        from ensemblecert import Tally
-
-        counts = self.script.pop(0)
-        assert int(counts.sum()) == n
-        self.asked.append(n)
-        return Tally(n=n, counts=counts, evaluations=n)
 
 
 def smallest_certifying_count(n, alpha):
