@@ -29,7 +29,7 @@ from .certification import input_generator
 from .checkpoints import load_checkpoint, plain, remove_temporaries, save_checkpoint, write_json
 from .components import Aggregator, DataInfo, DataSplits, HeldOut
 from .config import Pipeline, build_component, describe, load_pipeline
-from .ensemble import Ensemble, build_member
+from .ensemble import Ensemble, Members, build_member
 from .errors import ConfigError, UserError
 from .registry import Registry
 from .report import Reporter
@@ -227,7 +227,7 @@ class _Run:
         )
         for m in members:
             m.eval()
-        fitted = aggregator.calibrate(Ensemble(members, aggregator).runner(), held)
+        fitted = aggregator.calibrate(Members(members), held)
         write_json(path, {"fingerprint": fp, "aggregator": plain(describe(fitted, self.registry))})
         return fitted
 

@@ -309,6 +309,37 @@ def overclaims(cert: Certificate, model: ReferenceModel, x: Tensor, sigma: float
     return cert.prediction != model.smoothed_class(x, sigma) or cert.radius > exact + 1e-9 * max(1.0, exact)
 
 
+def _run_region(
+    mechanism: Certifier,
+    smoothed: MonteCarloSampler,
+    model: ReferenceModel,
+    region: Region,
+    *,
+    trials: int,
+    rate: float,
+    seed: int,
+    offset: int,
+    failed: Callable[[Certificate, Tensor], bool],
+) -> RegionReport:
+    """Certify ``trials`` inputs sweeping ``region``'s probability band (low-discrepancy, alternating classes),
+    count those where ``failed(certificate, x)``, and test the count against ``rate`` (one-sided binomial)."""
+    sigma = float(smoothed.noise.sigma)
+    bad = certified = 0
+    for i in range(trials):
+        index = offset + i
+        p = region.low + (region.high - region.low) * ((0.5 + i * 0.6180339887498949) % 1.0)
+        x = model.point_with_top_probability(p, sigma, seed * 1_000_003 + index)
+        cert = mechanism.certify(smoothed, x, input_generator(seed, index))
+        certified += cert.prediction != ABSTAIN
+        bad += bool(failed(cert, x))
+    p_value = float(stats.binomtest(bad, trials, rate, alternative="greater").pvalue)
+    return RegionReport(region, trials, certified, bad, p_value)
+
+
+def _smoothed(model: ReferenceModel, noise: NoiseSampler, batch_size: int) -> MonteCarloSampler:
+    return MonteCarloSampler(model, noise, num_classes=model.num_classes, batch_size=batch_size)
+
+
 def check_soundness(
     mechanism: Certifier,
     noise: NoiseSampler,
@@ -333,21 +364,14 @@ def check_soundness(
     alpha = float(alpha if alpha is not None else getattr(mechanism, "alpha"))
     sigma = float(noise.sigma)
     model = model if model is not None else LinearModel(dim, seed=seed)
-    smoothed = MonteCarloSampler(model, noise, num_classes=model.num_classes, batch_size=batch_size)
+    smoothed = _smoothed(model, noise, batch_size)
     all_regions = [*regions, *(Region.below_radius(r, sigma) for r in target_radii)]
-    reports = []
-    for k, region in enumerate(all_regions):
-        bad = certified = 0
-        for i in range(trials):
-            index = k * trials + i
-            p = region.low + (region.high - region.low) * ((0.5 + i * 0.6180339887498949) % 1.0)
-            x = model.point_with_top_probability(p, sigma, seed * 1_000_003 + index)
-            cert = mechanism.certify(smoothed, x, input_generator(seed, index))
-            certified += cert.prediction != ABSTAIN
-            bad += overclaims(cert, model, x, sigma)
-        p_value = float(stats.binomtest(bad, trials, alpha, alternative="greater").pvalue)
-        reports.append(RegionReport(region, trials, certified, bad, p_value))
-    return SoundnessReport(tuple(reports), alpha, significance)
+    reports = tuple(
+        _run_region(mechanism, smoothed, model, region, trials=trials, rate=alpha, seed=seed, offset=k * trials,
+                    failed=lambda cert, x: overclaims(cert, model, x, sigma))
+        for k, region in enumerate(all_regions)
+    )
+    return SoundnessReport(reports, alpha, significance)
 
 
 def check_early_abstentions(
@@ -373,20 +397,13 @@ def check_early_abstentions(
     """
     sigma = float(noise.sigma)
     model = model if model is not None else LinearModel(dim, seed=seed)
-    smoothed = MonteCarloSampler(model, noise, num_classes=model.num_classes, batch_size=batch_size)
     low, high = stats.norm.cdf(radius / sigma), stats.norm.cdf(radius / sigma + width)
     region = Region(f"just above r = {radius:g}", float(low), float(high))
-    bad = certified = 0
-    for i in range(trials):
-        p = low + (high - low) * ((0.5 + i * 0.6180339887498949) % 1.0)
-        x = model.point_with_top_probability(p, sigma, seed * 1_000_003 + i)
-        if model.exact_radius(x, sigma) < radius:  # pragma: no cover - only for models whose radius is not Phi^-1(p)
-            continue
-        cert = mechanism.certify(smoothed, x, input_generator(seed, 7_000_000 + i))
-        certified += cert.prediction != ABSTAIN
-        bad += bool(early(cert))
-    p_value = float(stats.binomtest(bad, trials, rate, alternative="greater").pvalue)
-    return SoundnessReport((RegionReport(region, trials, certified, bad, p_value),), rate, significance)
+    report = _run_region(
+        mechanism, _smoothed(model, noise, batch_size), model, region, trials=trials, rate=rate, seed=seed,
+        offset=7_000_000, failed=lambda cert, x: early(cert) and model.exact_radius(x, sigma) >= radius,
+    )
+    return SoundnessReport((report,), rate, significance)
 
 
 def assert_sound(mechanism: Certifier, noise: NoiseSampler, **kwargs: object) -> SoundnessReport:

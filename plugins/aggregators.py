@@ -33,8 +33,8 @@ class WeightedEnsemble(Aggregator):
         problem = self.check_members(probs.shape[0])
         if problem:
             raise ValueError(problem)
-        w = torch.tensor(self.weights, dtype=probs.dtype, device=probs.device)
-        return torch.einsum("n,nbc->bc", w / w.sum(), probs)
+        total = sum(self.weights)  # Python numbers: no tensor copied to the device per batch
+        return sum((w / total) * p for w, p in zip(self.weights, probs))
 
 
 def margin_logit(member_logits: Tensor) -> Tensor:

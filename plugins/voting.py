@@ -7,7 +7,7 @@ the argmax. Soft voting after softmax is the ``we`` aggregator (Yang et al.'s We
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -19,12 +19,17 @@ from ensemblecert import Aggregate, Aggregator, HeldOut, Members, hookimpl
 from ensemblecert.validators import in_range, one_of, positive
 
 
-def soft_vote(member_logits: Tensor, weights: Tensor | None = None) -> Tensor:
+def weighted_sum(values: Tensor, weights: Sequence[float]) -> Tensor:
+    """``sum_l w_l values[l]`` with the weights as Python numbers, so no tensor is copied to the device per batch."""
+    return sum(float(w) * v for w, v in zip(weights, values))
+
+
+def soft_vote(member_logits: Tensor, weights: Sequence[float] | None = None) -> Tensor:
     """Soft voting on logits (001 Eq. 2; App. E.3.1): ``softmax((1/k) sum_l w_l f^l(x))``, ``w_l = 1`` unweighted."""
     if weights is None:
         mean = member_logits.mean(dim=0)
     else:
-        mean = torch.einsum("n,nbc->bc", weights.to(member_logits), member_logits) / member_logits.shape[0]
+        mean = weighted_sum(member_logits, weights) / member_logits.shape[0]
     return mean.softmax(dim=-1)
 
 
@@ -113,8 +118,7 @@ class SoftVoting(Aggregator):
         return attrs.evolve(self, weights=[float(w) for w in weights], fit=False)
 
     def combine(self, member_logits: Tensor) -> Tensor:
-        weights = None if self.weights is None else torch.tensor(self.weights)
-        return soft_vote(member_logits, weights)
+        return soft_vote(member_logits, self.weights)
 
 
 @attrs.frozen

@@ -23,9 +23,17 @@ from ensemblecert import clopper_pearson_lower, clopper_pearson_upper
 PROCEDURES = ("sound", "paper")
 
 
-def _top_two(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(-values, axis=-1, kind="stable")
-    return order[..., 0], order[..., 1]
+def _select(values: np.ndarray, selection: ArrayLike | None, procedure: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The class per input and, for the paper's procedure, its runner-up (both from ``values`` itself); the sound
+    procedure takes the class from ``selection`` and bounds every other class, so it returns no runner-up."""
+    if procedure == "paper":
+        order = np.argsort(-values, axis=-1, kind="stable")
+        return order[..., 0], order[..., 1]
+    if procedure != "sound":
+        raise ValueError(f"procedure must be one of {PROCEDURES}, got {procedure!r}")
+    if selection is None:
+        raise ValueError("the sound procedure needs the outputs of a separate selection draw")
+    return np.argmax(np.atleast_2d(np.asarray(selection)), axis=-1), None
 
 
 def multinomial_bounds(
@@ -39,18 +47,11 @@ def multinomial_bounds(
     """
     counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
     rows = np.arange(counts.shape[0])
-    if procedure == "paper":
-        top, second = _top_two(counts)
-        e0 = np.asarray(clopper_pearson_lower(counts[rows, top], n, alpha / 2))
-        e1 = np.asarray(clopper_pearson_upper(counts[rows, second], n, alpha / 2))
-        return top, e0, e1
-    if procedure != "sound":
-        raise ValueError(f"procedure must be one of {PROCEDURES}, got {procedure!r}")
-    if selection is None:
-        raise ValueError("the sound procedure needs the counts of a separate selection draw")
-    top = np.argmax(np.atleast_2d(np.asarray(selection)), axis=-1)
-    others = counts.shape[1] - 1
+    top, second = _select(counts, selection, procedure)
     e0 = np.asarray(clopper_pearson_lower(counts[rows, top], n, alpha / 2))
+    if second is not None:
+        return top, e0, np.asarray(clopper_pearson_upper(counts[rows, second], n, alpha / 2))
+    others = counts.shape[1] - 1
     upper = np.asarray(clopper_pearson_upper(counts, n, alpha / (2 * max(others, 1))))
     upper[rows, top] = -np.inf
     e1 = np.minimum(upper.max(axis=-1), 1.0 - e0)
@@ -73,17 +74,11 @@ def softmax_bounds(
     separate draws)."""
     means = np.atleast_2d(np.asarray(means, dtype=np.float64))
     rows = np.arange(means.shape[0])
-    if procedure == "paper":
-        top, second = _top_two(means)
-        width = hoeffding_width(n, alpha / 2)
-        return top, np.clip(means[rows, top] - width, 0, 1), np.clip(means[rows, second] + width, 0, 1)
-    if procedure != "sound":
-        raise ValueError(f"procedure must be one of {PROCEDURES}, got {procedure!r}")
-    if selection is None:
-        raise ValueError("the sound procedure needs the mean softmax of a separate selection draw")
-    top = np.argmax(np.atleast_2d(np.asarray(selection)), axis=-1)
-    others = means.shape[1] - 1
+    top, second = _select(means, selection, procedure)
     e0 = np.clip(means[rows, top] - hoeffding_width(n, alpha / 2), 0, 1)
+    if second is not None:
+        return top, e0, np.clip(means[rows, second] + hoeffding_width(n, alpha / 2), 0, 1)
+    others = means.shape[1] - 1
     rest = means.copy()
     rest[rows, top] = -np.inf
     e1 = np.clip(rest.max(axis=-1) + hoeffding_width(n, alpha / (2 * max(others, 1))), 0, 1)

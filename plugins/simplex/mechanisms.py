@@ -19,6 +19,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special, stats
 
+from ensemblecert import gaussian_radius
+
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -53,7 +55,7 @@ def _maximise(f, low: np.ndarray, high: np.ndarray, *, grid: int = 32, levels: i
 def cohen(e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
     """Eq. 9: ``sigma PhiInv(E0)`` when ``E0 > 1/2``, else 0 (``E1`` unused)."""
     e0, _ = _pair(e0, e1)
-    return np.where(e0 > 0.5, sigma * stats.norm.ppf(np.clip(e0, 0.5, 1.0)), 0.0)
+    return np.asarray(gaussian_radius(1.0 - e0, sigma))  # 1 - E0 is exact for E0 >= 1/2
 
 
 def cohen_two_sided(e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
