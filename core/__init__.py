@@ -10,6 +10,7 @@ from .components import (
     Aggregator,
     Certificate,
     Certifier,
+    Command,
     DataInfo,
     DataSplits,
     Dataset,
@@ -23,12 +24,21 @@ from .components import (
 from .config import Pipeline, build_component, describe, load_pipeline
 from .ensemble import Ensemble, Members, Normalize, build_member
 from .errors import ConfigError, UserError
+from .expectations import (
+    EXPECTATIONS,
+    PROCEDURES,
+    ExpectationDraws,
+    draw_expectations,
+    hoeffding_width,
+    multinomial_bounds,
+    softmax_bounds,
+)
 from .hookspecs import hookimpl
 from .manager import load_registry, make_plugin_manager
 from .pipeline import RunResult, run, run_pipeline
 from .registry import KINDS, Component, Registry
-from .results import ExampleResult, Summary, summarize
-from .sampling import MonteCarloSampler, SmoothedClassifier, Tally, Usage
+from .results import ExampleResult, Summary, read_results, summarize
+from .sampling import MonteCarloSampler, SharedTallies, SmoothedClassifier, Tally, Usage
 from .stats import (
     clopper_pearson_interval,
     clopper_pearson_lower,
@@ -44,8 +54,11 @@ __all__ = [
     "Aggregator",
     "Certificate",
     "Certifier",
+    "Command",
     "Component",
     "ConfigError",
+    "EXPECTATIONS",
+    "ExpectationDraws",
     "DataInfo",
     "DataSplits",
     "Dataset",
@@ -58,10 +71,12 @@ __all__ = [
     "MonteCarloSampler",
     "NoiseSampler",
     "Normalize",
+    "PROCEDURES",
     "Pipeline",
     "Registry",
     "Regularizer",
     "RunResult",
+    "SharedTallies",
     "SmoothedClassifier",
     "SmoothingStrategy",
     "Summary",
@@ -78,13 +93,18 @@ __all__ = [
     "clopper_pearson_upper",
     "clopper_pearson_upper_gap",
     "describe",
+    "draw_expectations",
     "gaussian_radius",
+    "hoeffding_width",
     "hookimpl",
     "input_generator",
     "load_pipeline",
     "load_registry",
     "make_plugin_manager",
+    "multinomial_bounds",
     "run",
+    "read_results",
     "run_pipeline",
+    "softmax_bounds",
     "summarize",
 ]

@@ -1,4 +1,4 @@
-"""The ``ensemblecert`` command: run, validate, plugins, default."""
+"""The ``ensemblecert`` command: run, validate, plugins, default, and the commands plugins register."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .components import Command
 from .config import default_pipeline_text, describe, load_pipeline
 from .errors import UserError
 from .manager import load_registry
 from .pipeline import check_pipeline, run_pipeline
-from .registry import KINDS
+from .registry import KINDS, Registry
 from .report import Reporter
 
 EPILOG = """\
@@ -46,7 +47,25 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+BUILT_IN = ("run", "validate", "plugins", "default")
+
+
+def plugin_commands(registry: Registry) -> dict[str, Command]:
+    """The commands plugins registered, by name; a UserError if one takes a built-in command's name."""
+    commands = {}
+    for comp in registry:
+        if comp.kind != "command":
+            continue
+        if comp.name in BUILT_IN:
+            raise UserError(
+                f"plugin {comp.plugin!r} registers the command {comp.name!r}, which is built in; "
+                "register it under another name"
+            )
+        commands[comp.name] = comp.cls()
+    return commands
+
+
+def build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ensemblecert",
         description="Train ensembles and certify their L2 robustness with randomized smoothing.",
@@ -84,14 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     plug.add_argument("--plugin", dest="modules", action="append", default=[], metavar="MODULE", help="also load this plugin module")
 
     sub.add_parser("default", help="print the built-in default pipeline (TOML)", description="Print the built-in default pipeline.")
+    for name, command in (commands or {}).items():
+        doc = (type(command).__doc__ or name).strip()
+        parser_ = sub.add_parser(
+            name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        command.add_arguments(parser_)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     out = Console()
     err = Console(stderr=True)
+    try:
+        commands = plugin_commands(load_registry())
+    except UserError as exc:
+        return _fail(err, exc)
+    parser = build_parser(commands)
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
@@ -105,13 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "default":
             sys.stdout.write(default_pipeline_text())
             return 0
+        if args.command in commands:
+            return commands[args.command].run(args, out)
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
-        return exc.exit_code
+        return _fail(err, exc)
     except KeyboardInterrupt:
         err.print("interrupted; everything finished so far is saved; run the same command again to resume")
         return 130
     return 2  # pragma: no cover
+
+
+def _fail(err: Console, exc: UserError) -> int:
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+    return exc.exit_code
 
 
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -7,6 +7,7 @@ component is built. The methods below are what the pipeline calls. ``core/hooksp
 
 from __future__ import annotations
 
+import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
@@ -16,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from rich.console import Console
+
     from .ensemble import Ensemble, Members
     from .sampling import SmoothedClassifier
 
@@ -251,3 +254,18 @@ class SmoothingStrategy(ABC):
     def check_mechanism(self, mechanism: Certifier) -> str | None:
         """Return why this strategy cannot certify with ``mechanism``, or ``None``. Called once per run."""
         return None
+
+
+# ------------------------------------------------------------------------------------- commands
+class Command(ABC):
+    """A subcommand of the ``ensemblecert`` command line (``ensemblecert <name> ...``), for work on a run's
+    results that belongs to one method (an analysis, a figure). Its docstring's first line is its ``--help``
+    summary and the whole docstring its description."""
+
+    @abstractmethod
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the command's arguments on its own ``argparse`` parser."""
+
+    @abstractmethod
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        """Do the work and return the exit status; raise :class:`~ensemblecert.UserError` for bad input."""

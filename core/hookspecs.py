@@ -22,7 +22,8 @@ resolved, and return nothing. A function named ``register_*`` that matches no ho
 
 How the pipeline uses each kind, in order:
 data set -> base models (one per member) -> training objective (regularizer) with noise ->
-aggregator (ensemble protocol) -> smoothing strategy -> certificate mechanisms -> results.
+aggregator (ensemble protocol) -> smoothing strategy -> certificate mechanisms -> results; and
+commands that work on a run's results from the command line.
 """
 
 from __future__ import annotations
@@ -112,4 +113,14 @@ def register_smoothing_strategies(register: Register) -> None:
     ``SmoothingStrategy.smooth(ensemble, noise, batch_size=...)`` is called once per run and returns
     the smoothed classifier certifiers sample from; ``SmoothingStrategy.certify(mechanism, ...)`` is
     called once per input and mechanism, so a strategy can combine per-member certificates.
+    """
+
+
+@hookspec
+def register_commands(register: Register) -> None:
+    """Register command-line commands: subclasses of :class:`ensemblecert.Command`.
+
+    Called once when ``ensemblecert`` starts. Each name becomes ``ensemblecert <name>``: the command's
+    ``add_arguments(parser)`` declares its arguments and ``run(args, console)`` does the work and returns the
+    exit status. A command may not take the name of a built-in one (run, validate, plugins, default).
     """

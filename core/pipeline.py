@@ -34,6 +34,7 @@ from .errors import ConfigError, UserError
 from .registry import Registry
 from .report import Reporter
 from .results import ExampleResult, Outcome, ResultsWriter, Summary, plot_certified_accuracy, read_results, summarize
+from .sampling import SharedTallies
 from .seeds import generator
 from .training import train_ensemble
 
@@ -345,6 +346,7 @@ class _Run:
                 "mechanisms": self.config["certify"]["mechanisms"],
                 "batch_size": c.batch_size,
                 "seed": p.seed,
+                "draws": "shared",  # every mechanism starts from the input's one noise stream
             }
         )
         tsv, meta = self.out / "certify.tsv", self.out / "certify.json"
@@ -368,7 +370,8 @@ class _Run:
         if results:
             self.rep.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already in {tsv}")
         strategies = p.ensemble.smoothing
-        smoothed = [s.smooth(ensemble, p.noise, batch_size=c.batch_size) for s in strategies]
+        # mechanisms with equal sampling settings ask for the same draws of an input: each is drawn once
+        smoothed = [SharedTallies(s.smooth(ensemble, p.noise, batch_size=c.batch_size)) for s in strategies]
         correct = sum(r.correct(labels[0]) for r in results)
         with ResultsWriter(tsv, labels) as writer, self.rep.progress() as bar:
             task = bar.add_task("certify", total=len(indices), completed=len(results), status="")
@@ -376,9 +379,11 @@ class _Run:
                 x, y = data.test[index]
                 x = torch.as_tensor(x)
                 outcomes = {}
+                for shared in smoothed:
+                    shared.clear()
                 for label, i, k in plan:
-                    # the noise depends on the input and the mechanism only: strategies see the same draws
-                    gen = input_generator(p.seed, index, k, self.device)
+                    # the noise depends on the input only: every strategy and mechanism starts from the same draws
+                    gen = input_generator(p.seed, index, 0, self.device)
                     usage = getattr(smoothed[i], "usage", None)
                     before = usage.snapshot() if usage is not None else None
                     start = time.perf_counter()

@@ -22,7 +22,7 @@ class Kind:
     title: str
 
 
-#: Every component kind, in pipeline order.
+#: Every component kind, in pipeline order (then the command-line commands plugins add).
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
@@ -33,6 +33,7 @@ KINDS: dict[str, Kind] = {
         Kind("aggregator", "register_aggregators", c.Aggregator, "aggregators (ensemble protocols)"),
         Kind("smoothing", "register_smoothing_strategies", c.SmoothingStrategy, "smoothing strategies"),
         Kind("certifier", "register_certifiers", c.Certifier, "certificate mechanisms"),
+        Kind("command", "register_commands", c.Command, "commands"),
     )
 }
 

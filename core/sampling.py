@@ -255,3 +255,46 @@ def _device_of(classifier: Classifier) -> torch.device:
         for p in classifier.parameters():
             return p.device
     return torch.device("cpu")
+
+
+class SharedTallies:
+    """A smoothed classifier that draws each distinct tally of an input once, for every mechanism that asks.
+
+    Mechanisms of one run draw the noise of an input from generators seeded alike, so two mechanisms with the
+    same sampling settings ask for the same tallies in the same order. A tally is remembered under the
+    generator's state before the draw, ``n`` and whether per-member counts were asked for (softmax sums are
+    always kept, so the multinomial and softmax views share the draws); a repeated request returns the
+    remembered tally and moves the generator on to the state the draw left it in, so the next draw is as fresh
+    as it would have been. A request without a generator is never shared. :meth:`clear` forgets everything
+    (call it between inputs). Everything else is the wrapped classifier's.
+    """
+
+    def __init__(self, smoothed: SmoothedClassifier) -> None:
+        self.smoothed = smoothed
+        self._seen: dict[tuple[bytes, int, bool], tuple[Tally, Tensor]] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.smoothed, name)
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+    def tally(
+        self,
+        x: Tensor,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        softmax: bool = False,
+        members: bool = False,
+    ) -> Tally:
+        if generator is None:
+            return self.smoothed.tally(x, n, softmax=softmax, members=members)
+        key = (generator.get_state().numpy().tobytes(), int(n), bool(members))
+        if key in self._seen:
+            tally, after = self._seen[key]
+            generator.set_state(after)
+            return tally
+        tally = self.smoothed.tally(x, n, generator=generator, softmax=True, members=members)
+        self._seen[key] = (tally, generator.get_state())
+        return tally

@@ -130,15 +130,21 @@ class IntervalModel(nn.Module):
     its exact L2 robust radius is the distance along ``m`` to the nearest point where another class takes the
     lead (found to 1e-12 by :func:`nearest_sign_change`). An interior class of width ``w`` never exceeds
     probability ``2 Phi(w / 2 sigma) - 1``, so narrow intervals give inputs whose top class is below 1/2.
+
+    With ``one_hot=True`` the logits are 0 for the interval's class and -1e4 for the others, so the softmax
+    output is the one-hot vector of the predicted class (``exp(-1e4)`` is 0 in floating point) and the
+    expected softmax equals the class probabilities above: the same closed form holds for softmax expectations.
+    Otherwise the logits are minus the distance from ``m`` to each class's interval.
     """
 
-    def __init__(self, dim: int, thresholds: Sequence[float], seed: int = 0) -> None:
+    def __init__(self, dim: int, thresholds: Sequence[float], seed: int = 0, *, one_hot: bool = False) -> None:
         super().__init__()
         t = sorted(float(v) for v in thresholds)
         if len(t) < 1 or len(set(t)) != len(t):
             raise ValueError(f"need at least one threshold, all distinct, got {thresholds}")
         self.thresholds = t
         self.num_classes = len(t) + 1
+        self.one_hot = one_hot
         gen = torch.Generator().manual_seed(seed)
         w = torch.randn(dim, generator=gen, dtype=torch.float64)
         self.register_buffer("w", w / w.norm())
@@ -154,7 +160,11 @@ class IntervalModel(nn.Module):
         lower = torch.cat([m.new_full((1,), -math.inf), self.t])[None]
         upper = torch.cat([self.t, m.new_full((1,), math.inf)])[None]
         # minus the distance from m to each class's interval: 0 inside, so the argmax is the interval's class
-        return (-(lower - m).clamp_min(0) - (m - upper).clamp_min(0)).to(x.dtype)
+        logits = -(lower - m).clamp_min(0) - (m - upper).clamp_min(0)
+        if self.one_hot:
+            inside = (lower <= m) & (m < upper)
+            logits = torch.where(inside, 0.0, -1e4).to(logits.dtype)
+        return logits.to(x.dtype)
 
     def probabilities_at(self, m: float | np.ndarray, sigma: float) -> np.ndarray:
         """Class probabilities under noise when the projection is ``m`` (``[K]``, or ``[len(m), K]``)."""

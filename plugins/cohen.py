@@ -4,6 +4,11 @@ CERTIFY as Algorithm 1 of 001_94e5826843c1fbd1.txt: ``n0`` draws select the top 
 draws give a one-sided Clopper-Pearson lower bound on its probability at level ``1 - alpha``; above
 one half it certifies ``sigma * Phi^-1(p_lower)`` (Theorem 3.1 with ``p_B = 1 - p_A``), else abstains.
 The radius is computed from ``1 - p_lower`` directly, so it stays exact (and finite) as ``p_lower -> 1``.
+
+With ``expectation = "multinomial"`` or ``"softmax"`` it is instead Eq. 9 of "It's Simplex!"
+(004_7daf5597198d4c39.txt): ``sigma PhiInv(E0)`` with ``E0`` and ``E1`` bounded at ``alpha / 2`` each as that
+paper does (Section 2.1: Clopper-Pearson on the class counts, or Hoeffding on the mean softmax output), so its
+certificates line up with the other mechanisms of that paper on the same draws.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from ensemblecert import (
     Certificate,
     Certifier,
     NoiseSampler,
+    EXPECTATIONS,
+    PROCEDURES,
     SmoothedClassifier,
     clopper_pearson_lower_gap,
+    draw_expectations,
     gaussian_radius,
     hookimpl,
 )
-from ensemblecert.validators import in_range, probability
+from ensemblecert.validators import in_range, one_of, probability
 
 
 def cohen_radius(p_lower: float, sigma: float) -> float:
@@ -36,11 +44,21 @@ def cohen_radius(p_lower: float, sigma: float) -> float:
 
 @attrs.frozen
 class Cohen(Certifier):
-    """CERTIFY of randomized smoothing (Algorithm 1 of 001_94e5826843c1fbd1.txt), isotropic Gaussian noise."""
+    """CERTIFY of randomized smoothing (Algorithm 1 of 001_94e5826843c1fbd1.txt), isotropic Gaussian noise.
+
+    ``expectation`` (unset by default) switches to Eq. 9 of 004 under multinomial or softmax expectations;
+    ``procedure`` then chooses between the sound selection and the paper's (see ``ensemblecert.expectations``).
+    """
 
     n0: int = attrs.field(default=100, validator=in_range(1))
     n: int = attrs.field(default=100_000, validator=in_range(1))
     alpha: float = attrs.field(default=0.001, validator=probability)
+    expectation: str | None = attrs.field(default=None, validator=attrs.validators.optional(one_of(EXPECTATIONS)))
+    procedure: str = attrs.field(default="sound", validator=one_of(PROCEDURES))
+
+    def __attrs_post_init__(self) -> None:
+        if self.procedure != "sound" and self.expectation is None:
+            raise ValueError(f"procedure {self.procedure!r} applies to the expectations of 004 only; set expectation as well")
 
     def check_noise(self, noise: NoiseSampler) -> str | None:
         if getattr(noise, "family", None) != "gaussian":
@@ -53,6 +71,8 @@ class Cohen(Certifier):
         return 1.0 - gap, float(gaussian_radius(gap, sigma))
 
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
+        if self.expectation is not None:
+            return self._certify_expectation(smoothed, x, generator)
         top = smoothed.tally(x, self.n0, generator=generator).top
         count = int(smoothed.tally(x, self.n, generator=generator).counts[top])
         p_lower, radius = self.radius(count, self.n, smoothed.noise.sigma)
@@ -60,6 +80,18 @@ class Cohen(Certifier):
         if radius <= 0.0:
             return Certificate(ABSTAIN, 0.0, self.n0 + self.n, details)
         return Certificate(top, radius, self.n0 + self.n, details)
+
+    def _certify_expectation(
+        self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None
+    ) -> Certificate:
+        """Eq. 9 of 004: ``sigma PhiInv(E0)`` when ``E0 > 1/2``, the bounds at ``alpha / 2`` each."""
+        draws = draw_expectations(smoothed, x, self.n0, self.n, procedure=self.procedure, generator=generator)
+        top, e0, e1 = draws.bounds(self.expectation, self.alpha, self.procedure)
+        radius = float(gaussian_radius(1.0 - e0, smoothed.noise.sigma))
+        details = {"e0": e0, "e1": e1}
+        if radius <= 0.0:
+            return Certificate(ABSTAIN, 0.0, draws.samples, details)
+        return Certificate(top, radius, draws.samples, details)
 
     def predict(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> int:
         """PREDICT: the top class of ``n`` draws if a two-sided binomial test against the runner-up rejects

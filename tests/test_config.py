@@ -17,7 +17,9 @@ def test_default_pipeline_resolves():
     assert type(pipeline.data).__name__ == "Digits"
     assert pipeline.ensemble.members == 3
     cfg = describe(pipeline, registry)
-    assert cfg["certify"]["mechanisms"] == [{"name": "cohen", "n0": 100, "n": 10000, "alpha": 0.001}]
+    assert cfg["certify"]["mechanisms"] == [
+        {"name": "cohen", "n0": 100, "n": 10000, "alpha": 0.001, "expectation": None, "procedure": "sound"}
+    ]
     assert cfg["ensemble"]["aggregator"] == {"name": "we", "weights": None}
 
 

@@ -163,3 +163,32 @@ def test_ebs_smooths_the_aggregated_ensemble():
     with torch.no_grad():
         expected = torch.bincount(ens(noisy).argmax(1), minlength=3)
     assert torch.equal(tally.counts, expected)
+
+
+def test_shared_tallies_draw_each_tally_once_and_move_the_generator_on():
+    from ensemblecert import SharedTallies
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
+    plain = MonteCarloSampler(net, GaussianNoise(0.5), num_classes=3, batch_size=70)
+    shared = SharedTallies(MonteCarloSampler(net, GaussianNoise(0.5), num_classes=3, batch_size=70))
+    x = torch.randn(6)
+
+    def draws(sampler, sizes):
+        gen = input_generator(0, 7)
+        return [sampler.tally(x, n, generator=gen) for n in sizes]
+
+    first = draws(shared, [100, 1000])
+    spent = shared.usage.draws
+    again = draws(shared, [100, 1000, 300])  # the same two tallies, then a fresh one
+    assert shared.usage.draws == spent + 300
+    alone = draws(plain, [100, 1000, 300])
+    for a, b in zip([*first, again[2]], alone):
+        assert torch.equal(a.counts, b.counts)
+    assert all(a is b for a, b in zip(first, again[:2]))
+    assert torch.allclose(first[1].prob_sums.sum(), torch.tensor(1000.0, dtype=torch.float64))  # softmax kept
+    other = draws(shared, [200])  # another size from the same state: a different tally, drawn afresh
+    assert torch.equal(other[0].counts, draws(plain, [200])[0].counts)
+    shared.clear()
+    draws(shared, [100])
+    assert shared.usage.draws == spent + 300 + 200 + 100

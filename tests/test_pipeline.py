@@ -319,3 +319,24 @@ def test_costs_and_details_reach_the_table_and_the_summary(tiny_pipeline):
     summary = json.loads((result.output / "summary.json").read_text())["mechanisms"]["cohen"]
     assert summary["evaluation_share"] == 1.0 and summary["median_samples"] == 220
     assert summary["details"]["count"] == pytest.approx(sum(float(r["cohen:count"]) for r in table) / len(table))
+
+
+def test_mechanisms_with_equal_sampling_share_one_tally(tiny_pipeline, tmp_path):
+    mechs = [
+        {"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01},
+        {"name": "dp", "n0": 20, "n": 200, "alpha": 0.01},
+        {"name": "best", "n0": 20, "n": 300, "alpha": 0.01},
+    ]
+    tiny_pipeline["certify"]["mechanisms"] = mechs
+    shared = run(tiny_pipeline)
+    for r in shared.results:
+        spent = {label: o.evaluations for label, o in r.outcomes.items()}
+        # cohen draws 20 + 200; dp reuses both tallies; best reuses the selection draw and draws its own 300
+        assert spent == {"cohen": 220 * 2, "dp": 0, "best": 300 * 2}
+    for k, label in enumerate(["cohen", "dp", "best"]):  # each alone certifies exactly as in the shared run
+        tiny_pipeline["certify"]["mechanisms"] = [mechs[k]]
+        tiny_pipeline["output"] = str(tmp_path / label)
+        tiny_pipeline["ensemble"]["checkpoints"] = [str(shared.output / f"checkpoints/member_{i}.pt") for i in range(2)]
+        alone = run(tiny_pipeline)
+        for a, b in zip(alone.results, shared.results):
+            assert a.outcomes[label].certificate == b.outcomes[label].certificate

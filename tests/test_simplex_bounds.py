@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ensemblecert.plugins.simplex.bounds import hoeffding_width, multinomial_bounds, softmax_bounds
+from ensemblecert.expectations import hoeffding_width, multinomial_bounds, softmax_bounds
 
 
 def test_multinomial_bounds_formulas():
@@ -61,3 +61,13 @@ def test_the_sound_procedure_keeps_its_level_where_the_paper_procedure_does_not(
     assert joint_miss_rate(p, 2000, alpha, "paper") > 2 * alpha
     for p in ([0.3, 0.3, 0.3, 0.1], [0.34, 0.33, 0.33], [0.7, 0.1, 0.1, 0.1]):
         assert joint_miss_rate(p, 2000, alpha, "sound") <= alpha
+
+
+def test_a_class_chosen_elsewhere_is_bounded_under_both_procedures():
+    counts = np.array([[300, 600, 100]])
+    top, e0, e1 = multinomial_bounds(counts, 1000, 0.01, top=[0])
+    assert top.tolist() == [0] and e0[0] == pytest.approx(stats.beta.ppf(0.005, 300, 701))
+    top, e0, e1 = multinomial_bounds(counts, 1000, 0.01, procedure="paper", top=[0])
+    assert e1[0] == pytest.approx(stats.beta.ppf(1 - 0.005, 601, 400))  # the runner-up of the fixed class
+    top, e0, e1 = softmax_bounds(np.array([[0.3, 0.6, 0.1]]), 1000, 0.01, top=[0])
+    assert e0[0] == pytest.approx(0.3 - hoeffding_width(1000, 0.005))

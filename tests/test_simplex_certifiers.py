@@ -16,9 +16,10 @@ def certifier(**spec):
     return build_component("certifier", spec, REGISTRY)
 
 
-CASES = [(m, "multinomial") for m in ("cohen_two_sided", "li", "lecuyer", "dp", "best")] + [
-    (m, "softmax") for m in ("cohen_two_sided", "lecuyer", "dp", "best")
+CASES = [(m, "multinomial") for m in ("cohen", "cohen_two_sided", "li", "lecuyer", "dp", "best")] + [
+    (m, "softmax") for m in ("cohen", "cohen_two_sided", "lecuyer", "dp", "best")
 ]
+MIXED = ["cohen", "li", "dp", "softmax:lecuyer", "softmax:dp"]
 
 
 @pytest.mark.parametrize("name, expectation", CASES)
@@ -31,14 +32,22 @@ def test_sound_on_the_linear_model(name, expectation):
     assert report.certified > 250
 
 
-@pytest.mark.parametrize("name", ["cohen_two_sided", "best"])
-def test_sound_on_a_k_class_model(name):
-    # several classes: the runner-up bound must cover every other class (multinomial expectations)
-    model = IntervalModel(16, [-0.5, 0.0, 0.35, 1.1], seed=0)
-    regions = (*DEFAULT_REGIONS, type(DEFAULT_REGIONS[0])("plurality", 0.3, 0.5))
-    report = check_soundness(certifier(name=name, n0=20, n=200, alpha=0.1), GaussianNoise(0.5), model=model,
-                             regions=regions, trials=200)
+def test_mixed_best_is_sound_on_the_linear_model():
+    report = check_soundness(certifier(name="best", of=MIXED, n0=20, n=200, alpha=0.1), GaussianNoise(0.5), trials=250)
     assert report.sound, str(report)
+
+
+@pytest.mark.parametrize("name, expectation", CASES + [("best", "mixed")])
+def test_sound_on_a_k_class_model(name, expectation):
+    # several classes: the selection and the runner-up bound must cover every other class. The model's softmax
+    # output is one-hot, so both expectations equal the closed-form class probabilities.
+    model = IntervalModel(16, [-0.5, 0.0, 0.35, 1.1], seed=0, one_hot=True)
+    regions = (*DEFAULT_REGIONS, type(DEFAULT_REGIONS[0])("plurality", 0.3, 0.5))
+    spec = {"of": MIXED} if expectation == "mixed" else {"expectation": expectation}
+    report = check_soundness(certifier(name=name, n0=20, n=200, alpha=0.1, **spec), GaussianNoise(0.5), model=model,
+                             regions=regions, trials=150)
+    assert report.sound, str(report)
+    assert report.certified > 150
 
 
 def test_best_takes_the_largest_member_and_records_the_winner():
@@ -55,7 +64,66 @@ def test_best_takes_the_largest_member_and_records_the_winner():
         for name, r in radii.items():
             assert r == pytest.approx(float(MECHANISMS[name](cert.details["e0"], cert.details["e1"], 0.5)))
         assert cert.radius == max(radii.values()) == radii[["cohen", "li", "dp"][int(cert.details["winner"])]]
-    assert certifier(name="best", expectation="softmax").mechanisms() == ["lecuyer", "dp"]
+    assert certifier(name="best", expectation="softmax").entries() == ["lecuyer", "dp"]
+
+
+def test_mixed_best_splits_alpha_between_the_expectations():
+    model = IntervalModel(8, [-0.5, 0.0, 0.35, 1.1], seed=1)  # soft outputs: the two expectations differ
+    from ensemblecert import MonteCarloSampler, draw_expectations, input_generator
+
+    sampler = MonteCarloSampler(model, GaussianNoise(0.5), num_classes=5)
+    best = certifier(name="best", of=MIXED, n0=30, n=400, alpha=0.02)
+    for i, m in enumerate([-1.5, 0.2, 0.7]):
+        x = model.point_at(m, seed=i)
+        cert = best.certify(sampler, x, input_generator(3, i))
+        draws = draw_expectations(sampler, x, 30, 400, generator=input_generator(3, i))
+        top = int(np.argmax(draws.selection_counts))  # one class for both expectations: the multinomial selection
+        bounds = {w: draws.bounds(w, 0.01, top=top) for w in ("multinomial", "softmax")}
+        assert bounds["softmax"][0] == bounds["multinomial"][0] == top
+        for which, (_, e0, e1) in bounds.items():
+            assert cert.details[f"e0_{which}"] == pytest.approx(e0) and cert.details[f"e1_{which}"] == pytest.approx(e1)
+        expected = {
+            entry: float(MECHANISMS[entry.rpartition(":")[2]](*bounds[entry.rpartition(":")[0] or "multinomial"][1:], 0.5))
+            for entry in MIXED
+        }
+        assert {k[2:]: v for k, v in cert.details.items() if k.startswith("r_")} == pytest.approx(expected)
+        winner = MIXED[int(cert.details["winner"])]
+        assert cert.radius == pytest.approx(max(expected.values())) and expected[winner] == max(expected.values())
+        assert cert.prediction == (top if cert.radius > 0 else -1)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"of": ["softmax:li"]}, "li does not apply to softmax"),
+        ({"of": ["dp", "multinomial:dp"]}, "names a mechanism twice"),
+        ({"of": ["gaussian:dp"]}, "the expectation before ':' must be one of"),
+        ({"of": ["dpp"]}, "unknown mechanism 'dpp'"),
+        ({"of": []}, "non-empty list"),
+    ],
+)
+def test_best_refuses_bad_sets(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        certifier(name="best", **spec)
+
+
+def test_cohen_under_the_expectations_of_004():
+    model = LinearModel(8)
+    from ensemblecert import MonteCarloSampler, draw_expectations, input_generator
+
+    sampler = MonteCarloSampler(model, GaussianNoise(0.5), num_classes=2)
+    x = model.point_at(0.4, seed=0)
+    classic = certifier(name="cohen", n0=20, n=500, alpha=0.05).certify(sampler, x, input_generator(0, 0))
+    for which in ("multinomial", "softmax"):
+        cert = certifier(name="cohen", expectation=which, n0=20, n=500, alpha=0.05).certify(sampler, x, input_generator(0, 0))
+        _, e0, e1 = draw_expectations(sampler, x, 20, 500, generator=input_generator(0, 0)).bounds(which, 0.05)
+        assert cert.details == pytest.approx({"e0": e0, "e1": e1})
+        assert cert.radius == pytest.approx(float(MECHANISMS["cohen"](e0, e1, 0.5)))
+    # the classic CERTIFY spends all of alpha on p_A, so on the same draws it certifies more than Eq. 9 at alpha / 2
+    assert classic.radius > certifier(name="cohen", expectation="multinomial", n0=20, n=500, alpha=0.05).certify(
+        sampler, x, input_generator(0, 0)).radius
+    with pytest.raises(ConfigError, match="set expectation as well"):
+        certifier(name="cohen", procedure="paper")
 
 
 def test_li_refuses_softmax_expectations():

@@ -1,9 +1,10 @@
 """Certifier components for the mechanisms of "It's Simplex!" (004): one tally per input, bounds, a radius.
 
 Each certifier draws ``n0`` selection samples (the sound procedure; the paper's procedure draws none) and ``n``
-estimation samples, turns them into ``(class, E0, E1)`` with :mod:`.bounds` for the chosen expectation, and
-certifies the radius of its mechanism (:mod:`.mechanisms`), recording ``e0`` and ``e1`` (and, for ``best``,
-every member's radius and the winner) in the certificate's details.
+estimation samples (:func:`ensemblecert.draw_expectations`, which keeps both the class counts and the softmax
+sums), turns them into ``(class, E0, E1)`` for the chosen expectation and certifies the radius of its mechanism
+(:mod:`.mechanisms`), recording ``e0`` and ``e1`` (and, for ``best``, every member's radius and the winner) in
+the certificate's details.
 """
 
 from __future__ import annotations
@@ -11,24 +12,46 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-import numpy as np
 import torch
 from torch import Tensor
 
-from ensemblecert import ABSTAIN, Certificate, Certifier, NoiseSampler, SmoothedClassifier
+from ensemblecert import (
+    ABSTAIN,
+    EXPECTATIONS,
+    PROCEDURES,
+    Certificate,
+    Certifier,
+    NoiseSampler,
+    SmoothedClassifier,
+    draw_expectations,
+)
 from ensemblecert.validators import in_range, one_of, probability
 
-from .bounds import PROCEDURES, multinomial_bounds, softmax_bounds
 from .mechanisms import MECHANISMS
 
-EXPECTATIONS = ("multinomial", "softmax")
 #: Which mechanisms hold for which expectation (Li et al.'s bound needs multinomial outputs, 004 Sec. 2.2).
 APPLIES = {
     "multinomial": ("cohen", "cohen_two_sided", "li", "lecuyer", "dp"),
-    "softmax": ("cohen_two_sided", "lecuyer", "dp"),
+    "softmax": ("cohen", "cohen_two_sided", "lecuyer", "dp"),
 }
 #: The paper's sets for ``best`` (Algorithms 1 and 2).
 DEFAULT_SETS = {"multinomial": ["cohen", "li", "dp"], "softmax": ["lecuyer", "dp"]}
+
+
+def parse_member(entry: str, expectation: str) -> tuple[str, str]:
+    """``(expectation, mechanism)`` for an entry of ``best.of``: ``"dp"`` (the certifier's own expectation) or
+    ``"softmax:dp"``; a ValueError that says what is wrong otherwise."""
+    if not isinstance(entry, str):
+        raise ValueError(f"entries must be mechanism names, got {entry!r}")
+    which, _, name = entry.rpartition(":")
+    which = which or expectation
+    if which not in EXPECTATIONS:
+        raise ValueError(f"{entry!r}: the expectation before ':' must be one of {', '.join(map(repr, EXPECTATIONS))}")
+    if name not in MECHANISMS:
+        raise ValueError(f"{entry!r}: unknown mechanism {name!r}; known: {', '.join(map(repr, MECHANISMS))}")
+    if name not in APPLIES[which]:
+        raise ValueError(f"{name} does not apply to {which} expectations; use expectation = 'multinomial'")
+    return which, name
 
 
 @attrs.frozen
@@ -44,48 +67,45 @@ class SimplexCertifier(Certifier):
     procedure: str = attrs.field(default="sound", validator=one_of(PROCEDURES))
 
     def __attrs_post_init__(self) -> None:
-        for name in self.mechanisms():
-            if name not in APPLIES[self.expectation]:
-                raise ValueError(f"{name} does not apply to {self.expectation} expectations; use expectation = 'multinomial'")
+        self.members()  # refuses a mechanism that does not apply to the expectation
 
-    def mechanisms(self) -> list[str]:
-        return [self.mechanism]
+    def members(self) -> list[tuple[str, str]]:
+        """``(expectation, mechanism)`` pairs whose radius this certifier takes."""
+        return [parse_member(self.mechanism, self.expectation)]
 
     def check_noise(self, noise: NoiseSampler) -> str | None:
         if getattr(noise, "family", None) != "gaussian":
             return f"these mechanisms certify isotropic Gaussian noise only, got {getattr(noise, 'family', noise)!r} noise"
         return None
 
-    def bounds(
-        self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None
-    ) -> tuple[int, float, float, int]:
-        """``(class, E0, E1, samples drawn)`` for ``x``."""
-        softmax = self.expectation == "softmax"
-        selection, samples = None, self.n
-        if self.procedure == "sound":
-            first = smoothed.tally(x, self.n0, generator=generator, softmax=softmax)
-            selection = (first.prob_sums / self.n0 if softmax else first.counts).numpy()[None]
-            samples += self.n0
-        tally = smoothed.tally(x, self.n, generator=generator, softmax=softmax)
-        if softmax:
-            top, e0, e1 = softmax_bounds((tally.prob_sums / self.n).numpy()[None], self.n, self.alpha,
-                                         selection=selection, procedure=self.procedure)
-        else:
-            top, e0, e1 = multinomial_bounds(tally.counts.numpy()[None], self.n, self.alpha,
-                                             selection=selection, procedure=self.procedure)
-        return int(top[0]), float(e0[0]), float(e1[0]), samples
-
-    def radius(self, e0: float, e1: float, sigma: float) -> tuple[float, dict[str, float]]:
-        """The certified radius from the bounds, and what goes into the details."""
-        return float(MECHANISMS[self.mechanism](e0, e1, sigma)), {}
-
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
-        top, e0, e1, samples = self.bounds(smoothed, x, generator)
-        radius, extra = self.radius(e0, e1, smoothed.noise.sigma)
-        details = {"e0": e0, "e1": e1, **extra}
-        if not radius > 0:
-            return Certificate(ABSTAIN, 0.0, samples, details)
-        return Certificate(top, radius, samples, details)
+        draws = draw_expectations(smoothed, x, self.n0, self.n, procedure=self.procedure, generator=generator)
+        members = self.members()
+        expectations = list(dict.fromkeys(which for which, _ in members))
+        # Section 4.1: members sharing one pair of bounds need no correction; two pairs split alpha between them,
+        # and speak of one class (the multinomial selection's), so every member certifies the same prediction
+        top = draws.multinomial_top(self.procedure) if len(expectations) > 1 else None
+        bounds = {
+            which: draws.bounds(which, self.alpha / len(expectations), self.procedure, top=top) for which in expectations
+        }
+        sigma = smoothed.noise.sigma
+        radii = [float(MECHANISMS[name](bounds[which][1], bounds[which][2], sigma)) for which, name in members]
+        winner = max(range(len(radii)), key=radii.__getitem__)
+        top, e0, e1 = bounds[members[winner][0]]
+        details = {"e0": e0, "e1": e1}
+        if len(expectations) > 1:
+            for which, (_, lo, hi) in bounds.items():
+                details.update({f"e0_{which}": lo, f"e1_{which}": hi})
+        if self.mechanism == "best":
+            details.update({f"r_{entry}": r for entry, r in zip(self.entries(), radii)})
+            details["winner"] = float(winner)
+        if not radii[winner] > 0:
+            return Certificate(ABSTAIN, 0.0, draws.samples, details)
+        return Certificate(top, radii[winner], draws.samples, details)
+
+    def entries(self) -> list[str]:
+        """The members as written in results columns (``r_<entry>``)."""
+        return [self.mechanism]
 
 
 @attrs.frozen
@@ -116,25 +136,35 @@ class DifferentialPrivacy(SimplexCertifier):
     mechanism: ClassVar[str] = "dp"
 
 
+def _check_of(_instance: object, _attribute: attrs.Attribute, value: list[str] | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a non-empty list of mechanism names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"names a mechanism twice: {value!r}")
+
+
 @attrs.frozen
 class Best(SimplexCertifier):
     """The ensemble of mechanisms (004 Corollary 4.3, Algorithms 1-2): the largest radius over ``of``.
 
-    All members use the same ``(E0, E1)``, so no further alpha correction is needed (Section 4.1). ``of``
-    defaults to the paper's sets: cohen, li and dp for multinomial expectations; lecuyer and dp for softmax.
-    Records every member's radius (``r_<name>``) and the winner's position in ``of`` (``winner``).
+    Members that share one pair of bounds need no further alpha correction (Section 4.1). ``of`` defaults to
+    the paper's sets (cohen, li and dp for multinomial expectations; lecuyer and dp for softmax); an entry may
+    name its expectation (``"softmax:dp"``), and a set that mixes both expectations bounds each at ``alpha / 2``,
+    both for the class the multinomial selection picks (so ``best`` never exceeds a member on another class).
+    Records every member's radius (``r_<entry>``) and the winner's position in ``of`` (``winner``); with mixed
+    expectations ``e0`` and ``e1`` are the winner's, and each expectation's bounds are recorded too.
     """
 
     mechanism: ClassVar[str] = "best"
-    of: list[str] | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.deep_iterable(one_of(list(MECHANISMS))))
-    )
+    of: list[str] | None = attrs.field(default=None, validator=_check_of)
 
-    def mechanisms(self) -> list[str]:
+    def entries(self) -> list[str]:
         return list(self.of) if self.of is not None else DEFAULT_SETS[self.expectation]
 
-    def radius(self, e0: float, e1: float, sigma: float) -> tuple[float, dict[str, float]]:
-        names = self.mechanisms()
-        radii = np.array([float(MECHANISMS[name](e0, e1, sigma)) for name in names])
-        winner = int(np.argmax(radii))
-        return float(radii[winner]), {**{f"r_{n}": float(r) for n, r in zip(names, radii)}, "winner": float(winner)}
+    def members(self) -> list[tuple[str, str]]:
+        pairs = [parse_member(entry, self.expectation) for entry in self.entries()]
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(f"of: names a mechanism twice: {self.entries()!r}")
+        return pairs

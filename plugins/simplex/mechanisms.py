@@ -21,7 +21,6 @@ from scipy import special, stats
 
 from ensemblecert import gaussian_radius
 
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 def _pair(e0: ArrayLike, e1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

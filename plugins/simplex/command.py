@@ -1,0 +1,105 @@
+"""``ensemblecert simplex``: the per-input simplex analysis of a run, or the sigma-free map of winning regions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import attrs
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ensemblecert import Command, UserError
+
+from .analysis import ceiling_ratios, draw, gain_rows, mechanism_of, read_run, winner_map
+from .certifiers import DEFAULT_SETS
+from .mechanisms import MECHANISMS
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MECHANISMS]
+    if unknown or not names:
+        raise UserError(f"--of: unknown mechanisms {unknown or text!r}; choose from {', '.join(MECHANISMS)}, comma-separated")
+    return list(dict.fromkeys(names))
+
+
+@attrs.frozen
+class SimplexCommand(Command):
+    """Where each mechanism of "It's Simplex!" wins: a run's inputs in the (E0, E1) triangle, or the bare map.
+
+    With RUN_DIR (the output directory of a run that certified with `best`): one PNG per `best` certifier,
+    simplex_<label>.png, showing every input at its (E0, E1) coloured by the mechanism that won it over the
+    regions where each mechanism wins; a table of win shares, certified accuracy and ACR of each member
+    against `best` (also written to simplex.json). Without RUN_DIR: the map of winning regions for --of
+    (sigma-free, since every radius is linear in sigma), with the share of the triangle each mechanism wins
+    and its mean radius as a share of cohen_two_sided's (the Neyman-Pearson ceiling).
+    """
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run's output directory (omit for the bare map)")
+        parser.add_argument("--of", help="mechanisms of the bare map, comma-separated (default: cohen,li,dp)")
+        parser.add_argument("--resolution", type=int, default=200, help="grid cells along E0 (default 200)")
+        parser.add_argument("--output", "-o", help="where the PNG goes (default: RUN_DIR, or simplex_regions.png)")
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        if not 10 <= args.resolution <= 2000:
+            raise UserError(f"--resolution: must be in [10, 2000], got {args.resolution}")
+        if args.run_dir is None:
+            return self._bare(args, console)
+        return self._run_dir(args, console)
+
+    def _bare(self, args: argparse.Namespace, console: Console) -> int:
+        names = _names(args.of or ",".join(DEFAULT_SETS["multinomial"]))
+        found = winner_map(names, args.resolution)
+        ratios = ceiling_ratios(names, args.resolution)
+        path = draw(found, args.output or "simplex_regions.png", title=f"Winning regions: {', '.join(names)}")
+        table = Table(title=f"Share of the certifying triangle each mechanism wins ({args.resolution} cells along E0)")
+        for column in ("mechanism", "wins", "radius / cohen_two_sided"):
+            table.add_column(column, justify="left" if column == "mechanism" else "right")
+        for name, share in found.shares().items():
+            table.add_row(name, f"{share:.1%}", f"{ratios[name]:.3f}")
+        console.print(table)
+        console.print(f"Map: {escape(str(path))}")
+        return 0
+
+    def _run_dir(self, args: argparse.Namespace, console: Console) -> int:
+        run_dir = Path(args.run_dir)
+        records, radii = read_run(run_dir)
+        ranked = [r for r in records if r.entries]
+        if not ranked:
+            raise UserError(
+                f"{run_dir}: no certifier in this run recorded every mechanism's radius; certify with "
+                '{ name = "best" } (see examples/simplex.toml)'
+            )
+        out_dir = Path(args.output) if args.output else run_dir
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"--output: {out_dir} is not a directory; for a run the PNGs go to a directory")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = {}
+        for record in ranked:
+            names = list(dict.fromkeys(mechanism_of(e) for e in record.entries))
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", record.label)
+            path = draw(winner_map(names, args.resolution), out_dir / f"simplex_{slug}.png", record=record,
+                        title=f"{record.label}: {len(record.labels)} inputs in the (E0, E1) triangle")
+            rows = gain_rows(record, radii)
+            table = Table(title=f"{record.label}: each member against the best of them ({len(record.labels)} inputs)")
+            table.add_column("mechanism")
+            table.add_column("wins", justify="right")
+            for r in radii:
+                table.add_column(f"r={r:g}", justify="right")
+            table.add_column("ACR", justify="right")
+            table.add_column("gain of best (ACR)", justify="right")
+            for row in rows:
+                table.add_row(
+                    escape(str(row["mechanism"])), f"{row['wins']:.1%}",
+                    *[f"{row[f'{r:g}']:.1%}" for r in radii], f"{row['acr']:.3f}", f"{row['gain']:+.3f}",
+                )
+            console.print(table)
+            console.print(f"Picture: {escape(str(path))}")
+            report[record.label] = {"picture": str(path), "rows": rows}
+        (out_dir / "simplex.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return 0
