@@ -8,6 +8,7 @@ from .components import (
     ABSTAIN,
     Aggregate,
     Aggregator,
+    BaseLoss,
     Certificate,
     Certifier,
     Command,
@@ -19,7 +20,6 @@ from .components import (
     NoiseSampler,
     Regularizer,
     SmoothingStrategy,
-    TrainBatch,
 )
 from .config import Pipeline, build_component, describe, load_pipeline
 from .ensemble import Ensemble, Members, Normalize, build_member
@@ -35,6 +35,7 @@ from .expectations import (
 )
 from .hookspecs import hookimpl
 from .manager import load_registry, make_plugin_manager
+from .objectives import TrainBatch
 from .pipeline import RunResult, run, run_pipeline
 from .registry import KINDS, Component, Registry
 from .results import ExampleResult, Summary, read_results, summarize
@@ -52,6 +53,7 @@ __all__ = [
     "ABSTAIN",
     "Aggregate",
     "Aggregator",
+    "BaseLoss",
     "Certificate",
     "Certifier",
     "Command",

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from rich.console import Console
 
     from .ensemble import Ensemble, Members
+    from .objectives import TrainBatch
     from .sampling import SmoothedClassifier
 
 #: The prediction a certifier reports when it abstains.
@@ -167,29 +168,28 @@ class NoiseSampler(ABC):
 
 
 # ------------------------------------------------------------------------------------ training
-@attrs.frozen
-class TrainBatch:
-    """Everything a training objective may look at for one mini-batch.
+class BaseLoss(ABC):
+    """Each member's own training loss on one mini-batch (cross-entropy on noisy inputs, SmoothAdv).
 
-    ``members`` are all the ensemble's networks (in training mode) so that objectives can couple
-    them (DRT's gradient diversity, iGAT's ensemble adversarial examples through ``aggregator``).
+    It may choose the points the batch's noise is added to (``batch.centres``, e.g. adversarial examples)
+    before anything reads ``batch.inputs()``; regularizers then see the same noisy inputs and outputs.
     """
 
-    x: Tensor
-    y: Tensor
-    members: Sequence[nn.Module]
-    noise: NoiseSampler
-    aggregator: Aggregator
-    generator: torch.Generator
-    epoch: int
+    @abstractmethod
+    def terms(self, batch: TrainBatch) -> Mapping[str, Tensor]:
+        """Named scalar terms (summed into the loss, shown per term in the progress bar and the epoch log)."""
 
 
 class Regularizer(ABC):
-    """A training objective for the whole ensemble. ``loss`` is called on every training batch."""
+    """A term of the training objective over the whole ensemble (DRT, ADP, GAL), added to the base loss."""
 
     @abstractmethod
-    def loss(self, batch: TrainBatch) -> Tensor:
-        """Return a scalar loss over all members; the trainer back-propagates it and steps."""
+    def terms(self, batch: TrainBatch) -> Mapping[str, Tensor]:
+        """Named scalar terms, already weighted (summed into the loss; metrics go to ``batch.log``)."""
+
+    def check_members(self, count: int) -> str | None:
+        """Return why this regularizer cannot train ``count`` members, or ``None``. Called once per run."""
+        return None
 
 
 # ------------------------------------------------------------------------------- certification

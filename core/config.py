@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from .components import Aggregator, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
+from .components import Aggregator, BaseLoss, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
 from .errors import ConfigError, UserError
 from .registry import Registry, UnknownComponentError
 from .validators import in_range, non_empty, path_string
@@ -46,12 +46,14 @@ def component(kind: str, spec: Mapping[str, Any] | None = None, **field_kwargs: 
     return attrs.field(metadata=meta, **field_kwargs)
 
 
-def component_list(kind: str, default: Sequence[Mapping[str, Any]], *, single: bool = False) -> Any:
-    """A field holding a non-empty list of components of ``kind``; with ``single``, one component written
-    without brackets is taken as a list of one."""
+def component_list(
+    kind: str, default: Sequence[Mapping[str, Any]], *, single: bool = False, empty: bool = False
+) -> Any:
+    """A field holding a list of components of ``kind`` (non-empty unless ``empty``); with ``single``, one
+    component written without brackets is taken as a list of one."""
     return attrs.field(
         metadata={"kind": kind, "many": True, "single": single, "default_spec": [dict(d) for d in default]},
-        validator=non_empty,
+        validator=None if empty else non_empty,
     )
 
 
@@ -94,7 +96,16 @@ class TrainConfig:
     #: Multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs.
     lr_step: int = attrs.field(default=10, validator=in_range(1))
     lr_gamma: float = attrs.field(default=0.1, validator=in_range(0, 1, low_open=True))
-    objective: Regularizer = component("regularizer", {"name": "gaussian"})
+    #: Each member's own loss (``gaussian``, ``smoothadv``).
+    loss: BaseLoss = component("loss", {"name": "gaussian"})
+    #: Terms over the whole ensemble added to the base loss (``drt``, ``adp``, ``gal``); with any, the members
+    #: share one noise draw per batch.
+    regularizers: list[Regularizer] = component_list("regularizer", [], empty=True)
+    #: Noisy copies of each training input per batch (m; 000 App. F uses 2).
+    copies: int = attrs.field(default=1, validator=in_range(1))
+    #: Fine-tune: start from these member checkpoints (one file per member), or from the checkpoints/ of the one
+    #: run directory named; empty: from the seeded initialisation.
+    start_from: list[str] = attrs.field(factory=list, validator=attrs.validators.deep_iterable(path_string))
     #: Training noise; the pipeline's ``noise`` when absent.
     noise: NoiseSampler | None = component("noise", default=None)
 

@@ -21,7 +21,7 @@ resolved, and return nothing. A function named ``register_*`` that matches no ho
 (so a misspelt hook fails loudly instead of silently doing nothing).
 
 How the pipeline uses each kind, in order:
-data set -> base models (one per member) -> training objective (regularizer) with noise ->
+data set -> base models (one per member) -> base loss + regularizers with noise ->
 aggregator (ensemble protocol) -> smoothing strategy -> certificate mechanisms -> results; and
 commands that work on a run's results from the command line.
 """
@@ -76,12 +76,24 @@ def register_aggregators(register: Register) -> None:
 
 
 @hookspec
-def register_regularizers(register: Register) -> None:
-    """Register training objectives: subclasses of :class:`ensemblecert.Regularizer`.
+def register_losses(register: Register) -> None:
+    """Register base training losses: subclasses of :class:`ensemblecert.BaseLoss`.
 
-    ``Regularizer.loss(batch)`` is called on every training batch with a
-    :class:`~ensemblecert.TrainBatch` that holds all members, the noise sampler and the aggregator,
-    so an objective can couple members (gradient diversity) or attack the ensemble.
+    ``BaseLoss.terms(batch)`` is called on every training batch with a :class:`~ensemblecert.TrainBatch`
+    and returns named scalar terms (each member's own loss, e.g. cross-entropy on noisy inputs). It may set
+    ``batch.centres`` (adversarial examples, SmoothAdv) before the noisy inputs are first read.
+    """
+
+
+@hookspec
+def register_regularizers(register: Register) -> None:
+    """Register regularizers: subclasses of :class:`ensemblecert.Regularizer`, terms added to the base loss.
+
+    ``Regularizer.terms(batch)`` is called on every training batch after the base loss, with the same
+    :class:`~ensemblecert.TrainBatch`: the noisy inputs and every member's outputs on them are computed once and
+    shared (``batch.inputs()``, ``batch.logits()``), all members see one noise draw, and the inputs require grad
+    so a term can couple members through their input gradients (DRT, GAL). ``check_members(count)`` is called
+    once per run to refuse an ensemble size the term cannot train.
     """
 
 

@@ -4,6 +4,7 @@ Everything a run produces goes under ``pipeline.output``:
 
 * ``checkpoints/member_<i>.pt``: each trained member with the configuration that produced it;
 * ``checkpoints/train_state.pt``: the state after the last finished epoch (for resuming);
+* ``train_log.json`` and ``train_log.png``: every term of the training objective per epoch;
 * ``certify.tsv``: one row per certified input, appended as soon as it is known;
 * ``summary.json`` and ``certified_accuracy.png``: certified accuracy at the requested radii and ACR.
 
@@ -36,6 +37,8 @@ from .report import Reporter
 from .results import ExampleResult, Outcome, ResultsWriter, Summary, plot_certified_accuracy, read_results, summarize
 from .sampling import SharedTallies
 from .seeds import generator
+from .train_log import TrainLog
+from .train_log import status as train_status
 from .training import train_ensemble
 
 CHECKPOINT_FORMAT = "ensemblecert.member/1"
@@ -116,8 +119,39 @@ def check_pipeline(pipeline: Pipeline) -> None:
     why = pipeline.ensemble.aggregator.check_members(pipeline.ensemble.members)
     if why:
         problems.append(f"ensemble.aggregator: {why}")
+    if pipeline.train.enabled:
+        for i, reg in enumerate(pipeline.train.regularizers):
+            why = reg.check_members(pipeline.ensemble.members)
+            if why:
+                problems.append(f"train.regularizers[{i}]: {why}")
+        try:
+            start_checkpoints(pipeline)
+        except UserError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError(problems, pipeline.label)
+
+
+def start_checkpoints(pipeline: Pipeline) -> list[Path]:
+    """The member checkpoints ``train.start_from`` names (one per member), or none; a UserError when they do not
+    fit the ensemble or do not exist."""
+    names = pipeline.train.start_from
+    if not names:
+        return []
+    members = pipeline.ensemble.members
+    if len(names) == 1 and Path(names[0]).is_dir():
+        paths = [Path(names[0]) / "checkpoints" / f"member_{i}.pt" for i in range(members)]
+    elif len(names) != members:
+        raise UserError(
+            f"train.start_from: {len(names)} files for {members} members; name one checkpoint per member, "
+            "or one run directory whose checkpoints/ holds them"
+        )
+    else:
+        paths = [Path(n) for n in names]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise UserError(f"train.start_from: no such checkpoint {', '.join(missing)}; train that run first or fix the path")
+    return paths
 
 
 def prepare_output(out: Path, *, checkpoints: bool) -> None:
@@ -155,6 +189,10 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(plain(obj), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def _weights_digest(members: Sequence[nn.Module]) -> str:
     h = hashlib.sha256()
     for m in members:
@@ -184,6 +222,7 @@ class _Run:
                 "seed": c["seed"],
                 "train": {k: v for k, v in c["train"].items() if k not in ("enabled", "noise")},
                 "heldout": c["heldout"] if self.uses_heldout else None,
+                "start_from": [_file_digest(path) for path in start_checkpoints(pipeline)],
             }
         )
 
@@ -292,14 +331,26 @@ class _Run:
                 )
         batches = -(-len(data.train) // t.batch_size)
         start = int(resume["epoch"]) if resume else 0
+        starts = start_checkpoints(p)
+        if starts and resume is None:
+            for member, path in zip(members, starts):
+                self._load_member(member, path, check_fingerprint=False)
+            self.rep.info(f"Fine-tuning from {', '.join(map(str, starts))}")
+        log = TrainLog(self.out / "train_log.json", start)
         with self.rep.progress() as bar:
             epochs = bar.add_task("train", total=t.epochs, completed=start, status="")
             steps = bar.add_task("  epoch", total=batches, status="")
 
-            def on_epoch(epoch: int, loss: float, state: dict[str, Any]) -> None:
+            def on_epoch(epoch: int, record: dict[str, float], state: dict[str, Any]) -> None:
+                log.add(epoch, record)
                 save_checkpoint({**state, "fingerprint": self.train_fp}, state_path)
-                bar.update(epochs, completed=epoch, status=f"loss {loss:.3f}")
+                bar.update(epochs, completed=epoch, status=train_status(record))
                 bar.reset(steps)
+
+            def on_batch(record: dict[str, float]) -> None:
+                bar.advance(steps)
+                if record:
+                    bar.update(steps, status=train_status(record))
 
             losses = train_ensemble(
                 members,
@@ -311,9 +362,10 @@ class _Run:
                 device=self.device,
                 resume=resume,
                 on_epoch=on_epoch,
-                on_batch=lambda: bar.advance(steps),
+                on_batch=on_batch,
             )
             bar.remove_task(steps)
+        log.plot(self.out / "train_log.png")
         for i, member in enumerate(members):
             save_checkpoint(
                 {
@@ -324,6 +376,7 @@ class _Run:
                     "model": plain(self.config["ensemble"]["model"]),
                     "data_info": plain(attrs.asdict(data.info)),
                     "pipeline": plain(self.config),
+                    "start_from": [{"path": str(path), "sha256": _file_digest(path)} for path in starts],
                     "state_dict": member.state_dict(),
                 },
                 self.ckpt_dir / f"member_{i}.pt",
@@ -416,7 +469,8 @@ def run_pipeline(
     prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
     if fresh:
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)
-        for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png", "aggregator.json", "heldout.json"):
+        for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png", "aggregator.json", "heldout.json",
+                     "train_log.json", "train_log.png"):
             (run.out / name).unlink(missing_ok=True)
         prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
     write_json(run.out / "pipeline.json", run.config)

@@ -28,7 +28,8 @@ KINDS: dict[str, Kind] = {
     for k in (
         Kind("dataset", "register_datasets", c.Dataset, "data sets"),
         Kind("model", "register_models", c.Model, "base models"),
-        Kind("regularizer", "register_regularizers", c.Regularizer, "training objectives"),
+        Kind("loss", "register_losses", c.BaseLoss, "base losses (training)"),
+        Kind("regularizer", "register_regularizers", c.Regularizer, "regularizers (training)"),
         Kind("noise", "register_noise_samplers", c.NoiseSampler, "noise samplers"),
         Kind("aggregator", "register_aggregators", c.Aggregator, "aggregators (ensemble protocols)"),
         Kind("smoothing", "register_smoothing_strategies", c.SmoothingStrategy, "smoothing strategies"),

@@ -1,22 +1,36 @@
-"""Training the ensemble: all members together, one objective, SGD with momentum and a step schedule.
+"""Training the ensemble: all members together, a base loss plus regularizers, SGD with momentum and a step
+schedule.
 
-Members share mini-batches (so objectives that couple members, like DRT, can compare them) but have
-their own initialisation seeds; a training state is saved atomically after every epoch, so an
-interrupted run resumes from its last finished epoch.
+Members share mini-batches (so objectives that couple members, like DRT, can compare them) but have their own
+initialisation seeds. Every term of the objective reads one :class:`~ensemblecert.TrainBatch`, which computes
+the noisy inputs and the members' outputs once. The mean of every term and metric is recorded per epoch, and a
+training state is saved atomically after every epoch, so an interrupted run resumes from its last finished epoch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .components import Aggregator, DataSplits, NoiseSampler, TrainBatch
+from .components import Aggregator, DataSplits, NoiseSampler
 from .config import TrainConfig
+from .objectives import TrainBatch, total
 from .seeds import generator
+
+
+def batch_terms(config: TrainConfig, batch: TrainBatch) -> dict[str, torch.Tensor]:
+    """Every named term of the objective on ``batch``: the base loss's, then each regularizer's (a name that
+    repeats is prefixed with its regularizer's position)."""
+    terms = dict(config.loss.terms(batch))
+    for k, reg in enumerate(config.regularizers):
+        for name, value in reg.terms(batch).items():
+            terms[name if name not in terms else f"{k}.{name}"] = value
+    return terms
 
 
 def train_ensemble(
@@ -29,14 +43,16 @@ def train_ensemble(
     seed: int,
     device: torch.device,
     resume: dict[str, Any] | None = None,
-    on_epoch: Callable[[int, float, dict[str, Any]], None] | None = None,
-    on_batch: Callable[[], None] | None = None,
+    on_epoch: Callable[[int, Mapping[str, float], dict[str, Any]], None] | None = None,
+    on_batch: Callable[[Mapping[str, float]], None] | None = None,
 ) -> list[float]:
     """Train ``members`` in place as ``config`` says and return the mean loss of each epoch run.
 
-    ``resume`` is a state previously passed to ``on_epoch(epoch, mean_loss, state)``; training
-    continues after its epoch. Shuffling and noise are seeded from ``(seed, epoch)`` (see
-    :mod:`ensemblecert.seeds`), so a resumed run sees the batches an uninterrupted one would have.
+    ``on_epoch(epoch, record, state)`` receives the epoch's means (``loss``, every term and metric, ``lr``,
+    ``seconds``) and the state to save; ``resume`` is such a state, and training continues after its epoch.
+    ``on_batch(record)`` receives each batch's terms and metrics. Shuffling and noise are seeded from
+    ``(seed, epoch)`` (see :mod:`ensemblecert.seeds`), so a resumed run sees the batches an uninterrupted one
+    would have.
     """
     params = [p for m in members for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -49,35 +65,42 @@ def train_ensemble(
         sched.load_state_dict(resume["scheduler"])
         start = int(resume["epoch"])
     losses = []
+    shared = bool(config.regularizers)
     for epoch in range(start, config.epochs):
         for m in members:
             m.train()
+        began = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
         order = generator(seed, "shuffle", epoch)
         loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, generator=order)
         gen = generator(seed, "train-noise", epoch, device=device)
-        total = torch.zeros((), device=device)
+        sums: dict[str, torch.Tensor] = {}
         batches = 0
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = config.objective.loss(
-                TrainBatch(x=x, y=y, members=members, noise=noise, aggregator=aggregator, generator=gen, epoch=epoch)
-            )
+            batch = TrainBatch(x, y, members, noise, aggregator, gen, epoch, copies=config.copies, shared=shared)
+            terms = batch_terms(config, batch)
+            loss = total(terms)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach()
+            values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+            values.update({k: torch.tensor(v, device=device) for k, v in batch.metrics.items()})
+            for k, v in values.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
             batches += 1
             if on_batch is not None:
-                on_batch()
+                on_batch({k: float(v) for k, v in values.items()} if batches % 10 == 1 else {})
         sched.step()
-        mean = float(total) / max(batches, 1)
-        losses.append(mean)
+        record = {k: float(v) / max(batches, 1) for k, v in sums.items()}
+        record.update(lr=lr, seconds=time.perf_counter() - began)
+        losses.append(record.get("loss", 0.0))
         for m in members:
             m.eval()
         if on_epoch is not None:
             on_epoch(
                 epoch + 1,
-                mean,
+                record,
                 {
                     "epoch": epoch + 1,
                     "members": [m.state_dict() for m in members],

@@ -1,4 +1,4 @@
-"""Gaussian data augmentation: the standard training objective for smoothed classifiers."""
+"""Gaussian data augmentation: the standard training loss for smoothed classifiers."""
 
 from __future__ import annotations
 
@@ -6,27 +6,23 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from ensemblecert import Regularizer, TrainBatch, hookimpl
+from ensemblecert import BaseLoss, TrainBatch, hookimpl
 
 
 @attrs.frozen
-class GaussianAugmentation(Regularizer):
-    """Cross-entropy on x + noise for each member, independently (Cohen et al., 2019; the papers' baseline).
+class GaussianAugmentation(BaseLoss):
+    """Cross-entropy on x + noise for each member (Cohen et al., 2019; the papers' baseline), summed over members.
 
-    Each member sees its own noise draw; the loss is the sum over members, so each member's gradient
-    is exactly that of training it alone.
+    Each term is a mean over the batch's noisy inputs. Alone, each member sees its own noise draw, so each
+    member's gradient is exactly that of training it alone; with regularizers, all members share the draw
+    (000, App. F).
     """
 
-    def loss(self, batch: TrainBatch) -> torch.Tensor:
-        total = batch.x.new_zeros(())
-        for member in batch.members:
-            noisy = batch.x + batch.noise.sample(
-                batch.x.shape, generator=batch.generator, device=batch.x.device, dtype=batch.x.dtype
-            )
-            total = total + F.cross_entropy(member(noisy), batch.y)
-        return total
+    def terms(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        y = batch.targets()
+        return {"ce": sum((F.cross_entropy(logits, y) for logits in batch.logits()), batch.x.new_zeros(()))}
 
 
 @hookimpl
-def register_regularizers(register):
+def register_losses(register):
     register("gaussian", GaussianAugmentation)

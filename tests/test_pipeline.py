@@ -6,28 +6,28 @@ import attrs
 import pytest
 import torch
 
-from ensemblecert import Regularizer, RunResult, UserError, hookimpl, load_pipeline, run
+from ensemblecert import BaseLoss, RunResult, UserError, hookimpl, load_pipeline, run
 from ensemblecert.plugins.gaussian_augmentation import GaussianAugmentation
 
 ARMED = {"on": False}
 
 
 @attrs.frozen
-class Interrupting(Regularizer):
+class Interrupting(BaseLoss):
     """Gaussian augmentation that simulates a crash (Ctrl-C) at the start of epoch ``at``, when armed."""
 
     at: int = 1
 
-    def loss(self, batch):
+    def terms(self, batch):
         if ARMED["on"] and batch.epoch == self.at:
             raise KeyboardInterrupt
-        return GaussianAugmentation().loss(batch)
+        return GaussianAugmentation().terms(batch)
 
 
 class InterruptPlugin:
     @staticmethod
     @hookimpl
-    def register_regularizers(register):
+    def register_losses(register):
         register("interrupting", Interrupting)
 
 
@@ -69,7 +69,7 @@ def test_certification_resumes_and_matches_an_uninterrupted_run(tiny_pipeline, t
 
 def test_training_resumes_after_an_interruption(tiny_pipeline, tmp_path):
     cfg = copy.deepcopy(tiny_pipeline)
-    cfg["train"].update(epochs=3, objective={"name": "interrupting", "at": 2})
+    cfg["train"].update(epochs=3, loss={"name": "interrupting", "at": 2})
     cfg["certify"]["enabled"] = False
     ARMED["on"] = True
     try:
@@ -247,9 +247,8 @@ def test_gaussian_augmentation_gives_each_member_its_own_noise():
 
     members = [Spy(), Spy()]
     x, y = torch.zeros(4000, 4), torch.zeros(4000, dtype=torch.long)
-    batch = TrainBatch(x=x, y=y, members=members, noise=GaussianNoise(0.5), aggregator=WeightedEnsemble(),
-                       generator=torch.Generator().manual_seed(0), epoch=0)
-    loss = GaussianAugmentation().loss(batch)
+    batch = TrainBatch(x, y, members, GaussianNoise(0.5), WeightedEnsemble(), torch.Generator().manual_seed(0), 0)
+    loss = GaussianAugmentation().terms(batch)["ce"]
     loss.backward()
     for m in members:
         assert float(m.seen.std()) == pytest.approx(0.5, rel=0.03)

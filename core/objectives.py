@@ -1,0 +1,112 @@
+"""One training step's shared work: the noisy inputs and every member's outputs, computed once for all terms.
+
+The training objective is a base loss (each member's own loss) plus any number of regularizers over the
+ensemble. They all read one :class:`TrainBatch`, which draws the noise and runs the members once, on first
+request, and hands the same tensors to every term that asks, so that DRT's gradient diversity and confidence
+margin are evaluated at exactly the noisy inputs the base loss trains on (000, App. F) and nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .components import Aggregator, NoiseSampler
+
+
+class TrainBatch:
+    """Everything a training objective may look at for one mini-batch, with the shared work cached.
+
+    ``x``, ``y``: the clean mini-batch. ``members``: every network of the ensemble, in training mode.
+    ``copies``: noisy copies of each input (m; the batch of noisy inputs is ``x`` repeated ``copies`` times).
+    ``shared``: all members see one noise draw (set when regularizers couple the members); otherwise each
+    member draws its own, which trains each exactly as if it were trained alone.
+
+    A base loss may set :attr:`centres` (the points noise is added to: one tensor for all members, or one per
+    member, each shaped like ``x`` repeated ``copies`` times) before :meth:`inputs` is first called.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        members: Sequence[nn.Module],
+        noise: NoiseSampler,
+        aggregator: Aggregator,
+        generator: torch.Generator,
+        epoch: int,
+        *,
+        copies: int = 1,
+        shared: bool = False,
+    ) -> None:
+        self.x, self.y, self.members = x, y, members
+        self.noise, self.aggregator, self.generator, self.epoch = noise, aggregator, generator, epoch
+        self.copies, self.shared = copies, shared
+        self.centres: Tensor | Sequence[Tensor] | None = None
+        self.metrics: dict[str, float] = {}
+        self._noise: list[Tensor] | None = None
+        self._inputs: list[Tensor] | None = None
+        self._logits: list[Tensor] | None = None
+
+    @property
+    def num_members(self) -> int:
+        return len(self.members)
+
+    def repeated(self, t: Tensor) -> Tensor:
+        """``t`` (inputs or labels of the clean batch) repeated ``copies`` times along the batch dimension."""
+        return t.repeat(self.copies, *([1] * (t.dim() - 1))) if self.copies > 1 else t
+
+    def targets(self) -> Tensor:
+        """The labels of the noisy inputs (``y`` repeated ``copies`` times)."""
+        return self.repeated(self.y)
+
+    def noise_draws(self) -> list[Tensor]:
+        """The noise of each member (the same tensor for all when ``shared``), drawn once."""
+        if self._noise is None:
+            shape = self.repeated(self.x).shape
+            draw = lambda: self.noise.sample(shape, generator=self.generator, device=self.x.device, dtype=self.x.dtype)  # noqa: E731
+            if self.shared:
+                self._noise = [draw()] * self.num_members
+            else:
+                self._noise = [draw() for _ in self.members]
+        return self._noise
+
+    def inputs(self) -> list[Tensor]:
+        """Each member's noisy inputs: its centre (``x`` by default) plus its noise. When ``shared`` they are one
+        tensor that requires grad, so terms can take input gradients (DRT, GAL)."""
+        if self._inputs is None:
+            centres = self.centres if self.centres is not None else self.repeated(self.x)
+            noise = self.noise_draws()
+            if self.shared:
+                if not isinstance(centres, Tensor):
+                    raise ValueError("members that share their noise share their centres too: set one tensor")
+                leaf = (centres.detach() + noise[0]).requires_grad_(True)
+                self._inputs = [leaf] * self.num_members
+            else:
+                if isinstance(centres, Tensor):
+                    centres = [centres] * self.num_members
+                self._inputs = [c + n for c, n in zip(centres, noise)]
+        return self._inputs
+
+    def logits(self) -> list[Tensor]:
+        """Each member's logits on its noisy inputs, computed once (with the graph, for training)."""
+        if self._logits is None:
+            self._logits = [member(inp) for member, inp in zip(self.members, self.inputs())]
+        return self._logits
+
+    def log(self, name: str, value: float | Tensor) -> None:
+        """Record a metric of this batch (shown with the terms; not part of the loss)."""
+        self.metrics[name] = float(value)
+
+
+def total(terms: Mapping[str, Tensor]) -> Tensor:
+    """The loss: the sum of all named terms."""
+    values = list(terms.values())
+    if not values:
+        raise ValueError("the training objective produced no terms")
+    out = values[0]
+    for v in values[1:]:
+        out = out + v
+    return out
