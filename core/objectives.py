@@ -45,7 +45,7 @@ class TrainBatch:
         self.noise, self.aggregator, self.generator, self.epoch = noise, aggregator, generator, epoch
         self.copies, self.shared = copies, shared
         self.centres: Tensor | Sequence[Tensor] | None = None
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict[str, Tensor] = {}
         self._noise: list[Tensor] | None = None
         self._inputs: list[Tensor] | None = None
         self._logits: list[Tensor] | None = None
@@ -97,8 +97,9 @@ class TrainBatch:
         return self._logits
 
     def log(self, name: str, value: float | Tensor) -> None:
-        """Record a metric of this batch (shown with the terms; not part of the loss)."""
-        self.metrics[name] = float(value)
+        """Record a metric of this batch (shown with the terms; not part of the loss); kept on the device, so
+        logging never waits for it."""
+        self.metrics[name] = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
 
 
 def total(terms: Mapping[str, Tensor]) -> Tensor:

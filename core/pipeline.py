@@ -139,8 +139,14 @@ def start_checkpoints(pipeline: Pipeline) -> list[Path]:
     if not names:
         return []
     members = pipeline.ensemble.members
-    if len(names) == 1 and Path(names[0]).is_dir():
-        paths = [Path(names[0]) / "checkpoints" / f"member_{i}.pt" for i in range(members)]
+    if len(names) == 1 and not (members == 1 and Path(names[0]).is_file()):  # one entry: a run directory
+        run_dir = Path(names[0])
+        if not run_dir.is_dir():
+            raise UserError(
+                f"train.start_from: no such run directory {names[0]!r}; run the pipeline that trains it first, "
+                "or name one checkpoint file per member"
+            )
+        paths = [run_dir / "checkpoints" / f"member_{i}.pt" for i in range(members)]
     elif len(names) != members:
         raise UserError(
             f"train.start_from: {len(names)} files for {members} members; name one checkpoint per member, "

@@ -85,7 +85,7 @@ def train_ensemble(
             loss.backward()
             opt.step()
             values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
-            values.update({k: torch.tensor(v, device=device) for k, v in batch.metrics.items()})
+            values.update({k: v.to(device, torch.float32) for k, v in batch.metrics.items()})
             for k, v in values.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             batches += 1

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from ensemblecert import load_pipeline
+from ensemblecert import ConfigError, load_pipeline
 from ensemblecert.pipeline import check_pipeline
 
 if sys.version_info >= (3, 11):
@@ -17,8 +17,16 @@ EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_validates(path):
+def test_example_validates(path, tmp_path, monkeypatch):
     pipeline, _ = load_pipeline(path)
+    if pipeline.train.start_from:  # fine-tuning examples start from another example's run: make it exist
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(ConfigError, match="train.start_from: no such run directory"):
+            check_pipeline(pipeline)
+        for i in range(pipeline.ensemble.members):
+            target = tmp_path / pipeline.train.start_from[0] / "checkpoints" / f"member_{i}.pt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"")
     check_pipeline(pipeline)
 
 
@@ -34,7 +42,9 @@ def names_in(node):
         yield node
 
 
-@pytest.mark.parametrize("name", ["certify_adp", "sequential", "k_consensus", "soft", "eas", "ebs", "cohen", "we", "best"])
+@pytest.mark.parametrize(
+    "name", ["certify_adp", "sequential", "k_consensus", "soft", "eas", "ebs", "cohen", "we", "best", "drt", "gaussian", "smoothadv", "adp"]
+)
 def test_each_method_has_an_example(name):
     used = {n for path in EXAMPLES for n in names_in(tomllib.loads(path.read_text()))}
     assert name in used

@@ -15,7 +15,8 @@ def test_builtins_cover_every_kind():
     for key in [("dataset", "digits"), ("dataset", "mnist"), ("dataset", "cifar10"), ("dataset", "imagenet"),
                 ("model", "mlp"), ("model", "lenet"), ("model", "resnet20"), ("model", "resnet110"),
                 ("model", "resnet50"), ("aggregator", "we"), ("aggregator", "mme"), ("noise", "gaussian"),
-                ("regularizer", "gaussian"), ("certifier", "cohen"), ("smoothing", "ebs")]:
+                ("loss", "gaussian"), ("loss", "smoothadv"), ("regularizer", "drt"), ("regularizer", "adp"),
+                ("regularizer", "gal"), ("certifier", "cohen"), ("smoothing", "ebs"), ("command", "simplex")]:
         assert key in names, key
     assert names[("certifier", "cohen")] == "cohen"
 
