@@ -232,3 +232,13 @@ def test_drt_training_is_reproducible_and_every_term_moves_the_weights(tiny_pipe
     tiny_pipeline["train"]["regularizers"] = []
     c = run(tiny_pipeline)
     assert not torch.equal(next(a.ensemble.members[0].parameters()), next(c.ensemble.members[0].parameters()))
+
+
+@pytest.mark.parametrize("rho1, rho2, terms", [(0.0, 1.0, {"cm"}), (1.0, 0.0, {"gd"})])
+def test_cm_alone_and_gd_alone_from_toml(rho1, rho2, terms, tiny_pipeline):
+    tiny_pipeline["certify"]["enabled"] = False
+    tiny_pipeline["train"].update(epochs=1, regularizers=[{"name": "drt", "rho1": rho1, "rho2": rho2}])
+    result = run(tiny_pipeline)
+    (record,) = json.loads((result.output / "train_log.json").read_text())["epochs"]
+    assert {"gd", "cm"} & set(record) == terms and record["loss"] == pytest.approx(
+        record["ce"] + sum(record[t] for t in terms), rel=1e-6)
