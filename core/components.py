@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import attrs
@@ -253,6 +253,32 @@ class SmoothingStrategy(ABC):
 
     def check_mechanism(self, mechanism: Certifier) -> str | None:
         """Return why this strategy cannot certify with ``mechanism``, or ``None``. Called once per run."""
+        return None
+
+
+# -------------------------------------------------------------------------------------- attacks
+#: What an attack sees: a differentiable map from inputs ``[B, ...]`` to class probabilities ``[B, C]``.
+ProbabilityModel = Callable[[Tensor], Tensor]
+
+
+class Attack(ABC):
+    """An adversarial attack: inputs within a norm ball around ``x``, in pixel space, clipped to [0, 1].
+
+    The model is seen through a combiner (an aggregator's ``combine``: the average or the elementwise maximum
+    of the members' probabilities, 003 Eq. 12), so one attack serves single models and ensembles alike.
+    """
+
+    #: The norm of the ball (``"linf"`` or ``"l2"``) and its radius, for reports.
+    norm: ClassVar[str]
+
+    @abstractmethod
+    def perturb(
+        self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Adversarial versions of the batch ``x`` (labels ``y``), each within the ball and in [0, 1]."""
+
+    def check_classes(self, num_classes: int) -> str | None:
+        """Return why this attack cannot run on ``num_classes`` classes, or ``None``. Called once per run."""
         return None
 
 

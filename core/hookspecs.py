@@ -22,8 +22,8 @@ resolved, and return nothing. A function named ``register_*`` that matches no ho
 
 How the pipeline uses each kind, in order:
 data set -> base models (one per member) -> base loss + regularizers with noise ->
-aggregator (ensemble protocol) -> smoothing strategy -> certificate mechanisms -> results; and
-commands that work on a run's results from the command line.
+aggregator (ensemble protocol) -> smoothing strategy -> certificate mechanisms -> results; attacks for
+empirical robustness; and commands that work on a run's results from the command line.
 """
 
 from __future__ import annotations
@@ -125,6 +125,18 @@ def register_smoothing_strategies(register: Register) -> None:
     ``SmoothingStrategy.smooth(ensemble, noise, batch_size=...)`` is called once per run and returns
     the smoothed classifier certifiers sample from; ``SmoothingStrategy.certify(mechanism, ...)`` is
     called once per input and mechanism, so a strategy can combine per-member certificates.
+    """
+
+
+@hookspec
+def register_attacks(register: Register) -> None:
+    """Register adversarial attacks: subclasses of :class:`ensemblecert.Attack`.
+
+    ``Attack.perturb(model, x, y, generator=...)`` is called on batches of test inputs by the evaluation stage
+    and by training objectives that train on adversarial examples (iGAT). ``model`` maps inputs to class
+    probabilities and is differentiable: a single network's softmax, or an ensemble seen through a combiner
+    (the average or the elementwise maximum of its members' probabilities). It returns inputs within the
+    attack's norm ball around ``x``, clipped to [0, 1].
     """
 
 

@@ -34,6 +34,7 @@ KINDS: dict[str, Kind] = {
         Kind("aggregator", "register_aggregators", c.Aggregator, "aggregators (ensemble protocols)"),
         Kind("smoothing", "register_smoothing_strategies", c.SmoothingStrategy, "smoothing strategies"),
         Kind("certifier", "register_certifiers", c.Certifier, "certificate mechanisms"),
+        Kind("attack", "register_attacks", c.Attack, "attacks"),
         Kind("command", "register_commands", c.Command, "commands"),
     )
 }
