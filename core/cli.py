@@ -166,7 +166,9 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     result = run_pipeline(pipeline, registry, fresh=args.fresh, reporter=reporter)
     if result.summary is not None:
         reporter.summary(result.summary, pipeline.certify.radii, console=out)
-    else:
+    if result.evaluation is not None:
+        reporter.evaluation(result.evaluation, console=out)
+    if result.summary is None and result.evaluation is None:
         reporter.info(f"Trained members are in {result.output / 'checkpoints'}")
     return 0
 

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from .components import Aggregator, BaseLoss, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
+from .components import Aggregator, Attack, BaseLoss, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
 from .errors import ConfigError, UserError
 from .registry import Registry, UnknownComponentError
 from .validators import in_range, non_empty, path_string
@@ -128,6 +128,22 @@ class CertifyConfig:
 
 
 @attrs.frozen(kw_only=True)
+class EvaluateConfig:
+    """``[evaluate]``: empirical robustness, accuracy on clean test inputs and under each attack, per combiner.
+    Runs when ``attacks`` lists any."""
+
+    attacks: list[Attack] = component_list("attack", [], empty=True)
+    #: How the attacks see the ensemble: aggregators (``we``: the average; ``max``: the elementwise maximum).
+    combiners: list[Aggregator] = component_list("aggregator", [{"name": "we"}], single=True)
+    #: Test inputs attacked together.
+    batch_size: int = attrs.field(default=250, validator=in_range(1))
+    #: Evaluate every ``skip``-th test input.
+    skip: int = attrs.field(default=1, validator=in_range(1))
+    #: Stop after this many inputs (all when absent).
+    max_examples: int | None = attrs.field(default=None, validator=attrs.validators.optional(in_range(1)))
+
+
+@attrs.frozen(kw_only=True)
 class HeldoutConfig:
     """``[heldout]``: labelled data kept from training, never certified, for protocols that calibrate
     (K-consensus ranks members on it, weighted soft voting fits weights). Carved only when one asks."""
@@ -145,6 +161,7 @@ class Pipeline:
     ensemble: EnsembleConfig = section()
     train: TrainConfig = section()
     certify: CertifyConfig = section()
+    evaluate: EvaluateConfig = section()
     heldout: HeldoutConfig = section()
     #: Seeds initialisation, shuffling and noise; any integer that fits in 63 bits.
     seed: int = attrs.field(default=0, validator=in_range(0, MAX_SEED))

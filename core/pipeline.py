@@ -6,7 +6,8 @@ Everything a run produces goes under ``pipeline.output``:
 * ``checkpoints/train_state.pt``: the state after the last finished epoch (for resuming);
 * ``train_log.json`` and ``train_log.png``: every term of the training objective per epoch;
 * ``certify.tsv``: one row per certified input, appended as soon as it is known;
-* ``summary.json`` and ``certified_accuracy.png``: certified accuracy at the requested radii and ACR.
+* ``summary.json`` and ``certified_accuracy.png``: certified accuracy at the requested radii and ACR;
+* ``evaluate.tsv`` and ``evaluation.json``: accuracy on clean inputs and under each attack (``[evaluate]``).
 
 A run that was interrupted picks up where it stopped when started again with the same configuration.
 """
@@ -32,6 +33,8 @@ from .components import Aggregator, DataInfo, DataSplits, HeldOut
 from .config import Pipeline, build_component, describe, load_pipeline
 from .ensemble import Ensemble, Members, build_member
 from .errors import ConfigError, UserError
+from .evaluation import EvaluationSummary
+from .evaluation import evaluate as evaluate_ensemble
 from .registry import Registry
 from .report import Reporter
 from .results import ExampleResult, Outcome, ResultsWriter, Summary, plot_certified_accuracy, read_results, summarize
@@ -55,6 +58,7 @@ class RunResult:
     results: list[ExampleResult]
     summary: Summary | None
     losses: list[float]
+    evaluation: EvaluationSummary | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -465,6 +469,38 @@ class _Run:
         return results, summary
 
 
+    # ----------------------------------------------------------------------------- evaluation
+    def evaluate(self, members: Sequence[nn.Module], data: DataSplits) -> EvaluationSummary:
+        """Accuracy on clean test inputs and under each attack, per combiner (see :mod:`ensemblecert.evaluation`)."""
+        p, e = self.p, self.p.evaluate
+        name = lambda obj: self.registry.name_of(type(obj)) or type(obj).__name__  # noqa: E731
+        combiners = dict(zip(_unique([name(c) for c in e.combiners]), e.combiners))
+        attacks = dict(zip(_unique([name(a) for a in e.attacks]), e.attacks))
+        fp = _fingerprint(
+            {
+                "weights": _weights_digest(members),
+                "evaluate": self.config["evaluate"],
+                "seed": p.seed,
+            }
+        )
+        tsv, meta = self.out / "evaluate.tsv", self.out / "evaluation.json"
+        if tsv.exists() and _read_meta(meta).get("fingerprint") != fp:
+            raise UserError(
+                f"{tsv}: holds results of a different model or evaluation setup; "
+                "run with --fresh to replace them or choose another output directory"
+            )
+        write_json(meta, {"fingerprint": fp})
+        indices = list(range(0, len(data.test), e.skip))[: e.max_examples]
+        with self.rep.progress() as bar:
+            task = bar.add_task("evaluate", total=len(indices), status=", ".join(attacks))
+            summary = evaluate_ensemble(
+                members, combiners, attacks, data.test, indices, tsv, batch_size=e.batch_size, seed=p.seed,
+                device=self.device, on_batch=lambda k: bar.advance(task, k),
+            )
+        write_json(meta, {"fingerprint": fp, **summary.to_dict(), "tsv": str(tsv)})
+        return summary
+
+
 def run_pipeline(
     pipeline: Pipeline, registry: Registry, *, fresh: bool = False, reporter: Reporter | None = None
 ) -> RunResult:
@@ -476,7 +512,7 @@ def run_pipeline(
     if fresh:
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)
         for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png", "aggregator.json", "heldout.json",
-                     "train_log.json", "train_log.png"):
+                     "train_log.json", "train_log.png", "evaluate.tsv", "evaluation.json"):
             (run.out / name).unlink(missing_ok=True)
         prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
     write_json(run.out / "pipeline.json", run.config)
@@ -490,6 +526,10 @@ def run_pipeline(
     if run.uses_heldout:
         data, heldout = run.split_heldout(data)
         reporter.info(f"Held out {len(heldout)} training inputs to calibrate the aggregator (heldout.json)")
+    for i, attack in enumerate(pipeline.evaluate.attacks):
+        why = attack.check_classes(data.info.num_classes)
+        if why:
+            raise ConfigError([f"evaluate.attacks[{i}]: {why}"], pipeline.label)
     members, losses = run.members(data)
     if heldout is not None:
         aggregator = run.calibrate(aggregator, members, heldout)
@@ -500,6 +540,10 @@ def run_pipeline(
     if pipeline.certify.enabled:
         results, summary = run.certify(ensemble, data)
         reporter.info(f"Results: {run.out / 'certify.tsv'}, {run.out / 'summary.json'}")
+    evaluation = None
+    if pipeline.evaluate.attacks:
+        evaluation = run.evaluate(members, data)
+        reporter.info(f"Accuracy under attack: {run.out / 'evaluate.tsv'}, {run.out / 'evaluation.json'}")
     return RunResult(
         pipeline=pipeline,
         output=run.out,
@@ -508,6 +552,7 @@ def run_pipeline(
         results=results,
         summary=summary,
         losses=losses,
+        evaluation=evaluation,
     )
 
 

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.markup import escape
 from rich.table import Table
 
+from .evaluation import EvaluationSummary
 from .results import Summary
 
 
@@ -36,6 +37,9 @@ class Reporter:
             disable=self.quiet,
         )
 
+    def evaluation(self, summary: EvaluationSummary, console: Console | None = None) -> None:
+        (console or self.console).print(evaluation_table(summary))
+
     def summary(self, summary: Summary, radii: Sequence[float], console: Console | None = None) -> None:
         table = summary_table(summary, radii)
         (console or self.console).print(table)
@@ -58,4 +62,16 @@ def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
             f"{m.mean_samples:,.0f}",
             f"{m.mean_seconds:.3f}",
         )
+    return table
+
+
+def evaluation_table(summary: EvaluationSummary) -> Table:
+    """Accuracy, clean and under each attack, one row per combiner."""
+    table = Table(title=f"Accuracy under attack ({summary.examples} test inputs)")
+    table.add_column("combiner", style="bold")
+    columns = list(next(iter(summary.accuracy.values())))
+    for col in columns:
+        table.add_column(escape(col), justify="right")
+    for name, row in summary.accuracy.items():
+        table.add_row(escape(name), *(f"{row[c]:.1%}" for c in columns))
     return table

@@ -1,14 +1,28 @@
 """Attacks: PGD and FGSM stay in their ball and in [0, 1] and raise the loss; ours agrees with torchattacks' PGD;
 AutoAttack and Square run through the library; attacks see an ensemble through a combiner."""
 
+import json
+from pathlib import Path
+
+import attrs
 import pytest
 import torch
 from torch import nn
 
-from ensemblecert import ConfigError, Ensemble, build_component, load_registry
+from ensemblecert import ConfigError, DataInfo, DataSplits, Dataset, Ensemble, UserError, build_component, load_registry
 from ensemblecert.plugins.attacks import cross_entropy, cw_margin, pgd
 
 REGISTRY = load_registry()
+
+
+@attrs.frozen
+class ThreeClasses(Dataset):
+    """A tiny three-class data set (only its class count matters here)."""
+
+    def load(self) -> DataSplits:
+        x, y = torch.rand(30, 1, 4, 4), torch.arange(30) % 3
+        data = torch.utils.data.TensorDataset(x, y)
+        return DataSplits(train=data, test=data, info=DataInfo((1, 4, 4), 3, (0.5,), (0.25,)))
 
 
 def attack(**spec):
@@ -113,3 +127,71 @@ def test_bad_attack_settings():
         attack(name="pgd", norm="l1")
     with pytest.raises(ConfigError, match="epsilon: must be > 0"):
         attack(name="fgsm", epsilon=0)
+
+
+EVALUATE = {
+    "attacks": [{"name": "pgd", "epsilon": 0.1, "steps": 10}, {"name": "fgsm", "epsilon": 0.1}],
+    "combiners": ["we", "max"],
+    "batch_size": 16,
+}
+
+
+def test_the_evaluation_stage_reports_what_its_rows_say(tiny_pipeline):
+    from ensemblecert import run
+
+    tiny_pipeline["certify"]["enabled"] = False
+    tiny_pipeline["evaluate"] = dict(EVALUATE, skip=5)
+    result = run(tiny_pipeline)
+    rows = [line.split("\t") for line in (result.output / "evaluate.tsv").read_text().splitlines()]
+    assert rows[0] == ["idx", "label", "we:natural", "we:pgd", "we:fgsm", "max:natural", "max:pgd", "max:fgsm"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(0, 360, 5))
+    saved = json.loads((result.output / "evaluation.json").read_text())
+    for k, column in enumerate(rows[0][2:], start=2):
+        combiner, _, attack = column.partition(":")
+        expected = sum(r[k] == r[1] for r in rows[1:]) / (len(rows) - 1)
+        assert saved["accuracy"][combiner][attack] == pytest.approx(expected)
+        assert result.evaluation.accuracy[combiner][attack] == pytest.approx(expected)
+    # natural accuracy is the ensemble's own prediction on clean inputs
+    from ensemblecert.plugins.datasets import Digits
+
+    x, y = Digits().load().test.tensors
+    with torch.no_grad():
+        clean = float((result.ensemble(x[::5]).argmax(1) == y[::5]).float().mean())
+    assert saved["accuracy"]["we"]["natural"] == pytest.approx(clean)
+    for combiner in ("we", "max"):
+        acc = saved["accuracy"][combiner]
+        assert acc["pgd"] < acc["natural"] and acc["fgsm"] < acc["natural"]
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_rows(tiny_pipeline, tmp_path):
+    from ensemblecert import run
+
+    tiny_pipeline["certify"]["enabled"] = False
+    tiny_pipeline["evaluate"] = dict(EVALUATE, skip=5)
+    whole = run(tiny_pipeline)
+    text = (whole.output / "evaluate.tsv").read_text()
+    lines = text.splitlines(keepends=True)
+    (whole.output / "evaluate.tsv").write_text("".join(lines[:20]) + lines[20][:5])  # a crash mid-row
+    again = run(tiny_pipeline)
+    assert (again.output / "evaluate.tsv").read_text() == text
+    tiny_pipeline["evaluate"]["attacks"][0]["epsilon"] = 0.2
+    with pytest.raises(UserError, match="evaluate.tsv: holds results of a different model or evaluation setup"):
+        run(tiny_pipeline)
+
+
+def test_an_attack_that_cannot_run_on_the_data_stops_before_training(tiny_pipeline):
+    from ensemblecert import run
+
+    pytest.importorskip("torchattacks")
+    tiny_pipeline["data"] = {"name": "digits"}
+    tiny_pipeline["evaluate"] = {"attacks": [{"name": "autoattack"}]}
+    # digits has 10 classes, so this is fine; a 3-class check is what refuses
+    assert build_component("attack", {"name": "autoattack"}, REGISTRY).check_classes(10) is None
+    with pytest.raises(ConfigError, match="evaluate.attacks\\[0\\]: standard AutoAttack's targeted attacks need"):
+        from ensemblecert.pipeline import run_pipeline
+        from ensemblecert import load_pipeline
+
+        pipeline, registry = load_pipeline(tiny_pipeline)
+        small = attrs.evolve(pipeline, data=ThreeClasses())
+        run_pipeline(small, registry)
+    assert not (Path(tiny_pipeline["output"]) / "checkpoints" / "member_0.pt").exists()

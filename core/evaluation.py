@@ -1,0 +1,132 @@
+"""The evaluation stage: empirical robustness, i.e. accuracy on clean test inputs and under each attack, for each
+combiner through which the attacks see the ensemble (003, Eq. 12 and Section 6: the average or the maximum).
+
+Inputs are attacked a batch at a time. ``evaluate.tsv`` gets one row per input as each batch finishes:
+``idx``, ``label``, then for every combiner ``<combiner>:natural`` and ``<combiner>:<attack>``, the predicted
+class. Batches are fixed chunks of the evaluated indices and each batch's random starts come from a generator
+seeded by the pipeline seed, the batch's first index, the combiner and the attack, so a resumed run computes
+exactly the rows an uninterrupted one would have. ``evaluation.json`` holds the accuracies.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+import torch
+from torch import Tensor
+
+from .components import Aggregator, Attack
+from .ensemble import Ensemble
+from .errors import UserError
+from .seeds import generator
+
+
+@attrs.frozen
+class EvaluationSummary:
+    """Accuracy (share of inputs classified correctly) per combiner, clean (``natural``) and under each attack."""
+
+    examples: int
+    accuracy: Mapping[str, Mapping[str, float]]
+
+    def to_dict(self) -> dict:
+        return {"examples": self.examples, "accuracy": {c: dict(v) for c, v in self.accuracy.items()}}
+
+
+def columns(combiners: Sequence[str], attacks: Sequence[str]) -> list[str]:
+    return ["idx", "label", *(f"{c}:{a}" for c in combiners for a in ("natural", *attacks))]
+
+
+def read_rows(path: Path, header: list[str]) -> dict[int, list[int]]:
+    """The complete rows of an earlier run's ``evaluate.tsv`` by input index; a truncated last line is dropped."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    if len(complete) != len(raw):  # a crash mid-write: cut the partial line before appending
+        with path.open("r+b") as fh:
+            fh.truncate(len(complete))
+    lines = [ln for ln in complete.decode("utf-8", errors="replace").split("\n") if ln]
+    if not lines:
+        return {}
+    rows = list(csv.reader(lines, delimiter="\t"))
+    if rows[0] != header:
+        raise UserError(
+            f"{path}: its columns {rows[0]} are not this pipeline's {header}; run with --fresh to evaluate again "
+            "or choose another output directory"
+        )
+    done = {}
+    for row in rows[1:]:
+        try:
+            values = [int(v) for v in row]
+        except ValueError:
+            values = []
+        if len(values) != len(header):
+            raise UserError(f"{path}: damaged row {row}; run with --fresh to evaluate again")
+        done[values[0]] = values[1:]
+    return done
+
+
+def probability_model(members: Sequence[torch.nn.Module], combiner: Aggregator) -> Callable[[Tensor], Tensor]:
+    """The ensemble seen through ``combiner``: a differentiable map from inputs to class probabilities."""
+    ensemble = Ensemble(members, combiner).eval()
+    return lambda x: ensemble.evaluate(x).probs
+
+
+def evaluate(
+    members: Sequence[torch.nn.Module],
+    combiners: Mapping[str, Aggregator],
+    attacks: Mapping[str, Attack],
+    dataset: torch.utils.data.Dataset,
+    indices: Sequence[int],
+    path: Path,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvaluationSummary:
+    """Evaluate the inputs ``indices`` of ``dataset`` and return the accuracies (rows go to ``path`` as they come)."""
+    header = columns(list(combiners), list(attacks))
+    done = read_rows(path, header)
+    models = {name: probability_model(members, c) for name, c in combiners.items()}
+    with path.open("a", encoding="utf-8", newline="") as fh:
+        if path.stat().st_size == 0:
+            fh.write("\t".join(header) + "\n")
+        for start in range(0, len(indices), batch_size):
+            chunk = list(indices[start : start + batch_size])
+            todo = [i for i in chunk if i not in done]
+            if not todo:
+                if on_batch is not None:
+                    on_batch(len(chunk))
+                continue
+            pairs = [dataset[i] for i in chunk]
+            x = torch.stack([torch.as_tensor(p[0]) for p in pairs]).to(device)
+            y = torch.as_tensor([int(p[1]) for p in pairs], device=device)
+            predictions = []
+            for c, (cname, model) in enumerate(models.items()):
+                with torch.no_grad():
+                    predictions.append(model(x).argmax(dim=1))
+                for a, (aname, attack) in enumerate(attacks.items()):
+                    gen = generator(seed, "attack", chunk[0], c, a, device=device)
+                    adversarial = attack.perturb(model, x, y, generator=gen)
+                    with torch.no_grad():
+                        predictions.append(model(adversarial).argmax(dim=1))
+            table = torch.stack([y, *predictions], dim=1).cpu().tolist()
+            for index, row in zip(chunk, table):
+                if index in done:
+                    continue
+                done[index] = row
+                fh.write("\t".join(map(str, [index, *row])) + "\n")
+            fh.flush()
+            if on_batch is not None:
+                on_batch(len(chunk))
+    names = header[2:]
+    rows = [done[i] for i in indices if i in done]
+    accuracy: dict[str, dict[str, float]] = {c: {} for c in combiners}
+    for k, column in enumerate(names):
+        cname, _, aname = column.partition(":")
+        accuracy[cname][aname] = sum(r[k + 1] == r[0] for r in rows) / max(len(rows), 1)
+    return EvaluationSummary(examples=len(rows), accuracy=accuracy)
