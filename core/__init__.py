@@ -24,6 +24,7 @@ from .components import (
     SmoothingStrategy,
 )
 from .config import Pipeline, build_component, describe, load_pipeline
+from .config import component as component_field
 from .ensemble import Ensemble, Members, Normalize, build_member
 from .errors import ConfigError, UserError
 from .expectations import (
@@ -98,6 +99,7 @@ __all__ = [
     "clopper_pearson_lower_gap",
     "clopper_pearson_upper",
     "clopper_pearson_upper_gap",
+    "component_field",
     "describe",
     "draw_expectations",
     "gaussian_radius",

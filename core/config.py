@@ -39,7 +39,10 @@ MAX_SEED = 2**63 - 1
 
 
 def component(kind: str, spec: Mapping[str, Any] | None = None, **field_kwargs: Any) -> Any:
-    """A field holding one component of ``kind``; ``spec`` is the component used when the key is absent."""
+    """A field holding one component of ``kind``; ``spec`` is the component used when the key is absent.
+
+    Public as ``ensemblecert.component_field``: a component may hold another (iGAT holds its attack), written in
+    TOML as a nested table and validated with its own path."""
     meta: dict[str, Any] = {"kind": kind}
     if spec is not None:
         meta["default_spec"] = dict(spec)

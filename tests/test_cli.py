@@ -68,7 +68,7 @@ def test_plugins_lists_every_kind_with_builtins(cli):
     for name in ["digits", "mnist", "cifar10", "imagenet", "mlp", "lenet", "resnet20", "resnet110", "resnet50",
                  "we", "mme", "soft", "hard", "max", "k_consensus", "gaussian", "ebs", "eas", "cohen",
                  "certify_adp", "sequential", "cohen_two_sided", "li", "lecuyer", "dp", "best", "simplex",
-                 "drt", "smoothadv", "adp", "gal", "pgd", "fgsm", "autoattack", "square"]:
+                 "drt", "smoothadv", "adp", "gal", "pgd", "fgsm", "autoattack", "square", "igat"]:
         assert f" {name} " in proc.stdout
 
 

@@ -16,7 +16,7 @@ def test_builtins_cover_every_kind():
                 ("model", "mlp"), ("model", "lenet"), ("model", "resnet20"), ("model", "resnet110"),
                 ("model", "resnet50"), ("aggregator", "we"), ("aggregator", "mme"), ("noise", "gaussian"),
                 ("loss", "gaussian"), ("loss", "smoothadv"), ("regularizer", "drt"), ("regularizer", "adp"),
-                ("regularizer", "gal"), ("certifier", "cohen"), ("smoothing", "ebs"), ("command", "simplex"),
+                ("regularizer", "gal"), ("regularizer", "igat"), ("certifier", "cohen"), ("smoothing", "ebs"), ("command", "simplex"),
                 ("attack", "pgd"), ("attack", "fgsm"), ("attack", "autoattack"), ("attack", "square")]:
         assert key in names, key
     assert names[("certifier", "cohen")] == "cohen"
