@@ -1,0 +1,121 @@
+"""Runs that survive SIGKILL: a run killed during training, certification or evaluation and started again ends
+exactly as an uninterrupted run does (no input lost or done twice, the same weights, rows and summaries)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+PIPELINE = """
+seed = 3
+device = "cpu"
+data = { name = "digits" }
+noise = { name = "gaussian", sigma = 0.25 }
+
+[ensemble]
+members = 2
+model = { name = "mlp", hidden = [64] }
+
+[train]
+epochs = 6
+batch_size = 128
+lr = 0.1
+
+[certify]
+mechanisms = [{ name = "cohen", n0 = 20, n = 2000, alpha = 0.01 }]
+batch_size = 500
+skip = 9
+radii = [0.0, 0.25, 0.5]
+
+[evaluate]
+attacks = [{ name = "pgd", epsilon = 0.1, steps = 5 }]
+combiners = ["we", "max"]
+batch_size = 4
+skip = 6
+"""
+
+
+def start(workdir: Path, out: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ensemblecert", "run", "pipeline.toml", "--output", out, "--quiet"],
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    proc.kill()
+    raise AssertionError("the run neither reached the kill point nor finished")
+
+
+def rows_without_times(path: Path) -> list[list[str]]:
+    table = list(csv.reader(path.read_text().splitlines(), delimiter="\t"))
+    keep = [i for i, name in enumerate(table[0]) if name != "time" and not name.endswith(":time")]
+    return [[row[i] for i in keep] for row in table]
+
+
+def outcome(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    cohen = summary["mechanisms"]["cohen"]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    weights = [torch.load(out / "checkpoints" / f"member_{i}.pt", weights_only=True)["state_dict"] for i in range(2)]
+    return {
+        "certify": rows_without_times(out / "certify.tsv"),
+        "evaluate": (out / "evaluate.tsv").read_text(),
+        "summary": (cohen["certified_accuracy"], cohen["acr"], cohen["abstain_rate"], summary["examples"]),
+        "evaluation": evaluation["accuracy"],
+        "train_log": [{k: v for k, v in r.items() if k != "seconds"}
+                      for r in json.loads((out / "train_log.json").read_text())["epochs"]],
+        "weights": weights,
+    }
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path):
+    (tmp_path / "pipeline.toml").write_text(PIPELINE)
+    whole = start(tmp_path, "whole")
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    expected = outcome(tmp_path / "whole")
+
+    points = {
+        "training": lambda out: (out / "checkpoints" / "train_state.pt").exists(),
+        "certification": lambda out: lines(out / "certify.tsv") >= 8,
+        "evaluation": lambda out: lines(out / "evaluate.tsv") >= 20,
+    }
+    for name, ready in points.items():
+        out = tmp_path / name
+        killed = 0
+        for _ in range(2):  # killed twice at the same stage, then left to finish
+            proc = start(tmp_path, name)
+            killed += kill_when(proc, lambda: ready(out))
+        assert killed >= 1, f"the run finished before reaching the {name} kill point"
+        proc = start(tmp_path, name)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+        got = outcome(out)
+        for key in ("certify", "evaluate", "summary", "evaluation", "train_log"):
+            assert got[key] == expected[key], f"after a kill during {name}, {key} differs"
+        for a, b in zip(got["weights"], expected["weights"]):
+            assert all(torch.equal(a[k], b[k]) for k in a), f"after a kill during {name}, the weights differ"
