@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import attrs
 import torch
 
 import ensemblecert as ec

@@ -16,7 +16,7 @@ from scipy import optimize
 from torch import Tensor
 
 from ensemblecert import Aggregate, Aggregator, HeldOut, Members, hookimpl
-from ensemblecert.validators import in_range, one_of, positive
+from ensemblecert.validators import in_range, one_of
 
 
 def weighted_sum(values: Tensor, weights: Sequence[float]) -> Tensor:
