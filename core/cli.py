@@ -187,7 +187,7 @@ def _validate(args: argparse.Namespace, out: Console) -> int:
     table.add_column("value")
     for key in ("data", "noise"):
         table.add_row(key, escape(_inline(config[key])))
-    for section in ("ensemble", "train", "certify"):
+    for section in ("ensemble", "train", "certify", "evaluate"):
         for key, value in config[section].items():
             table.add_row(f"{section}.{key}", escape(_inline(value)))
     for key in ("seed", "device", "output", "plugins"):

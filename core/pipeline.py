@@ -232,7 +232,7 @@ class _Run:
                 "seed": c["seed"],
                 "train": {k: v for k, v in c["train"].items() if k not in ("enabled", "noise")},
                 "heldout": c["heldout"] if self.uses_heldout else None,
-                "start_from": [_file_digest(path) for path in start_checkpoints(pipeline)],
+                "start_from": [_file_digest(path) for path in start_checkpoints(pipeline)] if pipeline.train.enabled else [],
             }
         )
 
