@@ -42,7 +42,8 @@ from .objectives import TrainBatch
 from .pipeline import RunResult, run, run_pipeline
 from .registry import KINDS, Component, Registry
 from .results import ExampleResult, Summary, read_results, summarize
-from .sampling import MonteCarloSampler, SharedTallies, SmoothedClassifier, Tally, Usage
+from .evaluation import probability_model
+from .sampling import MonteCarloSampler, SharedTallies, SmoothedClassifier, Tally, Usage, evaluation_mode
 from .stats import (
     clopper_pearson_interval,
     clopper_pearson_lower,
@@ -102,6 +103,7 @@ __all__ = [
     "component_field",
     "describe",
     "draw_expectations",
+    "evaluation_mode",
     "gaussian_radius",
     "hoeffding_width",
     "hookimpl",
@@ -110,6 +112,7 @@ __all__ = [
     "load_registry",
     "make_plugin_manager",
     "multinomial_bounds",
+    "probability_model",
     "run",
     "read_results",
     "run_pipeline",

@@ -70,8 +70,9 @@ def read_rows(path: Path, header: list[str]) -> dict[int, list[int]]:
 
 
 def probability_model(members: Sequence[torch.nn.Module], combiner: Aggregator) -> Callable[[Tensor], Tensor]:
-    """The ensemble seen through ``combiner``: a differentiable map from inputs to class probabilities."""
-    ensemble = Ensemble(members, combiner).eval()
+    """The ensemble seen through ``combiner``: a differentiable map from inputs to class probabilities, as attacks
+    see it (members run in whatever mode they are in)."""
+    ensemble = Ensemble(members, combiner)
     return lambda x: ensemble.evaluate(x).probs
 
 
@@ -91,6 +92,8 @@ def evaluate(
     """Evaluate the inputs ``indices`` of ``dataset`` and return the accuracies (rows go to ``path`` as they come)."""
     header = columns(list(combiners), list(attacks))
     done = read_rows(path, header)
+    for m in members:
+        m.eval()
     models = {name: probability_model(members, c) for name, c in combiners.items()}
     with path.open("a", encoding="utf-8", newline="") as fh:
         if path.stat().st_size == 0:

@@ -45,7 +45,7 @@ class TrainLog:
         import matplotlib.pyplot as plt
 
         keys = [k for k in self.records[-1] if k not in _META]
-        shares = [k for k in keys if all(0.0 <= r.get(k, 0.0) <= 1.0 for r in self.records) and k.endswith("share")]
+        shares = [k for k in keys if k.endswith("share")]  # shares of a whole, drawn on their own [0, 1] axis
         terms = [k for k in keys if k not in shares]
         epochs = [r["epoch"] for r in self.records]
         fig, axes = plt.subplots(1, 2 if shares else 1, figsize=(9 if shares else 5.5, 3.6), dpi=120, squeeze=False)

@@ -21,9 +21,18 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ensemblecert import Aggregator, Attack, Regularizer, TrainBatch, component_field, hookimpl
+from ensemblecert import (
+    Aggregator,
+    Attack,
+    Regularizer,
+    TrainBatch,
+    component_field,
+    evaluation_mode,
+    hookimpl,
+    probability_model,
+)
 from ensemblecert.validators import in_range, one_of
 
 RULES = ("soft", "hard", "opposite", "random")
@@ -97,15 +106,8 @@ class IGAT(Regularizer):
 
     def terms(self, batch: TrainBatch) -> dict[str, Tensor]:
         x, y, members = batch.x, batch.y, batch.members
-        modes = [m.training for m in members]
-        for m in members:
-            m.eval()
-        try:
-            combined = lambda inp: self.combiner.combine(torch.stack([m(inp) for m in members]))  # noqa: E731
-            adversarial = self.attack.perturb(combined, x, y, generator=batch.generator)
-        finally:
-            for m, mode in zip(members, modes):
-                m.train(mode)
+        with evaluation_mode(nn.ModuleList(members)):
+            adversarial = self.attack.perturb(probability_model(members, self.combiner), x, y, generator=batch.generator)
         both = torch.cat([x, adversarial])
         logits = torch.stack([m(both) for m in members])  # [N, 2B, C], with the graph
         probs = logits.softmax(dim=-1)

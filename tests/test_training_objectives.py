@@ -16,7 +16,6 @@ from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.drt import confidence_margin, margins, reduce_pairs, safe_sqrt, valid_pairs
 from ensemblecert.plugins.gal import gradient_alignment
 from ensemblecert.plugins.noise import GaussianNoise
-from ensemblecert.plugins.smoothadv import smoothed_loss
 
 REGISTRY = load_registry()
 
@@ -145,16 +144,18 @@ def test_gal_against_a_direct_computation():
 def test_smoothadv_attack_raises_the_smoothed_loss():
     nets = members(1, classes=3)
     x, y = torch.rand(16, 5), torch.randint(0, 3, (16,))
-    loss_fn = build_component("loss", {"name": "smoothadv", "epsilon": 0.5, "steps": 5}, REGISTRY)
+    attack = {"name": "pgd", "norm": "l2", "epsilon": 0.5, "steps": 5, "step_size": 0.2, "random_start": False}
+    loss_fn = build_component("loss", {"name": "smoothadv", "attack": attack}, REGISTRY)
     batch = TrainBatch(x, y, nets, GaussianNoise(0.25), WeightedEnsemble(), torch.Generator().manual_seed(0), 0,
                        copies=4)
     noise = batch.noise_draws()[0]
-    adv = loss_fn.attack(batch, nets, noise)
+    adv = loss_fn.adversarial(batch, nets, noise)
     assert (adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5 and adv.min() >= 0 and adv.max() <= 1
 
-    def smoothed(points):
+    def smoothed(points):  # -log of the mean over the 4 noise copies of the true class's softmax
         with torch.no_grad():
-            return smoothed_loss(nets[0](batch.repeated(points) + noise).softmax(-1), y, 4)
+            probs = nets[0](batch.repeated(points) + noise).softmax(-1).reshape(4, 16, 3).mean(0)
+            return -torch.log(probs.gather(1, y[:, None])[:, 0])
 
     assert float(smoothed(adv).mean()) > float(smoothed(x).mean()) + 0.05
     terms = loss_fn.terms(batch)  # trains at the adversarial points with the attack's noise
@@ -163,7 +164,7 @@ def test_smoothadv_attack_raises_the_smoothed_loss():
 
 
 def test_smoothadv_warm_up():
-    loss_fn = build_component("loss", {"name": "smoothadv", "epsilon": 1.0, "warmup": 4}, REGISTRY)
+    loss_fn = build_component("loss", {"name": "smoothadv", "warmup": 4}, REGISTRY)  # epsilon 1.0
     assert [loss_fn.radius(e) for e in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
 
 
@@ -173,7 +174,7 @@ def test_smoothadv_warm_up():
         ({"regularizers": [{"name": "drt", "rho1": -0.5}]}, "train.regularizers[0].rho1: must be >= 0, got -0.5"),
         ({"copies": 0}, "train.copies: must be >= 1, got 0"),
         ({"regularizers": [{"name": "drtt"}]}, "unknown regularizer 'drtt'; did you mean 'drt'?"),
-        ({"loss": {"name": "smoothadv", "steps": 0}}, "train.loss.steps: must be >= 1"),
+        ({"loss": {"name": "smoothadv", "attack": {"name": "pgd", "steps": 0}}}, "train.loss.attack.steps: must be >= 1"),
     ],
 )
 def test_bad_training_settings(train, message, tiny_pipeline):
