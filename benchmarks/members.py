@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ensemblecert import DataInfo, Members, build_component, build_member, load_registry
+from ensemblecert import DataInfo, Engine, Members, build_component, build_member, load_registry
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -47,7 +47,8 @@ def main() -> None:
         x = torch.rand(batch, *shape, device=device)
         for n in sizes:
             members = [build_member(model, info, s).to(device).eval() for s in range(n)]
-            loop, vmap = Members(members, vectorize=False), Members(members, vectorize=True)
+            loop = Members(members, Engine(layout="loop", compile=False))
+            vmap = Members(members, Engine(layout="vmap", compile=False))
             with torch.inference_mode():
                 t_loop = timed(lambda: loop.logits(x), args.repeats, device)
                 t_vmap = timed(lambda: vmap.logits(x), args.repeats, device)

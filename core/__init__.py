@@ -25,7 +25,8 @@ from .components import (
 )
 from .config import Pipeline, build_component, describe, load_pipeline
 from .config import component as component_field
-from .ensemble import Ensemble, Members, Normalize, build_member
+from .engine import Engine, Members
+from .ensemble import Ensemble, Normalize, build_member
 from .errors import ConfigError, UserError
 from .expectations import (
     EXPECTATIONS,
@@ -74,6 +75,7 @@ __all__ = [
     "ExampleResult",
     "KINDS",
     "Members",
+    "Engine",
     "Model",
     "MonteCarloSampler",
     "NoiseSampler",

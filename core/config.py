@@ -23,6 +23,7 @@ import attrs
 import cattrs
 
 from .components import Aggregator, Attack, BaseLoss, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
+from .engine import Engine
 from .errors import ConfigError, UserError
 from .registry import Registry, UnknownComponentError
 from .validators import in_range, non_empty, path_string
@@ -82,8 +83,6 @@ class EnsembleConfig:
     smoothing: list[SmoothingStrategy] = component_list("smoothing", [{"name": "ebs"}], single=True)
     #: Checkpoint files to load instead of the run's own (one per member); implies no training.
     checkpoints: list[str] = attrs.field(factory=list, validator=attrs.validators.deep_iterable(path_string))
-    #: Evaluate members as one torch.func.vmap call (slower than a loop on CPU; see benchmarks/members.py).
-    vectorize: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -166,6 +165,7 @@ class Pipeline:
     certify: CertifyConfig = section()
     evaluate: EvaluateConfig = section()
     heldout: HeldoutConfig = section()
+    engine: Engine = section()
     #: Seeds initialisation, shuffling and noise; any integer that fits in 63 bits.
     seed: int = attrs.field(default=0, validator=in_range(0, MAX_SEED))
     device: str = attrs.field(default="auto", validator=_device)

@@ -277,7 +277,7 @@ class _Run:
         )
         for m in members:
             m.eval()
-        fitted = aggregator.calibrate(Members(members), held)
+        fitted = aggregator.calibrate(Members(members, self.p.engine), held)
         write_json(path, {"fingerprint": fp, "aggregator": plain(describe(fitted, self.registry))})
         return fitted
 
@@ -410,6 +410,8 @@ class _Run:
                 "batch_size": c.batch_size,
                 "seed": p.seed,
                 "draws": "shared",  # every mechanism starts from the input's one noise stream
+                # layout and compilation change only rounding; a reduced precision changes what is counted
+                **({"precision": p.engine.precision} if p.engine.reduced else {}),
             }
         )
         tsv, meta = self.out / "certify.tsv", self.out / "certify.json"
@@ -422,7 +424,13 @@ class _Run:
                     "run with --fresh to replace them or choose another output directory"
                 )
             done = read_results(tsv, labels)
-        write_json(meta, {"fingerprint": fp, "mechanisms": labels})
+        engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe()}
+        write_json(meta, {"fingerprint": fp, "mechanisms": labels, "engine": engine})
+        if p.engine.reduced:
+            self.rep.warn(
+                f"engine.precision = {p.engine.precision!r}: members run in reduced precision, which can change "
+                "their predictions; the radii are not sound certificates of the float32 ensemble"
+            )
         indices = list(range(0, len(data.test), c.skip))
         if c.max_examples is not None:
             indices = indices[: c.max_examples]
@@ -438,12 +446,21 @@ class _Run:
         correct = sum(r.correct(labels[0]) for r in results)
         with ResultsWriter(tsv, labels) as writer, self.rep.progress() as bar:
             task = bar.add_task("certify", total=len(indices), completed=len(results), status="")
-            for index in todo:
+            ahead = [0] * len(smoothed)  # per strategy: position in todo up to which first draws are prefetched
+            for pos, index in enumerate(todo):
                 x, y = data.test[index]
                 x = torch.as_tensor(x)
                 outcomes = {}
-                for shared in smoothed:
+                for i, shared in enumerate(smoothed):
                     shared.clear()
+                    k = shared.inputs_per_pass()
+                    if k > 1 and pos >= ahead[i]:  # small first draws of the next inputs, one forward pass
+                        upcoming = todo[pos : pos + k]
+                        shared.prefetch(
+                            [torch.as_tensor(data.test[j][0]) for j in upcoming],
+                            [input_generator(p.seed, j, 0, self.device) for j in upcoming],
+                        )
+                        ahead[i] = pos + k
                 for label, i, k in plan:
                     # the noise depends on the input only: every strategy and mechanism starts from the same draws
                     gen = input_generator(p.seed, index, 0, self.device)
@@ -463,7 +480,10 @@ class _Run:
                 bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
         results.sort(key=lambda r: r.index)
         summary = summarize(results, labels, c.radii, members=ensemble.num_members)
-        write_json(self.out / "summary.json", {**summary.to_dict(), "tsv": str(tsv)})
+        write_json(
+            self.out / "summary.json",
+            {**summary.to_dict(), "precision": p.engine.precision, "sound": not p.engine.reduced, "tsv": str(tsv)},
+        )
         if results:
             plot_certified_accuracy(results, labels, self.out / "certified_accuracy.png")
         return results, summary
@@ -533,7 +553,7 @@ def run_pipeline(
     members, losses = run.members(data)
     if heldout is not None:
         aggregator = run.calibrate(aggregator, members, heldout)
-    ensemble = Ensemble(members, aggregator, vectorize=pipeline.ensemble.vectorize)
+    ensemble = Ensemble(members, aggregator, engine=pipeline.engine)
     ensemble = ensemble.to(run.device).eval()
     results: list[ExampleResult] = []
     summary = None

@@ -24,6 +24,10 @@ class Reporter:
         if not self.quiet:
             self.console.print(message, markup=False, highlight=False)
 
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+
     def progress(self) -> Progress:
         return Progress(
             TextColumn("[bold]{task.description}"),

@@ -17,7 +17,7 @@ Two things make a tally depend only on the input, ``n`` and the generator:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
@@ -250,6 +250,65 @@ class MonteCarloSampler:
         )
 
 
+    def tally_many(
+        self,
+        xs: Sequence[Tensor],
+        n: int,
+        *,
+        generators: Sequence[torch.Generator],
+        softmax: bool = False,
+        members: bool = False,
+    ) -> list[Tally] | None:
+        """The tallies of ``n`` draws of each input in ``xs`` (each from its own generator, exactly the draws
+        :meth:`tally` would make), evaluated together in one forward pass so that small draws still fill a
+        batch. ``len(xs) * n`` must fit in ``batch_size``. Returns ``None``, having spent the pass, when the
+        aggregator skipped members (the evaluations of each input are then unknown): tally them one by one."""
+        count = len(xs)
+        if count * n > self.batch_size or n < 1:
+            raise ValueError(f"{count} inputs of {n} draws do not fit in a batch of {self.batch_size}")
+        xs = [x.to(self.device) for x in xs]
+        if self.num_classes is None:
+            self.num_classes = self._infer_classes(xs[0])
+        classes = self.num_classes
+        with torch.inference_mode(), evaluation_mode(self.classifier):
+            batch = torch.cat([NoiseStream(self.noise, x, g).take(n) for x, g in zip(xs, generators)])
+            scores, are_probs, member_logits, spent, settled = self._scores(batch)
+            members_run = self._ensemble.num_members if self._ensemble is not None else 1
+            if spent != members_run * batch.shape[0] or settled:
+                return None
+            if scores.shape[-1] != classes:
+                raise ValueError(f"the classifier returned {scores.shape[-1]} classes, expected {classes}")
+            owner = torch.arange(count, device=self.device).repeat_interleave(n)
+            counts = torch.bincount(owner * classes + scores.argmax(dim=1), minlength=count * classes)
+            counts = counts.view(count, classes).cpu()
+            prob_sums = None
+            if softmax:
+                probs = scores if are_probs else scores.softmax(dim=1)
+                prob_sums = probs.view(count, n, classes).sum(dim=1, dtype=torch.float64).cpu()
+            member_counts = None
+            if members:
+                if member_logits is None:
+                    raise ValueError("per-member counts need an Ensemble classifier")
+                size = member_logits.shape[0]
+                slot = (owner.unsqueeze(0) * size + torch.arange(size, device=self.device).unsqueeze(1)) * classes
+                member_counts = torch.bincount(
+                    (slot + member_logits.argmax(dim=2)).flatten(), minlength=count * size * classes
+                ).view(count, size, classes).cpu()
+        per_input = spent // count
+        self.usage.draws += n * count
+        self.usage.evaluations += spent
+        return [
+            Tally(
+                n=n,
+                counts=counts[i],
+                evaluations=per_input,
+                prob_sums=None if prob_sums is None else prob_sums[i],
+                member_counts=None if member_counts is None else member_counts[i],
+            )
+            for i in range(count)
+        ]
+
+
 def _device_of(classifier: Classifier) -> torch.device:
     if isinstance(classifier, nn.Module):
         for p in classifier.parameters():
@@ -267,17 +326,51 @@ class SharedTallies:
     remembered tally and moves the generator on to the state the draw left it in, so the next draw is as fresh
     as it would have been. A request without a generator is never shared. :meth:`clear` forgets everything
     (call it between inputs). Everything else is the wrapped classifier's.
+
+    Small first draws (a selection of ``n0 = 100`` when a batch holds 1,000) waste most of a forward pass. The
+    first request after :meth:`clear` is remembered; :meth:`inputs_per_pass` then says how many inputs' first
+    draws fit in one batch, and :meth:`prefetch` draws them for upcoming inputs in one pass (the same noise, from
+    the same generators). A prefetched tally is charged to the sampler's usage when it is first asked for, so
+    every record reads as if it had been drawn alone.
     """
 
     def __init__(self, smoothed: SmoothedClassifier) -> None:
         self.smoothed = smoothed
         self._seen: dict[tuple[bytes, int, bool], tuple[Tally, Tensor]] = {}
+        self._ahead: dict[tuple[bytes, int, bool], tuple[Tally, Tensor]] = {}
+        self._first: tuple[int, bool] | None = None
+        self._fresh = True  # no request since clear()
+        self._batchable = hasattr(smoothed, "tally_many")
 
     def __getattr__(self, name: str):
         return getattr(self.smoothed, name)
 
     def clear(self) -> None:
         self._seen.clear()
+        self._fresh = True
+
+    def inputs_per_pass(self) -> int:
+        """How many inputs' first draws fit in one batch (0 or 1: prefetching would not help)."""
+        if not self._batchable or self._first is None:
+            return 0
+        return getattr(self.smoothed, "batch_size", 0) // self._first[0]
+
+    def prefetch(self, xs: Sequence[Tensor], generators: Sequence[torch.Generator]) -> None:
+        """Draw the first tally of each upcoming input (``generators`` in the state their input starts from)."""
+        if self.inputs_per_pass() < 2 or not xs:
+            return
+        n, members = self._first
+        keys = [(g.get_state().numpy().tobytes(), n, members) for g in generators]
+        usage = getattr(self.smoothed, "usage", None)
+        before = usage.snapshot() if usage is not None else None
+        tallies = self.smoothed.tally_many(xs, n, generators=generators, softmax=True, members=members)
+        if usage is not None:  # charged when asked for (tally), not here
+            usage.draws, usage.evaluations = before.draws, before.evaluations
+        if tallies is None:  # the aggregator skips members: tally inputs one by one
+            self._batchable = False
+            return
+        for key, tally, g in zip(keys, tallies, generators):
+            self._ahead[key] = (tally, g.get_state())
 
     def tally(
         self,
@@ -288,6 +381,10 @@ class SharedTallies:
         softmax: bool = False,
         members: bool = False,
     ) -> Tally:
+        if self._fresh:
+            self._fresh = False
+            if self._first is None:
+                self._first = (int(n), bool(members))
         if generator is None:
             return self.smoothed.tally(x, n, softmax=softmax, members=members)
         key = (generator.get_state().numpy().tobytes(), int(n), bool(members))
@@ -295,6 +392,15 @@ class SharedTallies:
             tally, after = self._seen[key]
             generator.set_state(after)
             return tally
-        tally = self.smoothed.tally(x, n, generator=generator, softmax=True, members=members)
-        self._seen[key] = (tally, generator.get_state())
+        if key in self._ahead:
+            tally, after = self._ahead.pop(key)
+            generator.set_state(after)
+            usage = getattr(self.smoothed, "usage", None)
+            if usage is not None:  # charged now, as if drawn now
+                usage.draws += tally.n
+                usage.evaluations += tally.evaluations
+        else:
+            tally = self.smoothed.tally(x, n, generator=generator, softmax=True, members=members)
+            after = generator.get_state()
+        self._seen[key] = (tally, after)
         return tally

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblecert import Aggregate, Aggregator, DataInfo, Ensemble, Members, MonteCarloSampler, build_member, input_generator
+from ensemblecert import Aggregate, Aggregator, DataInfo, Engine, Ensemble, Members, MonteCarloSampler, build_member, input_generator
 from ensemblecert.plugins.aggregators import MaxMarginEnsemble, WeightedEnsemble
 from ensemblecert.plugins.models import MLP, ResNet20
 from ensemblecert.plugins.noise import GaussianNoise
@@ -72,9 +72,9 @@ def test_vectorised_members_match_one_by_one(model):
     info = DataInfo((3, 8, 8), 3, (0.5,) * 3, (0.25,) * 3) if isinstance(model, ResNet20) else INFO
     members = [build_member(model, info, seed).eval() for seed in range(3)]
     x = torch.rand(7, *info.input_shape)
-    together = Members(members, vectorize=True)
+    together = Members(members, Engine(layout="vmap", compile=False))
     assert together.vectorized
-    looped = Members(members, vectorize=False)
+    looped = Members(members, Engine(layout="loop", compile=False))
     with torch.no_grad():
         assert torch.allclose(together.logits(x), looped.logits(x), atol=1e-5)
 

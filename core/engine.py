@@ -1,0 +1,205 @@
+"""How the members of an ensemble run on a batch: their layout, compilation and arithmetic precision.
+
+Three layouts compute the same logits ``[N, B, C]``:
+
+* ``loop``: one member after another;
+* ``vmap``: one ``torch.func.vmap`` call over the members' stacked weights;
+* ``fused``: one wider network (:mod:`ensemblecert.fusion`): the first layer of all members as one layer, later
+  ones grouped.
+
+``auto`` takes what measured fastest (``benchmarks/engine.py``, ``docs/engine.md``): on a CUDA device the fused
+network when the architecture fuses, on the CPU the loop (grouped convolutions and batched matrix products are
+slower there than the members' own dense layers). ``compile`` runs the layout through ``torch.compile``; its
+default compiles members with convolutions (measured 1.6x on CPU ResNet-20) and everything on CUDA.
+
+``precision`` is ``fp32`` unless asked otherwise: float32 everywhere, TF32 tensor cores off. ``tf32``, ``bf16``
+and ``fp16`` are faster on GPUs but can change predictions near a decision boundary, and then the counts the
+bounds assume are no longer the base classifier's (Voracek and Hein, 2023): they are an explicit choice,
+recorded with the results.
+
+Every choice changes only the floating-point rounding of the logits, never which noise a sample gets, so with
+the same seed the counts agree between layouts and batch sizes unless a sample's top two scores tie to within
+rounding (``tests/test_engine.py`` checks every path).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import attrs
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state
+
+from .fusion import FusionError, fuse
+from .validators import one_of
+
+LAYOUTS = ("auto", "loop", "vmap", "fused")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+@attrs.frozen(kw_only=True)
+class Engine:
+    """``[engine]``: how members are evaluated (see the module docstring)."""
+
+    #: ``auto``, ``loop``, ``vmap`` or ``fused``.
+    layout: str = attrs.field(default="auto", validator=one_of(LAYOUTS))
+    #: ``torch.compile`` the member evaluation; absent: members with convolutions, and everything on CUDA.
+    compile: bool | None = None
+    #: ``fp32`` (sound); ``tf32``, ``bf16``, ``fp16`` trade the soundness of the counts for speed.
+    precision: str = attrs.field(default="fp32", validator=one_of(PRECISIONS))
+
+    @property
+    def reduced(self) -> bool:
+        return self.precision != "fp32"
+
+
+def _signature(module: nn.Module) -> tuple:
+    return (
+        tuple(type(m) for m in module.modules()),
+        tuple((n, p.shape, p.dtype) for n, p in module.named_parameters()),
+        tuple((n, b.shape, b.dtype) for n, b in module.named_buffers()),
+    )
+
+
+def _device_type(modules: Sequence[nn.Module]) -> str:
+    for module in modules:
+        for p in module.parameters():
+            return p.device.type
+    return "cpu"
+
+
+def _has_convolutions(modules: Sequence[nn.Module]) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for module in modules for m in module.modules())
+
+
+@contextmanager
+def precision_context(precision: str, device_type: str) -> Iterator[None]:
+    """Run the members at ``precision``: fp32 turns TF32 off (and restores the settings afterwards); bf16 and
+    fp16 autocast."""
+    if device_type != "cuda":
+        if precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            with torch.autocast(device_type, dtype=dtype):
+                yield
+        else:
+            yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        if precision in ("bf16", "fp16"):
+            with torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class Members:
+    """The members of an ensemble, run on one batch as the :class:`Engine` says.
+
+    ``logits(x)`` gives all members' logits ``[N, B, C]`` (float32 whatever the precision); ``member(i, x)`` one
+    member's ``[B, C]``, for aggregators that skip members. The layout is settled on the first batch: ``fused``
+    needs a probe batch to check the wider network against the members, and falls back to the loop, saying why in
+    :attr:`why_not`, when the architecture does not fuse. Members that differ in architecture or run in training
+    mode always loop. Stacked or fused layouts hold copies of the weights: build a new ``Members`` after a change.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], engine: Engine | None = None) -> None:
+        self.modules = list(modules)
+        self.engine = engine or Engine()
+        self.device_type = _device_type(self.modules)
+        self.why_not: str | None = None
+        self.layout = self._requested_layout()
+        self._run: Callable[[Tensor], Tensor] | None = None
+        self._single: list[Callable[[Tensor], Tensor]] | None = None
+        compile_ = self.engine.compile
+        self.compiled = compile_ if compile_ is not None else (
+            self.device_type == "cuda" or _has_convolutions(self.modules)
+        )
+
+    def _requested_layout(self) -> str:
+        layout = self.engine.layout
+        if layout == "auto":
+            layout = "fused" if self.device_type == "cuda" else "loop"
+        if layout == "loop":
+            return layout
+        if len(self.modules) < 2:
+            self.why_not = "a single member"
+        elif any(m.training for module in self.modules for m in module.modules()):
+            self.why_not = "members in training mode"
+        elif len({_signature(m) for m in self.modules}) != 1:
+            self.why_not = "members differ in architecture"
+        else:
+            return layout
+        return "loop"
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    @property
+    def vectorized(self) -> bool:
+        return self.layout != "loop"
+
+    def describe(self) -> dict:
+        """The choices made, for the record (``certify.json``)."""
+        return {
+            "layout": self.layout,
+            "compiled": self.compiled,
+            "precision": self.engine.precision,
+            **({"why_not": self.why_not} if self.why_not else {}),
+        }
+
+    def _compile(self, fn: Callable) -> Callable:
+        return torch.compile(fn, dynamic=None) if self.compiled else fn
+
+    def _build(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        if self.layout == "fused":
+            try:
+                fused = fuse(self.modules, x[: min(len(x), 8)].float())
+            except FusionError as exc:
+                self.layout, self.why_not = "loop", str(exc)
+            else:
+                if self.device_type == "cuda" and _has_convolutions(self.modules):
+                    fused = fused.to(memory_format=torch.channels_last)
+                return self._compile(fused)
+        if self.layout == "vmap":
+            params, buffers = stack_module_state(self.modules)
+            base = copy.deepcopy(self.modules[0]).to("meta")
+
+            def call(p: dict, b: dict, inp: Tensor) -> Tensor:
+                return functional_call(base, (p, b), (inp,))
+
+            vmapped = torch.vmap(call, in_dims=(0, 0, None))
+            return self._compile(lambda inp: vmapped(params, buffers, inp))
+        singles = self._singles()
+        return lambda inp: torch.stack([run(inp) for run in singles])
+
+    def _singles(self) -> list[Callable[[Tensor], Tensor]]:
+        if self._single is None:
+            self._single = [self._compile(m) for m in self.modules]
+        return self._single
+
+    def _context(self):
+        if self.engine.precision == "fp32" and self.device_type != "cuda":
+            return nullcontext()
+        return precision_context(self.engine.precision, self.device_type)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """All members' logits ``[N, B, C]``."""
+        if self._run is None:
+            self._run = self._build(x)
+        if self.layout == "fused" and self.device_type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._context():
+            return self._run(x).float()
+
+    def member(self, index: int, x: Tensor) -> Tensor:
+        """The logits ``[B, C]`` of member ``index`` alone."""
+        with self._context():
+            return self._singles()[index](x).float()
