@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,6 +88,11 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
     run.add_argument("--skip-train", action="store_true", help="certify existing checkpoints; never train")
     run.add_argument("--skip-certify", action="store_true", help="only train (or load) the members")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the final table and errors")
+    run.add_argument(
+        "--processes", type=int, metavar="K",
+        help="spread the run over K processes on this machine (starts the same command under torchrun; "
+        "for several machines call torchrun yourself, see docs/engine.md)",
+    )
 
     val = sub.add_parser(
         "validate",
@@ -149,7 +155,29 @@ def _fail(err: Console, exc: UserError) -> int:
     return exc.exit_code
 
 
+def _torchrun(processes: int) -> None:
+    """Start this same command under ``torchrun`` with ``processes`` processes (replaces this process)."""
+    if processes < 1:
+        raise UserError(f"--processes: must be at least 1, got {processes}")
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "ensemblecert", *argv]
+    os.execv(sys.executable, command)
+
+
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.processes is not None and "WORLD_SIZE" not in os.environ:
+        if args.processes < 1:
+            raise UserError(f"--processes: must be at least 1, got {args.processes}")
+        if args.processes > 1:
+            _torchrun(args.processes)
     overrides = list(args.overrides)
     if args.output is not None:
         if not args.output.strip():
@@ -164,6 +192,8 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
     reporter = Reporter(err, quiet=args.quiet)
     result = run_pipeline(pipeline, registry, fresh=args.fresh, reporter=reporter)
+    if result.rank != 0:
+        return 0  # rank 0 prints
     if result.summary is not None:
         reporter.summary(result.summary, pipeline.certify.radii, console=out)
     if result.evaluation is not None:

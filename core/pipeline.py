@@ -29,6 +29,7 @@ from torch import nn
 
 from .certification import input_generator
 from .checkpoints import load_checkpoint, plain, remove_temporaries, save_checkpoint, write_json
+from .distributed import SINGLE, World, join, leave
 from .components import Aggregator, DataInfo, DataSplits, HeldOut
 from .config import Pipeline, build_component, describe, load_pipeline
 from .ensemble import Ensemble, Members, build_member
@@ -37,7 +38,16 @@ from .evaluation import EvaluationSummary
 from .evaluation import evaluate as evaluate_ensemble
 from .registry import Registry
 from .report import Reporter
-from .results import ExampleResult, Outcome, ResultsWriter, Summary, plot_certified_accuracy, read_results, summarize
+from .results import (
+    ExampleResult,
+    Outcome,
+    ResultsWriter,
+    Summary,
+    merge_results,
+    plot_certified_accuracy,
+    read_results,
+    summarize,
+)
 from .sampling import SharedTallies
 from .seeds import generator
 from .train_log import TrainLog
@@ -59,6 +69,8 @@ class RunResult:
     summary: Summary | None
     losses: list[float]
     evaluation: EvaluationSummary | None = None
+    #: This process's rank among the processes of a ``torchrun`` run (0 when alone).
+    rank: int = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -213,10 +225,11 @@ def _weights_digest(members: Sequence[nn.Module]) -> str:
 
 
 class _Run:
-    def __init__(self, pipeline: Pipeline, registry: Registry, reporter: Reporter) -> None:
+    def __init__(self, pipeline: Pipeline, registry: Registry, reporter: Reporter, world: World = SINGLE) -> None:
         self.p = pipeline
         self.registry = registry
         self.rep = reporter
+        self.world = world
         self.out = Path(pipeline.output)
         self.ckpt_dir = self.out / "checkpoints"
         self.device = resolve_device(pipeline.device)
@@ -246,7 +259,8 @@ class _Run:
             raise UserError(f"heldout.fraction: {self.p.heldout.fraction} leaves no training data of {size} inputs")
         order = torch.randperm(size, generator=generator(self.p.seed, "heldout")).tolist()
         held, kept = sorted(order[:count]), sorted(order[count:])
-        write_json(self.out / "heldout.json", {"fraction": self.p.heldout.fraction, "size": size, "indices": held})
+        if self.world.main:
+            write_json(self.out / "heldout.json", {"fraction": self.p.heldout.fraction, "size": size, "indices": held})
         subset = torch.utils.data.Subset
         return attrs.evolve(data, train=subset(data.train, kept)), subset(data.train, held)
 
@@ -278,7 +292,8 @@ class _Run:
         for m in members:
             m.eval()
         fitted = aggregator.calibrate(Members(members, self.p.engine), held)
-        write_json(path, {"fingerprint": fp, "aggregator": plain(describe(fitted, self.registry))})
+        if self.world.main:
+            write_json(path, {"fingerprint": fp, "aggregator": plain(describe(fitted, self.registry))})
         return fitted
 
     # ------------------------------------------------------------------------------ members
@@ -352,8 +367,10 @@ class _Run:
             steps = bar.add_task("  epoch", total=batches, status="")
 
             def on_epoch(epoch: int, record: dict[str, float], state: dict[str, Any]) -> None:
-                log.add(epoch, record)
-                save_checkpoint({**state, "fingerprint": self.train_fp}, state_path)
+                if self.world.main:
+                    log.add(epoch, record)
+                    save_checkpoint({**state, "fingerprint": self.train_fp}, state_path)
+                self.world.barrier()
                 bar.update(epochs, completed=epoch, status=train_status(record))
                 bar.reset(steps)
 
@@ -373,8 +390,12 @@ class _Run:
                 resume=resume,
                 on_epoch=on_epoch,
                 on_batch=on_batch,
+                world=self.world,
             )
             bar.remove_task(steps)
+        if not self.world.main:
+            self.world.barrier()  # rank 0 writes the checkpoints
+            return losses
         log.plot(self.out / "train_log.png")
         for i, member in enumerate(members):
             save_checkpoint(
@@ -393,6 +414,7 @@ class _Run:
             )
         state_path.unlink(missing_ok=True)
         self.rep.info(f"Saved {len(members)} members to {self.ckpt_dir}")
+        self.world.barrier()
         return losses
 
     # -------------------------------------------------------------------------- certification
@@ -415,17 +437,25 @@ class _Run:
             }
         )
         tsv, meta = self.out / "certify.tsv", self.out / "certify.json"
-        done: list[ExampleResult] = []
-        if tsv.exists():
+        world = self.world
+        parts = sorted(self.out.glob("certify.part-*.tsv"))  # records of the ranks of a multi-process run
+        found: dict[int, ExampleResult] = {}
+        if tsv.exists() or parts:
             previous = _read_meta(meta)
             if previous.get("fingerprint") != fp:
                 raise UserError(
                     f"{tsv}: holds results of a different model or certification setup; "
                     "run with --fresh to replace them or choose another output directory"
                 )
-            done = read_results(tsv, labels)
-        engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe()}
-        write_json(meta, {"fingerprint": fp, "mechanisms": labels, "engine": engine})
+            for path in [tsv, *parts]:
+                if path.exists():
+                    for result in read_results(path, labels):
+                        found.setdefault(result.index, result)
+        done = [found[i] for i in sorted(found)]
+        world.barrier()  # every rank has read the records before rank 0 writes anything
+        if world.main:
+            engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe(), "processes": world.size}
+            write_json(meta, {"fingerprint": fp, "mechanisms": labels, "engine": engine})
         if p.engine.reduced:
             self.rep.warn(
                 f"engine.precision = {p.engine.precision!r}: members run in reduced precision, which can change "
@@ -437,15 +467,19 @@ class _Run:
         wanted = set(indices)
         results = [r for r in done if r.index in wanted]
         finished = {r.index for r in results}
-        todo = [i for i in indices if i not in finished]
+        todo = world.shard([i for i in indices if i not in finished])
         if results:
-            self.rep.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already in {tsv}")
+            self.rep.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already certified")
+        mine = tsv if not world.distributed else self.out / f"certify.part-{world.rank}.tsv"
+        if world.distributed:
+            self.rep.info(f"Certifying on {world.size} processes; each writes certify.part-<rank>.tsv, merged at the end")
         strategies = p.ensemble.smoothing
         # mechanisms with equal sampling settings ask for the same draws of an input: each is drawn once
         smoothed = [SharedTallies(s.smooth(ensemble, p.noise, batch_size=c.batch_size)) for s in strategies]
         correct = sum(r.correct(labels[0]) for r in results)
-        with ResultsWriter(tsv, labels) as writer, self.rep.progress() as bar:
-            task = bar.add_task("certify", total=len(indices), completed=len(results), status="")
+        with ResultsWriter(mine, labels) as writer, self.rep.progress() as bar:
+            label = "certify" if not world.distributed else f"certify (rank {world.rank} of {world.size})"
+            task = bar.add_task(label, total=len(todo) + len(results), completed=len(results), status="")
             ahead = [0] * len(smoothed)  # per strategy: position in todo up to which first draws are prefetched
             for pos, index in enumerate(todo):
                 x, y = data.test[index]
@@ -478,8 +512,17 @@ class _Run:
                 results.append(result)
                 correct += result.correct(labels[0])
                 bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
+        world.barrier()  # every rank's records are written
+        parts = sorted(self.out.glob("certify.part-*.tsv"))
+        if world.main and parts:
+            merge_results(parts, tsv, labels)
+        world.barrier()
+        if parts or world.distributed:
+            results = [r for r in read_results(tsv, labels) if r.index in wanted]
         results.sort(key=lambda r: r.index)
         summary = summarize(results, labels, c.radii, members=ensemble.num_members)
+        if not world.main:
+            return results, summary
         write_json(
             self.out / "summary.json",
             {**summary.to_dict(), "precision": p.engine.precision, "sound": not p.engine.reduced, "tsv": str(tsv)},
@@ -524,18 +567,33 @@ class _Run:
 def run_pipeline(
     pipeline: Pipeline, registry: Registry, *, fresh: bool = False, reporter: Reporter | None = None
 ) -> RunResult:
-    """Run a loaded pipeline (see :func:`ensemblecert.load_pipeline`) and return its results."""
+    """Run a loaded pipeline (see :func:`ensemblecert.load_pipeline`) and return its results.
+
+    Started by ``torchrun``, every process runs this; they share the work as :mod:`ensemblecert.distributed`
+    says, and only rank 0 reports and writes the shared files."""
     reporter = reporter or Reporter(quiet=True)
     check_pipeline(pipeline)
-    run = _Run(pipeline, registry, reporter)
-    prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
-    if fresh:
-        shutil.rmtree(run.ckpt_dir, ignore_errors=True)
-        for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png", "aggregator.json", "heldout.json",
-                     "train_log.json", "train_log.png", "evaluate.tsv", "evaluation.json"):
-            (run.out / name).unlink(missing_ok=True)
+    world = join(pipeline.device)
+    try:
+        return _run_stages(pipeline, registry, fresh, reporter if world.main else Reporter(quiet=True), world)
+    finally:
+        leave(world)
+
+
+def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: Reporter, world: World) -> RunResult:
+    run = _Run(pipeline, registry, reporter, world)
+    if world.main:
         prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
-    write_json(run.out / "pipeline.json", run.config)
+        if fresh:
+            shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+            for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png", "aggregator.json",
+                         "heldout.json", "train_log.json", "train_log.png", "evaluate.tsv", "evaluation.json"):
+                (run.out / name).unlink(missing_ok=True)
+            for part in run.out.glob("certify.part-*.tsv"):
+                part.unlink()
+            prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
+        write_json(run.out / "pipeline.json", run.config)
+    world.barrier()
     data = pipeline.data.load()
     reporter.info(
         f"Data: {len(data.train)} training and {len(data.test)} test inputs of shape "
@@ -555,13 +613,15 @@ def run_pipeline(
         aggregator = run.calibrate(aggregator, members, heldout)
     ensemble = Ensemble(members, aggregator, engine=pipeline.engine)
     ensemble = ensemble.to(run.device).eval()
+    if world.distributed:
+        reporter.info(f"Running on {world.size} processes (rank 0 reports)")
     results: list[ExampleResult] = []
     summary = None
     if pipeline.certify.enabled:
         results, summary = run.certify(ensemble, data)
         reporter.info(f"Results: {run.out / 'certify.tsv'}, {run.out / 'summary.json'}")
     evaluation = None
-    if pipeline.evaluate.attacks:
+    if pipeline.evaluate.attacks and world.main:  # on rank 0 alone
         evaluation = run.evaluate(members, data)
         reporter.info(f"Accuracy under attack: {run.out / 'evaluate.tsv'}, {run.out / 'evaluation.json'}")
     return RunResult(
@@ -573,6 +633,7 @@ def run_pipeline(
         summary=summary,
         losses=losses,
         evaluation=evaluation,
+        rank=world.rank,
     )
 
 

@@ -10,6 +10,7 @@ row written; a resumed run reads them back.
 from __future__ import annotations
 
 import csv
+import os
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -247,6 +248,31 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
         with path.open("w", encoding="utf-8", newline="") as fh:  # drop the partial line before appending
             fh.write("\n".join(complete) + ("\n" if complete else ""))
     return results
+
+
+def merge_results(paths: Sequence[str | Path], into: str | Path, mechanisms: Sequence[str]) -> list[ExampleResult]:
+    """Merge the records of ``paths`` (``into`` itself among them when it exists) into ``into``, one row per
+    input in index order, and return them. ``into`` is replaced atomically; the merged files other than ``into``
+    are deleted only afterwards, so a run killed while merging loses nothing (a record met twice is kept once)."""
+    into = Path(into)
+    found: dict[int, ExampleResult] = {}
+    for path in [into, *paths]:
+        if Path(path).exists():
+            for result in read_results(path, mechanisms):
+                found.setdefault(result.index, result)
+    merged = [found[i] for i in sorted(found)]
+    tmp = into.with_name(f".{into.name}.merge.tmp")
+    tmp.unlink(missing_ok=True)
+    with ResultsWriter(tmp, mechanisms) as writer:
+        for result in merged:
+            writer.write(result)
+    if not merged:
+        tmp.write_text("", encoding="utf-8")
+    os.replace(tmp, into)
+    for path in paths:
+        if Path(path) != into:
+            Path(path).unlink(missing_ok=True)
+    return merged
 
 
 def _is_extra(column: str, mechanisms: Sequence[str]) -> bool:

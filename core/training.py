@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from .components import Aggregator, DataSplits, NoiseSampler
 from .config import TrainConfig
+from .distributed import SINGLE, World
 from .objectives import TrainBatch, total
 from .seeds import generator
 
@@ -45,6 +46,7 @@ def train_ensemble(
     resume: dict[str, Any] | None = None,
     on_epoch: Callable[[int, Mapping[str, float], dict[str, Any]], None] | None = None,
     on_batch: Callable[[Mapping[str, float]], None] | None = None,
+    world: World = SINGLE,
 ) -> list[float]:
     """Train ``members`` in place as ``config`` says and return the mean loss of each epoch run.
 
@@ -53,6 +55,10 @@ def train_ensemble(
     ``on_batch(record)`` receives each batch's terms and metrics. Shuffling and noise are seeded from
     ``(seed, epoch)`` (see :mod:`ensemblecert.seeds`), so a resumed run sees the batches an uninterrupted one
     would have.
+
+    Across the processes of a ``world`` (see :mod:`ensemblecert.distributed`), each rank trains on its slice of
+    every mini-batch with its own noise, gradients are averaged with one all-reduce per step and buffers follow
+    rank 0's, so every rank holds the same members.
     """
     params = [p for m in members for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -73,17 +79,27 @@ def train_ensemble(
         lr = opt.param_groups[0]["lr"]
         order = generator(seed, "shuffle", epoch)
         loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, generator=order)
-        gen = generator(seed, "train-noise", epoch, device=device)
+        noise_key = ("train-noise", epoch) if not world.distributed else ("train-noise", epoch, "rank", world.rank)
+        gen = generator(seed, *noise_key, device=device)
+        buffers = [b for m in members for b in m.buffers()]
         sums: dict[str, torch.Tensor] = {}
         batches = 0
         for x, y in loader:
+            if world.distributed:
+                x, y = x[world.rank :: world.size], y[world.rank :: world.size]
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             batch = TrainBatch(x, y, members, noise, aggregator, gen, epoch, copies=config.copies, shared=shared)
             terms = batch_terms(config, batch)
             loss = total(terms)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world.distributed:  # every rank must send every gradient, used or not
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                world.average_([p.grad for p in params])
             opt.step()
+            world.broadcast_(buffers)
             values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
             values.update({k: v.to(device, torch.float32) for k, v in batch.metrics.items()})
             for k, v in values.items():
@@ -92,6 +108,7 @@ def train_ensemble(
             if on_batch is not None:
                 on_batch({k: float(v) for k, v in values.items()} if batches % 10 == 1 else {})
         sched.step()
+        world.average_([sums[k] for k in sorted(sums)])  # the epoch's means over all ranks' slices
         record = {k: float(v) / max(batches, 1) for k, v in sums.items()}
         record.update(lr=lr, seconds=time.perf_counter() - began)
         losses.append(record.get("loss", 0.0))
