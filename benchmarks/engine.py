@@ -1,18 +1,19 @@
 """The certification engine against a reference loop and against its own member evaluation, side by side.
 
-    python benchmarks/engine.py [--repeats 3] [--skip-cifar]
+    python benchmarks/engine.py [--repeats 3] [--device cpu|cuda] [--cases mlp,resnet20,resnet110] [--n N]
 
-Three ways to tally n noisy copies of one input through the same ensemble (average of softmax, as WE):
+Ways to tally n noisy copies of one input through the same ensemble (average of softmax, as WE), timed in turns
+(reference, then each engine, then again) so that the machine's load affects them alike:
 
 * reference: the loop the original randomized-smoothing code runs: noise drawn per batch, members evaluated one
-  after another, class counts copied to the host after every batch;
-* engine: ``MonteCarloSampler.tally`` (what certification runs);
-* raw: the engine's member evaluation alone (``Ensemble.evaluate`` and the arg-max) on pre-drawn noisy batches,
-  without the framework around it.
+  after another, class counts copied to the host after every batch (float32, TF32 off, as the engine's default);
+* engine: ``MonteCarloSampler.tally`` (what certification runs) with ``[engine]`` as given: ``auto`` (the default
+  choices) and each layout, compiled or not;
+* raw: that engine's member evaluation alone (``Members.logits``, the aggregator and the arg-max) on pre-drawn
+  noisy batches, without the framework around it.
 
-Prints noisy samples per second through all members, the engine's speed-up over the reference (issue goal: at
-least 1.5x) and its overhead over raw member evaluation (goal: under 5%), for digits MLPs and CIFAR-shaped
-ResNet-20 members, 3 and 5 of each, on this machine's CPU (or ``--device cuda``).
+Prints noisy samples per second through all members, each engine's speed-up over the reference (issue goal: at
+least 1.5x) and the default engine's overhead over its raw member evaluation (goal: under 5%).
 """
 
 from __future__ import annotations
@@ -23,7 +24,20 @@ import time
 
 import torch
 
-from ensemblecert import DataInfo, Ensemble, MonteCarloSampler, build_component, build_member, input_generator, load_registry
+from ensemblecert import (
+    DataInfo, Engine, Ensemble, MonteCarloSampler, build_component, build_member, input_generator, load_registry,
+)
+
+CASES = {
+    "mlp": ("digits MLP", {"name": "mlp"}, DataInfo((1, 8, 8), 10, (0.3,), (0.3,))),
+    "resnet20": ("CIFAR ResNet-20", {"name": "resnet20"}, DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3)),
+    "resnet110": ("CIFAR ResNet-110", {"name": "resnet110"}, DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3)),
+}
+#: (n, batch size) per case and device type.
+SIZES = {
+    ("mlp", "cpu"): (20_000, 1000), ("resnet20", "cpu"): (1000, 250), ("resnet110", "cpu"): (200, 100),
+    ("mlp", "cuda"): (100_000, 10_000), ("resnet20", "cuda"): (100_000, 2000), ("resnet110", "cuda"): (100_000, 1000),
+}
 
 
 def reference(members, x: torch.Tensor, n: int, batch: int, sigma: float, num_classes: int, gen) -> torch.Tensor:
@@ -39,55 +53,97 @@ def reference(members, x: torch.Tensor, n: int, batch: int, sigma: float, num_cl
     return counts
 
 
-def best_of(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def engines(device: torch.device, heavy: bool = False) -> dict[str, Engine]:
+    out = {
+        "auto": Engine(),
+        "loop": Engine(layout="loop", compile=False),
+        "loop+compile": Engine(layout="loop", compile=True),
+        "fused": Engine(layout="fused", compile=False),
+        "fused+compile": Engine(layout="fused", compile=True),
+    }
+    if device.type == "cuda":
+        out["loop+compile, not channels-last"] = Engine(layout="loop", compile=True, channels_last=False)
+        out["loop+compile bf16 (unsound)"] = Engine(layout="loop", compile=True, precision="bf16")
+        out["fused+compile bf16 (unsound)"] = Engine(layout="fused", compile=True, precision="bf16")
+    if heavy:  # the slow layouts, left out where a run is long
+        for key in ("fused", "fused+compile", "loop", "fused+compile bf16 (unsound)"):
+            out.pop(key, None)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-cifar", action="store_true")
+    parser.add_argument("--cases", default="mlp,resnet20", help="comma-separated: mlp, resnet20, resnet110")
+    parser.add_argument("--members", default="3,5", help="comma-separated ensemble sizes")
+    parser.add_argument("--n", type=int, help="noisy samples per input (default per case and device)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the reference, like fp32
     registry = load_registry()
     noise = build_component("noise", {"name": "gaussian", "sigma": 0.25}, registry)
-    cases = [("digits MLP", {"name": "mlp"}, DataInfo((1, 8, 8), 10, (0.3,), (0.3,)), 20_000, 1000)]
-    if not args.skip_cifar:
-        cases.append(("CIFAR ResNet-20", {"name": "resnet20"}, DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3), 1000, 250))
-    print(f"device {device}, threads {torch.get_num_threads()}; samples per second through all members "
-          f"(median of {args.repeats})")
-    print(f"{'members':<17}{'N':>3}{'n':>8}{'reference':>12}{'engine':>10}{'raw':>10}{'engine/ref':>12}{'overhead':>10}")
-    for label, spec, info, n, batch in cases:
-        for count in (3, 5):
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device {device} ({name}), torch {torch.__version__}; noisy samples per second through all members, "
+          f"median of {args.repeats}")
+    header = f"{'members':<17}{'N':>3}{'n':>9}{'engine':>30}{'samples/s':>12}{'x reference':>13}{'overhead':>10}"
+    print(header)
+    for case in args.cases.split(","):
+        label, spec, info = CASES[case]
+        n, batch = SIZES[(case, device.type)]
+        n = args.n or n
+        for count in map(int, args.members.split(",")):
             model = build_component("model", spec, registry)
             members = [build_member(model, info, s).to(device).eval() for s in range(count)]
-            ensemble = Ensemble(members, build_component("aggregator", "we", registry)).to(device).eval()
             x = torch.rand(info.input_shape, device=device)
-            sampler = MonteCarloSampler(ensemble, noise, num_classes=10, batch_size=batch, device=device)
             gen = torch.Generator(device=device).manual_seed(0)
+            contenders = {}
+            for key, engine in engines(device, heavy=case == "resnet110").items():
+                own = [build_member(model, info, s).to(device).eval() for s in range(count)]  # channels-last converts
+                ensemble = Ensemble(own, build_component("aggregator", "we", registry), engine=engine)
+                ensemble = ensemble.to(device).eval()
+                sampler = MonteCarloSampler(ensemble, noise, num_classes=10, batch_size=batch, device=device)
+                sampler.tally(x, min(n, 2 * batch), generator=input_generator(0, 0, device=device))  # build, compile
+                sampler.tally(x, batch // 3 + 1, generator=input_generator(0, 1, device=device))  # a short batch too
+                contenders[key] = (ensemble, sampler)
             batches = [x.unsqueeze(0) + torch.randn((batch, *x.shape), generator=gen, device=device) * 0.25
-                       for _ in range(n // batch)]
+                       for _ in range(max(1, n // batch))]
+            auto_ensemble = contenders["auto"][0]
 
             def raw() -> None:
                 with torch.inference_mode():
                     for b in batches:
-                        ensemble.evaluate(b).probs.argmax(dim=1)
+                        auto_ensemble.evaluate(b).probs.argmax(dim=1)
 
-            t_ref = best_of(lambda: reference(members, x, n, batch, 0.25, 10, gen), args.repeats, device)
-            t_eng = best_of(lambda: sampler.tally(x, n, generator=input_generator(0, 0, device=device)), args.repeats, device)
-            t_raw = best_of(raw, args.repeats, device)
-            print(f"{label:<17}{count:>3}{n:>8,}{n / t_ref:>12,.0f}{n / t_eng:>10,.0f}{n / t_raw:>10,.0f}"
-                  f"{t_ref / t_eng:>12.2f}{t_eng / t_raw - 1:>10.1%}", flush=True)
+            runs = {"reference": lambda: reference(members, x, n, batch, 0.25, 10, gen), "raw": raw}
+            for key, (_, sampler) in contenders.items():
+                runs[key] = lambda s=sampler: s.tally(x, n, generator=input_generator(0, 0, device=device))
+            times: dict[str, list[float]] = {key: [] for key in runs}
+            for fn in runs.values():
+                fn()  # warm
+            for _ in range(args.repeats):
+                for key, fn in runs.items():
+                    times[key].append(timed(fn, device))
+            t = {key: statistics.median(v) for key, v in times.items()}
+            raw_n = len(batches) * batch
+            print(f"{label:<17}{count:>3}{n:>9,}{'reference':>30}{n / t['reference']:>12,.0f}{1:>13.2f}")
+            for key in contenders:
+                overhead = f"{(t[key] / n) / (t['raw'] / raw_n) - 1:>10.1%}" if key == "auto" else ""
+                choice = contenders[key][0].runner().describe()
+                flags = ("+compile" if choice["compiled"] else "") + ("+cl" if choice["channels_last"] else "")
+                shown = f"{key} [{choice['layout']}{flags}]" if key == "auto" else key
+                print(f"{'':<17}{'':>3}{'':>9}{shown:>30}{n / t[key]:>12,.0f}{t['reference'] / t[key]:>13.2f}{overhead}",
+                      flush=True)
 
 
 if __name__ == "__main__":

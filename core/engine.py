@@ -7,10 +7,13 @@ Three layouts compute the same logits ``[N, B, C]``:
 * ``fused``: one wider network (:mod:`ensemblecert.fusion`): the first layer of all members as one layer, later
   ones grouped.
 
-``auto`` takes what measured fastest (``benchmarks/engine.py``, ``docs/engine.md``): on a CUDA device the fused
-network when the architecture fuses, on the CPU the loop (grouped convolutions and batched matrix products are
-slower there than the members' own dense layers). ``compile`` runs the layout through ``torch.compile``; its
-default compiles members with convolutions (measured 1.6x on CPU ResNet-20) and everything on CUDA.
+``auto`` takes what measured fastest (``benchmarks/engine.py``, ``docs/engine.md``): the fused network for
+members without convolutions on a GPU (one wide and a few batched matrix products instead of many small ones),
+the loop everywhere else (grouped convolutions are 2 to 2.5 times slower than the members' own, on the CPU and on
+an H100 alike, and batched matrix products are slower than the members' dense layers on the CPU). ``compile``
+runs the layout through ``torch.compile``; its default compiles members with convolutions (1.4x on CPU ResNet-20,
+1.15x on an H100). ``channels_last`` stores convolutional members' weights and inputs channels-last; its default
+is on only on a GPU at a reduced precision (in strict float32 it made ResNet-20 2.8 times slower on an H100).
 
 ``precision`` is ``fp32`` unless asked otherwise: float32 everywhere, TF32 tensor cores off. ``tf32``, ``bf16``
 and ``fp16`` are faster on GPUs but can change predictions near a decision boundary, and then the counts the
@@ -46,8 +49,10 @@ class Engine:
 
     #: ``auto``, ``loop``, ``vmap`` or ``fused``.
     layout: str = attrs.field(default="auto", validator=one_of(LAYOUTS))
-    #: ``torch.compile`` the member evaluation; absent: members with convolutions, and everything on CUDA.
+    #: ``torch.compile`` the member evaluation; absent: members with convolutions.
     compile: bool | None = None
+    #: Channels-last weights and inputs for convolutional members; absent: on a GPU at a reduced precision.
+    channels_last: bool | None = None
     #: ``fp32`` (sound); ``tf32``, ``bf16``, ``fp16`` trade the soundness of the counts for speed.
     precision: str = attrs.field(default="fp32", validator=one_of(PRECISIONS))
 
@@ -118,15 +123,20 @@ class Members:
         self.layout = self._requested_layout()
         self._run: Callable[[Tensor], Tensor] | None = None
         self._single: list[Callable[[Tensor], Tensor]] | None = None
-        compile_ = self.engine.compile
-        self.compiled = compile_ if compile_ is not None else (
-            self.device_type == "cuda" or _has_convolutions(self.modules)
+        convolutional = _has_convolutions(self.modules)
+        self.compiled = self.engine.compile if self.engine.compile is not None else convolutional
+        cl = self.engine.channels_last
+        self.channels_last = convolutional and (
+            cl if cl is not None else self.device_type == "cuda" and self.engine.reduced
         )
+        if self.channels_last:
+            for module in self.modules:
+                module.to(memory_format=torch.channels_last)
 
     def _requested_layout(self) -> str:
         layout = self.engine.layout
         if layout == "auto":
-            layout = "fused" if self.device_type == "cuda" else "loop"
+            layout = "fused" if self.device_type == "cuda" and not _has_convolutions(self.modules) else "loop"
         if layout == "loop":
             return layout
         if len(self.modules) < 2:
@@ -151,6 +161,7 @@ class Members:
         return {
             "layout": self.layout,
             "compiled": self.compiled,
+            "channels_last": self.channels_last,
             "precision": self.engine.precision,
             **({"why_not": self.why_not} if self.why_not else {}),
         }
@@ -165,7 +176,7 @@ class Members:
             except FusionError as exc:
                 self.layout, self.why_not = "loop", str(exc)
             else:
-                if self.device_type == "cuda" and _has_convolutions(self.modules):
+                if self.channels_last:
                     fused = fused.to(memory_format=torch.channels_last)
                 return self._compile(fused)
         if self.layout == "vmap":
@@ -194,12 +205,14 @@ class Members:
         """All members' logits ``[N, B, C]``."""
         if self._run is None:
             self._run = self._build(x)
-        if self.layout == "fused" and self.device_type == "cuda" and x.dim() == 4:
+        if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._context():
             return self._run(x).float()
 
     def member(self, index: int, x: Tensor) -> Tensor:
         """The logits ``[B, C]`` of member ``index`` alone."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._context():
             return self._singles()[index](x).float()

@@ -85,35 +85,43 @@ PATHS = [
 ]
 
 
-def reference_tally(members, n=700):
-    ensemble = Ensemble(members, WeightedEnsemble(), engine=Engine(layout="loop", compile=False)).eval()
+#: The GPU paths are checked where a GPU is present (CI has none; docs/engine.md records the GPU run).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def reference_tally(members, device, n=700):
+    ensemble = Ensemble(members, WeightedEnsemble(), engine=Engine(layout="loop", compile=False)).to(device).eval()
     sampler = MonteCarloSampler(ensemble, GaussianNoise(sigma=0.5), num_classes=10, batch_size=1000)
-    return sampler.tally(torch.full((1, 8, 8), 0.4), n, generator=input_generator(3, 1), softmax=True, members=True)
+    x = torch.full((1, 8, 8), 0.4)
+    return sampler.tally(x, n, generator=input_generator(3, 1, device=device), softmax=True, members=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", PATHS)
 @pytest.mark.parametrize("batch_size", [1, 37, 128, 1000])
-def test_counts_do_not_depend_on_the_execution_path_or_batch_size(engine, batch_size):
-    members = members_of(MLP(hidden=[32, 16]), DIGITS)
-    expected = reference_tally(members)
+def test_counts_do_not_depend_on_the_execution_path_or_batch_size(engine, batch_size, device):
+    members = [m.to(device) for m in members_of(MLP(hidden=[32, 16]), DIGITS)]
+    expected = reference_tally(members, device)
     assert expected.counts.count_nonzero() > 1  # several classes: the comparison can fail
-    ensemble = Ensemble(members, WeightedEnsemble(), engine=engine).eval()
+    ensemble = Ensemble(members, WeightedEnsemble(), engine=engine).to(device).eval()
     sampler = MonteCarloSampler(ensemble, GaussianNoise(sigma=0.5), num_classes=10, batch_size=batch_size)
-    got = sampler.tally(torch.full((1, 8, 8), 0.4), 700, generator=input_generator(3, 1), softmax=True, members=True)
+    got = sampler.tally(torch.full((1, 8, 8), 0.4), 700, generator=input_generator(3, 1, device=device),
+                        softmax=True, members=True)
     assert torch.equal(got.counts, expected.counts)
     assert torch.equal(got.member_counts, expected.member_counts)
     assert torch.allclose(got.prob_sums, expected.prob_sums, rtol=1e-5)
     assert got.evaluations == expected.evaluations == 3 * 700
 
 
-def test_conv_members_count_alike_looped_and_fused():
-    members = members_of(LeNet(), DIGITS)
-    x = torch.rand(1, 8, 8)
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_members_count_alike_looped_and_fused(device):
+    members = [m.to(device) for m in members_of(ResNet20(), SMALL_RGB)]
+    x = torch.rand(3, 8, 8)
     tallies = []
     for layout, batch in (("loop", 1000), ("fused", 1000), ("fused", 64)):
-        ensemble = Ensemble(members, WeightedEnsemble(), engine=Engine(layout=layout, compile=False)).eval()
+        ensemble = Ensemble(members, WeightedEnsemble(), engine=Engine(layout=layout, compile=False)).to(device).eval()
         sampler = MonteCarloSampler(ensemble, GaussianNoise(sigma=0.5), num_classes=10, batch_size=batch)
-        tallies.append(sampler.tally(x, 500, generator=input_generator(0, 7)))
+        tallies.append(sampler.tally(x, 500, generator=input_generator(0, 7, device=device)))
     assert tallies[0].counts.count_nonzero() > 1
     assert all(torch.equal(t.counts, tallies[0].counts) for t in tallies[1:])
 
