@@ -456,6 +456,8 @@ class _Run:
         if world.main:
             engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe(), "processes": world.size}
             write_json(meta, {"fingerprint": fp, "mechanisms": labels, "engine": engine})
+        if ensemble.runner().compiled:
+            self.rep.info("Members run through torch.compile: the first batches of each size compile them")
         if p.engine.reduced:
             self.rep.warn(
                 f"engine.precision = {p.engine.precision!r}: members run in reduced precision, which can change "
