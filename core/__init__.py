@@ -6,6 +6,10 @@ The public API. Plugins import only from here (and ``ensemblecert.validators`` f
 from .certification import certify, input_generator
 from .components import (
     ABSTAIN,
+    HARD,
+    SMOOTHED_CLASSIFIERS,
+    SOFT,
+    CertifyPlan,
     Aggregate,
     Aggregator,
     Attack,
@@ -62,6 +66,10 @@ __all__ = [
     "BaseLoss",
     "Certificate",
     "Certifier",
+    "CertifyPlan",
+    "HARD",
+    "SMOOTHED_CLASSIFIERS",
+    "SOFT",
     "Command",
     "Component",
     "ConfigError",

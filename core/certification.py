@@ -1,14 +1,24 @@
-"""Certifying inputs one by one, with reproducible noise: the loop shared by the API and the pipeline."""
+"""Certifying inputs one by one, with reproducible noise: the one loop behind the API, the pipeline and the
+soundness harness.
+
+:func:`certify_inputs` certifies each input with every planned (strategy, mechanism) pair, from noise that depends
+only on the seed and the input's index, and stamps each certificate with the smoothed classifier it is about;
+:func:`certify` is its short form for one mechanism, no pipeline needed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import attrs
 import torch
 from torch import Tensor
 
-from .components import Certificate, Certifier, NoiseSampler
-from .sampling import Classifier, MonteCarloSampler, SmoothedClassifier
+from .components import Certificate, Certifier, NoiseSampler, SmoothingStrategy
+from .ensemble import Ensemble
+from .results import Outcome
+from .sampling import Classifier, MonteCarloSampler, SharedTallies, SmoothedClassifier
 from .seeds import generator
 
 
@@ -21,12 +31,75 @@ def input_generator(seed: int, index: int, slot: int = 0, device: torch.device |
     return generator(seed, index, slot, device=device)
 
 
+class DirectSmoothing(SmoothingStrategy):
+    """Smooth the classifier as it is (for an ensemble: its aggregated prediction, as EBS does) and certify with
+    the mechanism alone; what :func:`certify` uses when no strategy is given."""
+
+    def smooth(self, ensemble: Ensemble, noise: NoiseSampler, *, batch_size: int) -> SmoothedClassifier:
+        return MonteCarloSampler(ensemble, noise, batch_size=batch_size)
+
+
+@attrs.frozen
+class Planned:
+    """One column of results: ``mechanism`` certified through ``strategy`` on ``smoothed`` (shared by every entry
+    of the same strategy), under ``label``."""
+
+    label: str
+    strategy: SmoothingStrategy
+    mechanism: Certifier
+    smoothed: SharedTallies
+
+
+def certify_inputs(
+    plan: Sequence[Planned],
+    indices: Sequence[int],
+    fetch: Callable[[int], Tensor],
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, dict[str, Outcome]]]:
+    """Certify the inputs ``fetch(i)`` for ``i`` in ``indices``, yielding ``(i, outcomes by label)`` as each is done.
+
+    Every entry of the plan starts from the input's one noise stream (``input_generator(seed, i)``), so entries
+    with equal sampling settings share their draws (:class:`SharedTallies`), and small first draws of upcoming
+    inputs are drawn together in one forward pass. Each outcome records its certificate (stamped with the smoothed
+    classifier the strategy and mechanism certify), its seconds and its member evaluations.
+    """
+    samplers = list(dict.fromkeys(entry.smoothed for entry in plan))
+    ahead = {id(s): 0 for s in samplers}  # per sampler: the position in indices up to which first draws are drawn
+    for pos, index in enumerate(indices):
+        x = torch.as_tensor(fetch(index))
+        for shared in samplers:
+            shared.clear()
+            k = shared.inputs_per_pass()
+            if k > 1 and pos >= ahead[id(shared)]:
+                upcoming = list(indices[pos : pos + k])
+                shared.prefetch(
+                    [torch.as_tensor(fetch(j)) for j in upcoming], [input_generator(seed, j, 0, device) for j in upcoming]
+                )
+                ahead[id(shared)] = pos + k
+        outcomes = {}
+        for entry in plan:
+            usage = entry.smoothed.usage
+            before = usage.snapshot() if usage is not None else None
+            start = time.perf_counter()
+            cert = entry.strategy.certify(entry.mechanism, entry.smoothed, x, input_generator(seed, index, 0, device))
+            seconds = time.perf_counter() - start
+            cert = attrs.evolve(cert, classifier=entry.strategy.classifier(entry.mechanism))
+            spent = usage - before if usage is not None else None
+            outcomes[entry.label] = Outcome(
+                cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None
+            )
+        yield index, outcomes
+
+
 def certify(
     mechanism: Certifier,
     classifier: Classifier | SmoothedClassifier,
     inputs: Iterable[Tensor] | Tensor,
     noise: NoiseSampler | None = None,
     *,
+    strategy: SmoothingStrategy | None = None,
     batch_size: int = 1000,
     num_classes: int | None = None,
     seed: int = 0,
@@ -36,31 +109,35 @@ def certify(
     """Certify each input with ``mechanism``, no pipeline needed.
 
     ``classifier`` is any callable from a batch of inputs to logits (an :class:`~ensemblecert.Ensemble`
-    included), smoothed with ``noise``; or an already smoothed classifier (then ``noise`` is unused).
-    ``inputs`` is a tensor whose first dimension indexes inputs, or an iterable of single inputs.
-    The noise of an input comes from ``input_generator(seed, index)`` where ``index`` is its entry in
-    ``indices`` (default ``0, 1, 2, ...``): certifying a shard with its indices in the full list gives
-    exactly the full run's certificates for those inputs, whatever ``batch_size`` is. A module is
-    certified in evaluation mode and left as it was.
+    included), smoothed with ``noise`` by ``strategy`` (for example EAS; default: the classifier as it is); or
+    an already smoothed classifier (then ``noise`` is unused). ``inputs`` is a tensor whose first dimension
+    indexes inputs, or an iterable of single inputs. The noise of an input comes from
+    ``input_generator(seed, index)`` where ``index`` is its entry in ``indices`` (default ``0, 1, 2, ...``):
+    certifying a shard with its indices in the full list gives exactly the full run's certificates for those
+    inputs, whatever ``batch_size`` is. A module is certified in evaluation mode and left as it was.
     """
+    strategy = strategy if strategy is not None else DirectSmoothing()
     if isinstance(classifier, SmoothedClassifier):
         smoothed = classifier
     else:
         if noise is None:
             raise ValueError("a noise sampler is needed to smooth a plain classifier")
-        smoothed = MonteCarloSampler(
-            classifier, noise, num_classes=num_classes, batch_size=batch_size, device=device
-        )
-    problem = mechanism.check_noise(smoothed.noise)
-    if problem:
-        raise ValueError(problem)
-    gen_device = getattr(smoothed, "device", "cpu")
+        if isinstance(classifier, Ensemble) and not isinstance(strategy, DirectSmoothing):
+            smoothed = strategy.smooth(classifier, noise, batch_size=batch_size)
+        else:
+            smoothed = MonteCarloSampler(classifier, noise, num_classes=num_classes, batch_size=batch_size, device=device)
+    for problem in (mechanism.check_noise(smoothed.noise), strategy.check_mechanism(mechanism)):
+        if problem:
+            raise ValueError(problem)
     inputs = list(inputs)
     if indices is None:
         indices = range(len(inputs))
     elif len(indices) != len(inputs):
         raise ValueError(f"got {len(indices)} indices for {len(inputs)} inputs; give one index per input")
-    return [
-        mechanism.certify(smoothed, x, input_generator(seed, int(i), device=gen_device))
-        for i, x in zip(indices, inputs)
-    ]
+    position = {int(i): k for k, i in enumerate(indices)}
+    if len(position) != len(inputs):
+        raise ValueError("indices must be distinct: each input's noise comes from its index")
+    plan = [Planned("certificate", strategy, mechanism, SharedTallies(smoothed))]
+    gen_device = smoothed.device if isinstance(smoothed, MonteCarloSampler) else (device or "cpu")
+    loop = certify_inputs(plan, [int(i) for i in indices], lambda i: inputs[position[i]], seed=seed, device=gen_device)
+    return [outcomes["certificate"].certificate for _, outcomes in loop]

@@ -26,6 +26,14 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
 #: The prediction a certifier reports when it abstains.
 ABSTAIN = -1
 
+#: The hard smoothed classifier, ``argmax_c P(f(x + e) = c)``: the base classifier's votes under noise.
+HARD = "hard"
+#: The soft smoothed classifier, ``argmax_c E[softmax(f(x + e))_c]``: its expected probabilities under noise.
+SOFT = "soft"
+#: The smoothed classifiers a certificate can be about. The two can predict different classes and have different
+#: radii at the same input, so every certificate names one, and one radius never mixes bounds about both.
+SMOOTHED_CLASSIFIERS = (HARD, SOFT)
+
 
 # --------------------------------------------------------------------------------------- data
 @attrs.frozen
@@ -94,8 +102,11 @@ class Aggregator(ABC):
 
     Override :meth:`combine` for protocols that need every member's output; override :meth:`forward`
     for protocols that decide which members to evaluate (K-consensus evaluates members one by one and
-    stops once K agree).
+    stops once K agree), and then declare :attr:`skips_members`.
     """
+
+    #: Whether :meth:`forward` may leave members unevaluated (then per-member counts are unavailable).
+    skips_members: ClassVar[bool] = False
 
     def forward(self, members: Members, x: Tensor) -> Aggregate:
         """Evaluate ``members`` on the batch ``x`` and aggregate. Called on every noisy batch."""
@@ -199,17 +210,30 @@ class Certificate:
 
     ``prediction`` is the smoothed classifier's class or :data:`ABSTAIN`; ``radius`` the certified L2
     radius (0 when abstaining); ``samples`` the number of noise draws spent (selection included);
-    ``details`` mechanism-specific numbers (bounds, counts) that end up in the results table.
+    ``details`` mechanism-specific numbers (bounds, counts) that end up in the results table;
+    ``classifier`` the smoothed classifier the promise is about (:data:`HARD` or :data:`SOFT`), filled in by
+    the certification loop from the mechanism's declaration (:meth:`Certifier.classifier`).
     """
 
     prediction: int
     radius: float
     samples: int
     details: Mapping[str, float] = attrs.field(factory=dict)
+    classifier: str = HARD
 
     @property
     def abstained(self) -> bool:
         return self.prediction == ABSTAIN
+
+
+@attrs.frozen
+class CertifyPlan:
+    """CERTIFY's sampling plan: ``n0`` selection draws, ``n`` estimation draws, a lower bound at level ``alpha``.
+    Strategies that run CERTIFY themselves (EAS runs it per member) take it from the mechanism."""
+
+    n0: int
+    n: int
+    alpha: float
 
 
 class Certifier(ABC):
@@ -217,8 +241,21 @@ class Certifier(ABC):
 
     It draws whatever it needs from ``smoothed`` (in one go, or in stages that stop early) and is the
     only place where statistics become a promise; see ``ensemblecert.testing`` for the soundness
-    check every certifier must pass.
+    check every certifier must pass. What the core and strategies may rely on is declared here:
+    :attr:`noise_families`, :meth:`classifier` and :meth:`certify_plan`.
     """
+
+    #: The noise families (``NoiseSampler.family``) the mechanism's theorem covers; ``None``: any.
+    noise_families: ClassVar[tuple[str, ...] | None] = None
+
+    def classifier(self) -> str:
+        """The smoothed classifier the certificates are about: :data:`HARD` (class counts) or :data:`SOFT`
+        (expected softmax). The soundness harness checks each certificate against that classifier's exact radius."""
+        return HARD
+
+    def certify_plan(self) -> CertifyPlan | None:
+        """CERTIFY's plan when this mechanism is CERTIFY (so a strategy may run it per member), else ``None``."""
+        return None
 
     @abstractmethod
     def certify(
@@ -227,13 +264,24 @@ class Certifier(ABC):
         """Certify the single input ``x`` (no batch dimension) against ``smoothed``."""
 
     def check_noise(self, noise: NoiseSampler) -> str | None:
-        """Return why ``noise`` is unsupported by this mechanism, or ``None`` if it is fine."""
-        return None
+        """Return why ``noise`` is unsupported by this mechanism, or ``None`` if it is fine (by default: whether
+        its family is among :attr:`noise_families`)."""
+        families = self.noise_families
+        if families is None or noise.family in families:
+            return None
+        return (
+            f"this mechanism certifies {' or '.join(families)} noise only, got {noise.family!r} noise; "
+            "use noise.name = \"gaussian\" or another mechanism"
+        )
 
 
 # ----------------------------------------------------------------------------------- smoothing
 class SmoothingStrategy(ABC):
     """How noise and ensembling are combined (EBS smooths the aggregated ensemble; EAS smooths members)."""
+
+    #: Whether the strategy needs every member's prediction on every draw (per-member counts), which an
+    #: aggregator that :attr:`~Aggregator.skips_members` cannot give.
+    needs_member_counts: ClassVar[bool] = False
 
     @abstractmethod
     def smooth(
@@ -254,6 +302,10 @@ class SmoothingStrategy(ABC):
     def check_mechanism(self, mechanism: Certifier) -> str | None:
         """Return why this strategy cannot certify with ``mechanism``, or ``None``. Called once per run."""
         return None
+
+    def classifier(self, mechanism: Certifier) -> str:
+        """The smoothed classifier this strategy's certificates with ``mechanism`` are about (the mechanism's)."""
+        return mechanism.classifier()
 
 
 # -------------------------------------------------------------------------------------- attacks

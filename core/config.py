@@ -26,7 +26,7 @@ from .components import Aggregator, Attack, BaseLoss, Certifier, Dataset, Model,
 from .engine import Engine
 from .errors import ConfigError, UserError
 from .registry import Registry, UnknownComponentError
-from .validators import in_range, non_empty, path_string
+from .validators import FieldError, in_range, non_empty, path_string
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -282,6 +282,9 @@ class _Structurer:
             return _INVALID
         try:
             return cls(**values)
+        except FieldError as exc:
+            self.problem(_join(path, exc.field), exc.message)
+            return _INVALID
         except (ValueError, TypeError) as exc:
             self.problem(path, str(exc))
             return _INVALID

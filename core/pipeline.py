@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import attrs
 import torch
 from torch import nn
 
-from .certification import input_generator
+from .certification import Planned, certify_inputs
 from .checkpoints import load_checkpoint, plain, remove_temporaries, save_checkpoint, write_json
 from .distributed import SINGLE, World, join, leave
 from .components import Aggregator, DataInfo, DataSplits, HeldOut
@@ -46,6 +45,7 @@ from .results import (
     merge_results,
     plot_certified_accuracy,
     read_results,
+    rewrite_results,
     summarize,
 )
 from .sampling import SharedTallies
@@ -126,6 +126,14 @@ def check_pipeline(pipeline: Pipeline) -> None:
             why = strategy.check_mechanism(mech)
             if why:
                 problems.append(f"ensemble.smoothing[{j}]: certify.mechanisms[{i}]: {why}")
+    aggregator = pipeline.ensemble.aggregator
+    for j, strategy in enumerate(pipeline.ensemble.smoothing):
+        if strategy.needs_member_counts and aggregator.skips_members:
+            problems.append(
+                f"ensemble.smoothing[{j}]: this strategy needs every member's prediction on every draw, but "
+                "ensemble.aggregator skips members (as k_consensus does); use an aggregator that evaluates all "
+                "members (for example we) with it"
+            )
     checkpoints = pipeline.ensemble.checkpoints
     if checkpoints and len(checkpoints) != pipeline.ensemble.members:
         problems.append(
@@ -452,21 +460,26 @@ class _Run:
                     for result in read_results(path, labels):
                         found.setdefault(result.index, result)
         done = [found[i] for i in sorted(found)]
-        world.barrier()  # every rank has read the records before rank 0 writes anything
-        if world.main:
-            engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe(), "processes": world.size}
-            write_json(meta, {"fingerprint": fp, "mechanisms": labels, "engine": engine})
-        if ensemble.runner().compiled:
-            self.rep.info("Members run through torch.compile: the first batches of each size compile them")
-        if p.engine.reduced:
-            self.rep.warn(
-                f"engine.precision = {p.engine.precision!r}: members run in reduced precision, which can change "
-                "their predictions; the radii are not sound certificates of the float32 ensemble"
-            )
         indices = list(range(0, len(data.test), c.skip))
         if c.max_examples is not None:
             indices = indices[: c.max_examples]
         wanted = set(indices)
+        world.barrier()  # every rank has read the records before rank 0 writes anything
+        if world.main:
+            engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe(), "processes": world.size}
+            write_json(meta, {"fingerprint": fp, "mechanisms": labels, "engine": engine})
+            # rows of inputs this configuration no longer selects (another skip or max_examples) are dropped
+            for path in [tsv, *parts]:
+                if path.exists() and any(r.index not in wanted for r in read_results(path, labels)):
+                    rewrite_results(path, [r for r in read_results(path, labels) if r.index in wanted], labels)
+        world.barrier()  # no rank appends before the files hold only this configuration's rows
+        if ensemble.runner().compiled:
+            self.rep.info("Members run through torch.compile: the first batches of each size compile them")
+        if p.engine.reduced:
+            self.rep.unsound(
+                f"engine.precision = {p.engine.precision!r}: members run in reduced precision, which can change "
+                "their predictions; the radii are not sound certificates of the float32 ensemble"
+            )
         results = [r for r in done if r.index in wanted]
         finished = {r.index for r in results}
         todo = world.shard([i for i in indices if i not in finished])
@@ -478,38 +491,14 @@ class _Run:
         strategies = p.ensemble.smoothing
         # mechanisms with equal sampling settings ask for the same draws of an input: each is drawn once
         smoothed = [SharedTallies(s.smooth(ensemble, p.noise, batch_size=c.batch_size)) for s in strategies]
+        entries = [Planned(label, strategies[i], c.mechanisms[k], smoothed[i]) for label, i, k in plan]
         correct = sum(r.correct(labels[0]) for r in results)
         with ResultsWriter(mine, labels) as writer, self.rep.progress() as bar:
             label = "certify" if not world.distributed else f"certify (rank {world.rank} of {world.size})"
             task = bar.add_task(label, total=len(todo) + len(results), completed=len(results), status="")
-            ahead = [0] * len(smoothed)  # per strategy: position in todo up to which first draws are prefetched
-            for pos, index in enumerate(todo):
-                x, y = data.test[index]
-                x = torch.as_tensor(x)
-                outcomes = {}
-                for i, shared in enumerate(smoothed):
-                    shared.clear()
-                    k = shared.inputs_per_pass()
-                    if k > 1 and pos >= ahead[i]:  # small first draws of the next inputs, one forward pass
-                        upcoming = todo[pos : pos + k]
-                        shared.prefetch(
-                            [torch.as_tensor(data.test[j][0]) for j in upcoming],
-                            [input_generator(p.seed, j, 0, self.device) for j in upcoming],
-                        )
-                        ahead[i] = pos + k
-                for label, i, k in plan:
-                    # the noise depends on the input only: every strategy and mechanism starts from the same draws
-                    gen = input_generator(p.seed, index, 0, self.device)
-                    usage = getattr(smoothed[i], "usage", None)
-                    before = usage.snapshot() if usage is not None else None
-                    start = time.perf_counter()
-                    cert = strategies[i].certify(c.mechanisms[k], smoothed[i], x, gen)
-                    seconds = time.perf_counter() - start
-                    spent = usage - before if usage is not None else None
-                    outcomes[label] = Outcome(
-                        cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None
-                    )
-                result = ExampleResult(index=index, label=int(y), outcomes=outcomes)
+            loop = certify_inputs(entries, todo, lambda i: data.test[i][0], seed=p.seed, device=self.device)
+            for index, outcomes in loop:
+                result = ExampleResult(index=index, label=int(data.test[index][1]), outcomes=outcomes)
                 writer.write(result)
                 results.append(result)
                 correct += result.correct(labels[0])
@@ -522,13 +511,13 @@ class _Run:
         if parts or world.distributed:
             results = [r for r in read_results(tsv, labels) if r.index in wanted]
         results.sort(key=lambda r: r.index)
-        summary = summarize(results, labels, c.radii, members=ensemble.num_members)
+        summary = summarize(
+            results, labels, c.radii, members=ensemble.num_members, precision=p.engine.precision,
+            sound=not p.engine.reduced,
+        )
         if not world.main:
             return results, summary
-        write_json(
-            self.out / "summary.json",
-            {**summary.to_dict(), "precision": p.engine.precision, "sound": not p.engine.reduced, "tsv": str(tsv)},
-        )
+        write_json(self.out / "summary.json", {**summary.to_dict(), "tsv": str(tsv)})
         if results:
             plot_certified_accuracy(results, labels, self.out / "certified_accuracy.png")
         return results, summary

@@ -28,6 +28,10 @@ class Reporter:
         if not self.quiet:
             self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
+    def unsound(self, message: str) -> None:
+        """A warning that results are not sound certificates: printed even when ``quiet``."""
+        self.console.print(f"[bold red]warning: not sound:[/] {escape(message)}", highlight=False)
+
     def progress(self) -> Progress:
         return Progress(
             TextColumn("[bold]{task.description}"),
@@ -50,9 +54,16 @@ class Reporter:
 
 
 def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
-    """Certified accuracy at each radius and ACR, one row per mechanism."""
-    table = Table(title=f"Certified accuracy ({summary.examples} test inputs)")
+    """Certified accuracy at each radius and ACR, one row per mechanism, with the smoothed classifier each certifies;
+    a run whose counts may be wrong (reduced precision) says so in the title and caption."""
+    title = f"Certified accuracy ({summary.examples} test inputs)"
+    caption = None
+    if not summary.sound:
+        title = f"NOT SOUND ({summary.precision}): {title}"
+        caption = f"members ran in {summary.precision}: the radii are not sound certificates of the float32 ensemble"
+    table = Table(title=escape(title), caption=caption and escape(caption), caption_style="bold red")
     table.add_column("mechanism", style="bold")
+    table.add_column("classifier")
     for r in radii:
         table.add_column(f"r = {r:g}", justify="right")
     for col in ("ACR", "abstain", "samples/input", "s/input"):
@@ -60,6 +71,7 @@ def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
     for name, m in summary.mechanisms.items():
         table.add_row(
             escape(name),
+            m.classifier,
             *(f"{m.certified_accuracy[float(r)]:.1%}" for r in radii),
             f"{m.acr:.3f}",
             f"{m.abstain_rate:.1%}",

@@ -1,7 +1,7 @@
 """Results: one TSV row per certified input, written as soon as it is known, and a summary.
 
-Columns: the base columns (``idx label predict radius correct time samples evaluations``) for the first
-mechanism; with several mechanisms the same per mechanism as ``<label>:<field>``; then extra columns
+Columns: the base columns (``idx label predict radius correct time samples evaluations classifier``) for the
+first mechanism, ``classifier`` naming the smoothed classifier the certificate is about (``hard`` or ``soft``); with several mechanisms the same per mechanism as ``<label>:<field>``; then extra columns
 ``<label>:<key>`` for everything a certificate's ``details`` holds (bounds, counts, stages, per-member radii)
 and, where an aggregator settled samples early, ``<label>:kcr``. The extra columns are fixed by the first
 row written; a resumed run reads them back.
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import attrs
 
-from .components import ABSTAIN, Certificate
+from .components import ABSTAIN, HARD, SMOOTHED_CLASSIFIERS, Certificate
 from .errors import UserError
 
 #: The leading columns, as in the original randomized-smoothing tooling, then the costs.
-BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "samples", "evaluations")
-_PER_MECHANISM = ("predict", "radius", "correct", "time", "samples", "evaluations")
+BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "samples", "evaluations", "classifier")
+_PER_MECHANISM = ("predict", "radius", "correct", "time", "samples", "evaluations", "classifier")
 
 
 @attrs.frozen
@@ -62,6 +62,7 @@ class MechanismSummary:
 
     ``evaluation_share``: member evaluations spent over those the full ensemble would have spent on the
     same samples (below 1 when an aggregator skipped members). ``details``: the mean of every extra column.
+    ``classifier``: the smoothed classifier the certificates are about (``hard`` or ``soft``).
     """
 
     certified_accuracy: Mapping[float, float]
@@ -74,16 +75,24 @@ class MechanismSummary:
     median_evaluations: float | None = None
     evaluation_share: float | None = None
     details: Mapping[str, float] = attrs.field(factory=dict)
+    classifier: str = HARD
 
 
 @attrs.frozen
 class Summary:
+    """Every mechanism's summary over ``examples`` inputs. ``precision`` is the members' arithmetic; ``sound`` is
+    false when a reduced precision could have changed what was counted (the radii then promise nothing)."""
+
     examples: int
     mechanisms: Mapping[str, MechanismSummary]
+    precision: str = "fp32"
+    sound: bool = True
 
     def to_dict(self) -> dict:
         return {
             "examples": self.examples,
+            "precision": self.precision,
+            "sound": self.sound,
             "mechanisms": {
                 name: {
                     **attrs.asdict(m, recurse=False),
@@ -100,7 +109,13 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def summarize(
-    results: Sequence[ExampleResult], mechanisms: Sequence[str], radii: Sequence[float], *, members: int | None = None
+    results: Sequence[ExampleResult],
+    mechanisms: Sequence[str],
+    radii: Sequence[float],
+    *,
+    members: int | None = None,
+    precision: str = "fp32",
+    sound: bool = True,
 ) -> Summary:
     """Certified accuracy at ``radii`` (share of inputs predicted correctly with radius >= r), ACR and costs.
 
@@ -130,8 +145,17 @@ def summarize(
             median_evaluations=float(statistics.median(spent)) if spent else None,
             evaluation_share=sum(spent) / (members * sum(counted)) if spent and members and sum(counted) else None,
             details={k: _mean([e[k] for e in extras if k in e and not math.isnan(e[k])]) for k in keys},
+            classifier=_classifier(outcomes, name),
         )
-    return Summary(examples=n, mechanisms=out)
+    return Summary(examples=n, mechanisms=out, precision=precision, sound=sound)
+
+
+def _classifier(outcomes: Sequence[Outcome], name: str) -> str:
+    """The one smoothed classifier a mechanism's certificates are about (``hard`` when there are none)."""
+    found = {o.certificate.classifier for o in outcomes}
+    if len(found) > 1:
+        raise UserError(f"{name}: certificates about both the hard and the soft smoothed classifier in one column")
+    return found.pop() if found else HARD
 
 
 def columns(mechanisms: Sequence[str], extras: Sequence[str] = ()) -> list[str]:
@@ -158,7 +182,10 @@ def _row(result: ExampleResult, mechanisms: Sequence[str], extras: Sequence[str]
         o = result.outcomes[name]
         c = o.certificate
         spent = "" if o.evaluations is None else str(o.evaluations)
-        return [str(c.prediction), repr(float(c.radius)), str(int(result.correct(name))), f"{o.seconds:.4f}", str(c.samples), spent]
+        return [
+            str(c.prediction), repr(float(c.radius)), str(int(result.correct(name))), f"{o.seconds:.4f}", str(c.samples),
+            spent, c.classifier,
+        ]
 
     row = [str(result.index), str(result.label), *fields(mechanisms[0])]
     if len(mechanisms) > 1:
@@ -172,13 +199,15 @@ class ResultsWriter:
     """Appends one TSV row per input and flushes it, so an interrupted run loses nothing.
 
     The header is written with the first row (its extra columns come from that row's details), or taken
-    from the file when appending to an earlier run's results.
+    from the file when appending to an earlier run's results. A last line cut short by a crash is removed before
+    anything is appended, so it can never run into the next row.
     """
 
     def __init__(self, path: str | Path, mechanisms: Sequence[str]) -> None:
         self.path = Path(path)
         self.mechanisms = list(mechanisms)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut_partial_line(self.path)
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         self.extras: list[str] | None = None if fresh else _read_header(self.path)[len(columns(self.mechanisms)):]
         self._fh = self.path.open("a", encoding="utf-8", newline="")
@@ -198,6 +227,34 @@ class ResultsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def cut_partial_line(path: Path) -> None:
+    """Remove a last line without its newline (a write cut short by a crash) from ``path``, if it has one."""
+    if not path.exists():
+        return
+    with path.open("r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        fh.seek(0)
+        data = fh.read()
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def rewrite_results(path: Path, results: Sequence[ExampleResult], mechanisms: Sequence[str]) -> None:
+    """Replace ``path`` atomically with exactly ``results`` (one row each, in the given order)."""
+    tmp = path.with_name(f".{path.name}.rewrite.tmp")
+    tmp.unlink(missing_ok=True)
+    with ResultsWriter(tmp, mechanisms) as writer:
+        for result in results:
+            writer.write(result)
+    if not results:
+        tmp.write_text("", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 _FIX = "run with --fresh to start the certification over, or choose another output directory"
@@ -294,7 +351,11 @@ def _parse_row(row: Sequence[str], at: Mapping[str, int], mechanisms: Sequence[s
     outcomes = {}
     for name in mechanisms:
         prefix = f"{name}:" if len(mechanisms) > 1 else ""
-        value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples", "evaluations")}
+        value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples", "evaluations", "classifier")}
+        if value["classifier"] not in SMOOTHED_CLASSIFIERS:
+            raise ValueError(
+                f"column {prefix + 'classifier'!r} holds {value['classifier']!r}, not one of {', '.join(SMOOTHED_CLASSIFIERS)}"
+            )
         extras = {
             column[len(name) + 1:]: _number(row[i], float, column)
             for column, i in at.items()
@@ -307,6 +368,7 @@ def _parse_row(row: Sequence[str], at: Mapping[str, int], mechanisms: Sequence[s
             _number(value["radius"], float, prefix + "radius"),
             samples,
             extras,
+            value["classifier"],
         )
         outcomes[name] = Outcome(
             certificate,

@@ -343,7 +343,7 @@ class SharedTallies:
     always kept, so the multinomial and softmax views share the draws); a repeated request returns the
     remembered tally and moves the generator on to the state the draw left it in, so the next draw is as fresh
     as it would have been. A request without a generator is never shared. :meth:`clear` forgets everything
-    (call it between inputs). Everything else is the wrapped classifier's.
+    (call it between inputs). ``num_classes`` and ``noise`` are the wrapped classifier's.
 
     Small first draws (a selection of ``n0 = 100`` when a batch holds 1,000) waste most of a forward pass. The
     first request after :meth:`clear` is remembered; :meth:`inputs_per_pass` then says how many inputs' first
@@ -358,10 +358,15 @@ class SharedTallies:
         self._ahead: dict[tuple[bytes, int, bool], tuple[Tally, Tensor]] = {}
         self._first: tuple[int, bool] | None = None
         self._fresh = True  # no request since clear()
-        self._batchable = hasattr(smoothed, "tally_many")
+        self._sampler = smoothed if isinstance(smoothed, MonteCarloSampler) else None
+        self._batchable = self._sampler is not None  # only a MonteCarloSampler draws several inputs at once
+        self.num_classes = smoothed.num_classes
+        self.noise = smoothed.noise
 
-    def __getattr__(self, name: str):
-        return getattr(self.smoothed, name)
+    @property
+    def usage(self) -> Usage | None:
+        """What the wrapped sampler has spent (``None`` when it is not a :class:`MonteCarloSampler`)."""
+        return self._sampler.usage if self._sampler is not None else None
 
     def clear(self) -> None:
         self._seen.clear()
@@ -371,7 +376,7 @@ class SharedTallies:
         """How many inputs' first draws fit in one batch (0 or 1: prefetching would not help)."""
         if not self._batchable or self._first is None:
             return 0
-        return getattr(self.smoothed, "batch_size", 0) // self._first[0]
+        return self._sampler.batch_size // self._first[0]
 
     def prefetch(self, xs: Sequence[Tensor], generators: Sequence[torch.Generator]) -> None:
         """Draw the first tally of each upcoming input (``generators`` in the state their input starts from)."""
@@ -379,11 +384,10 @@ class SharedTallies:
             return
         n, members = self._first
         keys = [(g.get_state().numpy().tobytes(), n, members) for g in generators]
-        usage = getattr(self.smoothed, "usage", None)
-        before = usage.snapshot() if usage is not None else None
-        tallies = self.smoothed.tally_many(xs, n, generators=generators, softmax=True, members=members)
-        if usage is not None:  # charged when asked for (tally), not here
-            usage.draws, usage.evaluations = before.draws, before.evaluations
+        usage = self._sampler.usage
+        before = usage.snapshot()
+        tallies = self._sampler.tally_many(xs, n, generators=generators, softmax=True, members=members)
+        usage.draws, usage.evaluations = before.draws, before.evaluations  # charged when asked for (tally)
         if tallies is None:  # the aggregator skips members: tally inputs one by one
             self._batchable = False
             return
@@ -413,7 +417,7 @@ class SharedTallies:
         if key in self._ahead:
             tally, after = self._ahead.pop(key)
             generator.set_state(after)
-            usage = getattr(self.smoothed, "usage", None)
+            usage = self.usage
             if usage is not None:  # charged now, as if drawn now
                 usage.draws += tally.n
                 usage.evaluations += tally.evaluations

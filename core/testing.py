@@ -1,9 +1,11 @@
 """Statistical soundness checks for certifiers.
 
-A certificate is a promise: with probability at least ``1 - alpha`` over the noise, the certified class
-is the smoothed classifier's class and the certified radius does not exceed its true robust radius.
-:func:`check_soundness` tests that promise against a reference model whose smoothed class
-probabilities and exact robust radius are known in closed form (:class:`LinearModel`).
+A certificate is a promise about one smoothed classifier (the hard or the soft one, as the mechanism declares):
+with probability at least ``1 - alpha`` over the noise, the certified class is that classifier's class and the
+certified radius does not exceed its true robust radius. :func:`check_soundness` tests that promise against a
+reference model whose smoothed class probabilities and exact robust radii are known in closed form: two classes
+(:class:`LinearModel`), K classes (:class:`IntervalModel`), and one whose hard and soft smoothed classifiers
+differ (:class:`HardSoftModel`), so a certificate checked against the wrong classifier is caught.
 
 Errors live in particular places, so inputs are not spread evenly: each :class:`Region` is a band of
 the true top-class probability (the decision boundary, where a biased class selection over-claims;
@@ -11,7 +13,8 @@ moderate and confident inputs; and, for mechanisms that certify a target radius,
 radius lies just below that target), and each region gets its own one-sided binomial test of
 "over-claims happen with probability at most alpha", Bonferroni-corrected over the regions. A
 certifier that over-claims at twice its alpha in any one region is caught (``tests/test_testing.py``
-checks this power).
+checks this power). Where a mechanism's certificate on two classes rests on one bound at a share of alpha (the
+Simplex mechanisms bound ``E0`` at ``alpha / 2``), pass that share as ``rate`` to test the accounting itself.
 """
 
 from __future__ import annotations
@@ -26,25 +29,33 @@ import torch
 from scipy import optimize, stats
 from torch import Tensor, nn
 
-from .certification import input_generator
-from .components import ABSTAIN, Certificate, Certifier, NoiseSampler
-from .sampling import MonteCarloSampler
+from .certification import DirectSmoothing, Planned, certify_inputs
+from .components import ABSTAIN, HARD, SOFT, Certificate, Certifier, NoiseSampler, SmoothingStrategy
+from .sampling import MonteCarloSampler, SharedTallies
 
 
 class ReferenceModel(Protocol):
-    """A base classifier whose smoothed classifier is known exactly under Gaussian noise of scale ``sigma``."""
+    """A base classifier whose smoothed classifiers are known exactly under Gaussian noise of scale ``sigma``;
+    ``classifier`` names which one (:data:`~ensemblecert.HARD` or :data:`~ensemblecert.SOFT`)."""
 
     num_classes: int
 
     def __call__(self, x: Tensor) -> Tensor: ...
 
-    def point_with_top_probability(self, p: float, sigma: float, seed: int) -> Tensor:
-        """An input whose smoothed top class has probability ``p`` (the class chosen by ``seed``)."""
+    def point_with_top_probability(self, p: float, sigma: float, seed: int, classifier: str = HARD) -> Tensor:
+        """An input where ``classifier``'s top class has probability ``p`` (the class chosen by ``seed``)."""
         ...
 
-    def smoothed_class(self, x: Tensor, sigma: float) -> int: ...
+    def smoothed_class(self, x: Tensor, sigma: float, classifier: str = HARD) -> int: ...
 
-    def exact_radius(self, x: Tensor, sigma: float) -> float: ...
+    def exact_radius(self, x: Tensor, sigma: float, classifier: str = HARD) -> float: ...
+
+
+def _known(classifier: str, model: object) -> None:
+    if classifier not in (HARD, SOFT):
+        raise ValueError(f"classifier must be {HARD!r} or {SOFT!r}, got {classifier!r}")
+    if classifier == SOFT and not getattr(model, "soft_known", True):
+        raise ValueError(f"the soft smoothed classifier of this {type(model).__name__} is not known in closed form")
 
 
 def _place(w: Tensor, projection: Callable[[Tensor], Tensor], target: float, seed: int) -> Tensor:
@@ -59,7 +70,9 @@ class LinearModel(nn.Module):
 
     Under noise ``N(0, sigma^2 I)`` the base classifier predicts class 1 with probability
     ``Phi(m / sigma)``; the smoothed classifier therefore predicts ``1[m > 0]`` and its exact L2 robust
-    radius at ``x`` is ``|m|``, the distance to the hyperplane.
+    radius at ``x`` is ``|m|``, the distance to the hyperplane. The soft smoothed classifier agrees: the expected
+    softmax output of class 1, ``E[sigmoid(2 (m + sigma Z))]``, exceeds 1/2 exactly when ``m > 0``, so its class
+    and exact radius are the same (inputs are placed by the hard classifier's probability for both).
     """
 
     num_classes = 2
@@ -82,7 +95,8 @@ class LinearModel(nn.Module):
         """An input whose signed distance to the hyperplane is ``margin``."""
         return _place(self.w, self.margin, margin, seed)
 
-    def point_with_top_probability(self, p: float, sigma: float, seed: int) -> Tensor:
+    def point_with_top_probability(self, p: float, sigma: float, seed: int, classifier: str = HARD) -> Tensor:
+        _known(classifier, self)
         sign = 1 if seed % 2 else -1
         return self.point_at(sign * sigma * float(stats.norm.ppf(p)), seed)
 
@@ -90,11 +104,77 @@ class LinearModel(nn.Module):
         """``P(F(x + e) = 1)`` for ``e ~ N(0, sigma^2 I)``."""
         return float(stats.norm.cdf(float(self.margin(x[None])[0]) / sigma))
 
-    def exact_radius(self, x: Tensor, sigma: float | None = None) -> float:
+    def exact_radius(self, x: Tensor, sigma: float | None = None, classifier: str = HARD) -> float:
+        _known(classifier, self)
         return abs(float(self.margin(x[None])[0]))
 
-    def smoothed_class(self, x: Tensor, sigma: float | None = None) -> int:
+    def smoothed_class(self, x: Tensor, sigma: float | None = None, classifier: str = HARD) -> int:
+        _known(classifier, self)
         return int(float(self.margin(x[None])[0]) > 0)
+
+
+class HardSoftModel(nn.Module):
+    """Two classes whose hard and soft smoothed classifiers differ: class 1 is predicted iff ``m = w . x + b > 0``
+    (``||w|| = 1``), with softmax output ``high`` for class 1 there and ``low`` (below 1/2) elsewhere.
+
+    Under noise ``N(0, sigma^2 I)``, with ``q = Phi(m / sigma)``: the hard smoothed classifier gives class 1
+    probability ``q``, so it predicts ``1[m > 0]`` with exact radius ``|m|``; the soft one has expected class-1
+    output ``low + (high - low) q``, so it predicts class 1 iff ``m > m* = sigma PhiInv((1/2 - low) / (high - low))``
+    (negative for the defaults) and its exact radius is ``|m - m*|``. Between ``m*`` and 0 they predict different
+    classes; elsewhere they agree on the class but not on the radius. The soft classifier's top probability never
+    exceeds ``high`` (class 1) or ``1 - low`` (class 0).
+    """
+
+    num_classes = 2
+
+    def __init__(self, dim: int, seed: int = 0, *, high: float = 0.99, low: float = 0.45) -> None:
+        super().__init__()
+        if not 0.0 < low < 0.5 < high < 1.0:
+            raise ValueError(f"need 0 < low < 1/2 < high < 1, got low = {low}, high = {high}")
+        self.high, self.low = float(high), float(low)
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(dim, generator=gen, dtype=torch.float64)
+        self.register_buffer("w", w / w.norm())
+        self.register_buffer("b", torch.randn((), generator=gen, dtype=torch.float64))
+
+    def margin(self, x: Tensor) -> Tensor:
+        return x.to(self.w.dtype).flatten(1) @ self.w + self.b
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.margin(x)
+        share = torch.where(m > 0, self.high, self.low).to(torch.float64)
+        gap = torch.log(share) - torch.log1p(-share)  # logits (0, gap) give softmax (1 - share, share)
+        return torch.stack([torch.zeros_like(gap), gap], dim=1).to(x.dtype)
+
+    def soft_threshold(self, sigma: float) -> float:
+        """``m*``: where the soft smoothed classifier's class-1 output is exactly 1/2."""
+        return float(sigma * stats.norm.ppf((0.5 - self.low) / (self.high - self.low)))
+
+    def point_at(self, margin: float, seed: int) -> Tensor:
+        """An input whose signed distance to the hyperplane is ``margin``."""
+        return _place(self.w, self.margin, margin, seed)
+
+    def _m(self, x: Tensor) -> float:
+        return float(self.margin(x[None])[0])
+
+    def point_with_top_probability(self, p: float, sigma: float, seed: int, classifier: str = HARD) -> Tensor:
+        _known(classifier, self)
+        if classifier == HARD:
+            sign = 1 if seed % 2 else -1
+            return self.point_at(sign * sigma * float(stats.norm.ppf(p)), seed)
+        span = self.high - self.low
+        options = [q for q, ok in (((p - self.low) / span, p < self.high), ((1 - p - self.low) / span, p < 1 - self.low)) if ok]
+        if not options:
+            raise ValueError(f"the soft smoothed classifier never has top-class probability {p} (at most {self.high})")
+        return self.point_at(sigma * float(stats.norm.ppf(options[seed % len(options)])), seed)
+
+    def smoothed_class(self, x: Tensor, sigma: float, classifier: str = HARD) -> int:
+        _known(classifier, self)
+        return int(self._m(x) > (0.0 if classifier == HARD else self.soft_threshold(sigma)))
+
+    def exact_radius(self, x: Tensor, sigma: float, classifier: str = HARD) -> float:
+        _known(classifier, self)
+        return abs(self._m(x) - (0.0 if classifier == HARD else self.soft_threshold(sigma)))
 
 
 def nearest_sign_change(
@@ -145,6 +225,7 @@ class IntervalModel(nn.Module):
         self.thresholds = t
         self.num_classes = len(t) + 1
         self.one_hot = one_hot
+        self.soft_known = one_hot  # one-hot outputs: the soft smoothed classifier is the hard one
         gen = torch.Generator().manual_seed(seed)
         w = torch.randn(dim, generator=gen, dtype=torch.float64)
         self.register_buffer("w", w / w.norm())
@@ -184,10 +265,12 @@ class IntervalModel(nn.Module):
     def smoothed_probabilities(self, x: Tensor, sigma: float) -> np.ndarray:
         return self.probabilities_at(float(self.projection(x[None])[0]), sigma)
 
-    def smoothed_class(self, x: Tensor, sigma: float) -> int:
+    def smoothed_class(self, x: Tensor, sigma: float, classifier: str = HARD) -> int:
+        _known(classifier, self)
         return int(np.argmax(self.smoothed_probabilities(x, sigma)))
 
-    def exact_radius(self, x: Tensor, sigma: float) -> float:
+    def exact_radius(self, x: Tensor, sigma: float, classifier: str = HARD) -> float:
+        _known(classifier, self)
         m = float(self.projection(x[None])[0])
         top = int(np.argmax(self.probabilities_at(m, sigma)))
         return nearest_sign_change(self.lead(top, sigma), m, step=sigma / 50, limit=self._span(sigma))
@@ -196,9 +279,10 @@ class IntervalModel(nn.Module):
         """An input whose projection is ``m``."""
         return _place(self.w, self.projection, m, seed)
 
-    def point_with_top_probability(self, p: float, sigma: float, seed: int) -> Tensor:
+    def point_with_top_probability(self, p: float, sigma: float, seed: int, classifier: str = HARD) -> Tensor:
         """An input whose smoothed top class has probability ``p``; ``seed`` chooses among the classes (and
         sides of their intervals) where that happens."""
+        _known(classifier, self)
         options = [(k, peak, end) for k, peak, end in self._top_ranges(sigma) if self._pk(peak, k, sigma) >= p > self._pk(end, k, sigma)]
         if not options:
             raise ValueError(f"no class of this model has top-class probability {p} at sigma = {sigma}")
@@ -299,7 +383,7 @@ class SoundnessReport:
 
     def __str__(self) -> str:
         lines = [
-            f"allowed over-claim rate alpha = {self.alpha:g}; adjusted p-value {self.p_value:.3g} "
+            f"allowed over-claim rate {self.alpha:g}; adjusted p-value {self.p_value:.3g} "
             f"(fail below {self.significance:g})"
         ]
         for r in self.regions:
@@ -312,15 +396,18 @@ class SoundnessReport:
 
 
 def overclaims(cert: Certificate, model: ReferenceModel, x: Tensor, sigma: float) -> bool:
-    """Whether ``cert`` promises more than the truth: a wrong class, or a radius beyond the exact one."""
+    """Whether ``cert`` promises more than the truth about the smoothed classifier it names
+    (``cert.classifier``): a wrong class, or a radius beyond that classifier's exact one."""
     if cert.prediction == ABSTAIN:
         return False
-    exact = model.exact_radius(x, sigma)
-    return cert.prediction != model.smoothed_class(x, sigma) or cert.radius > exact + 1e-9 * max(1.0, exact)
+    exact = model.exact_radius(x, sigma, cert.classifier)
+    wrong_class = cert.prediction != model.smoothed_class(x, sigma, cert.classifier)
+    return wrong_class or cert.radius > exact + 1e-9 * max(1.0, exact)
 
 
 def _run_region(
     mechanism: Certifier,
+    strategy: SmoothingStrategy,
     smoothed: MonteCarloSampler,
     model: ReferenceModel,
     region: Region,
@@ -331,17 +418,25 @@ def _run_region(
     offset: int,
     failed: Callable[[Certificate, Tensor], bool],
 ) -> RegionReport:
-    """Certify ``trials`` inputs sweeping ``region``'s probability band (low-discrepancy, alternating classes),
-    count those where ``failed(certificate, x)``, and test the count against ``rate`` (one-sided binomial)."""
+    """Certify ``trials`` inputs sweeping ``region``'s probability band (low-discrepancy, alternating classes) of the
+    classifier the mechanism certifies, through the certification loop of the API and the pipeline; count those
+    where ``failed(certificate, x)``, and test the count against ``rate`` (one-sided binomial)."""
     sigma = float(smoothed.noise.sigma)
+    classifier = strategy.classifier(mechanism)
+    points: dict[int, Tensor] = {}
+
+    def point(index: int) -> Tensor:
+        if index not in points:
+            p = region.low + (region.high - region.low) * ((0.5 + (index - offset) * 0.6180339887498949) % 1.0)
+            points[index] = model.point_with_top_probability(p, sigma, seed * 1_000_003 + index, classifier)
+        return points[index]
+
+    plan = [Planned("certificate", strategy, mechanism, SharedTallies(smoothed))]
     bad = certified = 0
-    for i in range(trials):
-        index = offset + i
-        p = region.low + (region.high - region.low) * ((0.5 + i * 0.6180339887498949) % 1.0)
-        x = model.point_with_top_probability(p, sigma, seed * 1_000_003 + index)
-        cert = mechanism.certify(smoothed, x, input_generator(seed, index))
+    for index, outcomes in certify_inputs(plan, range(offset, offset + trials), point, seed=seed):
+        cert = outcomes["certificate"].certificate
         certified += cert.prediction != ABSTAIN
-        bad += bool(failed(cert, x))
+        bad += bool(failed(cert, points.pop(index)))
     p_value = float(stats.binomtest(bad, trials, rate, alternative="greater").pvalue)
     return RegionReport(region, trials, certified, bad, p_value)
 
@@ -355,6 +450,8 @@ def check_soundness(
     noise: NoiseSampler,
     *,
     alpha: float | None = None,
+    rate: float | None = None,
+    strategy: SmoothingStrategy | None = None,
     trials: int = 1000,
     regions: Sequence[Region] = DEFAULT_REGIONS,
     target_radii: Sequence[float] = (),
@@ -364,24 +461,29 @@ def check_soundness(
     batch_size: int = 10_000,
     significance: float = 1e-3,
 ) -> SoundnessReport:
-    """Certify ``trials`` inputs in each region and test each region's over-claim count.
+    """Certify ``trials`` inputs in each region and test each region's over-claim count against the exact radius
+    of the smoothed classifier the mechanism declares (:meth:`~ensemblecert.Certifier.classifier`).
 
-    ``alpha`` is the mechanism's allowed failure rate (its ``alpha`` attribute when not given).
-    ``target_radii`` adds a :meth:`Region.below_radius` region for each radius a mechanism certifies as
-    a target. ``model`` is the reference model (a :class:`LinearModel` of dimension ``dim`` by default).
-    Inputs within a region sweep its probability band with a low-discrepancy sequence, alternating classes.
+    ``alpha`` is the mechanism's promised failure rate; ``rate``, the over-claim rate tested against, is ``alpha``
+    unless given (pass a mechanism's share of alpha to test its accounting). ``strategy`` certifies through a
+    smoothing strategy (default: the mechanism alone). ``target_radii`` adds a :meth:`Region.below_radius` region
+    for each radius a mechanism certifies as a target. ``model`` is the reference model (a :class:`LinearModel`
+    of dimension ``dim`` by default). Inputs within a region sweep the band of the declared classifier's top
+    probability with a low-discrepancy sequence, alternating classes.
     """
     alpha = float(alpha if alpha is not None else getattr(mechanism, "alpha"))
+    rate = float(rate if rate is not None else alpha)
+    strategy = strategy if strategy is not None else DirectSmoothing()
     sigma = float(noise.sigma)
     model = model if model is not None else LinearModel(dim, seed=seed)
     smoothed = _smoothed(model, noise, batch_size)
     all_regions = [*regions, *(Region.below_radius(r, sigma) for r in target_radii)]
     reports = tuple(
-        _run_region(mechanism, smoothed, model, region, trials=trials, rate=alpha, seed=seed, offset=k * trials,
-                    failed=lambda cert, x: overclaims(cert, model, x, sigma))
+        _run_region(mechanism, strategy, smoothed, model, region, trials=trials, rate=rate, seed=seed,
+                    offset=k * trials, failed=lambda cert, x: overclaims(cert, model, x, sigma))
         for k, region in enumerate(all_regions)
     )
-    return SoundnessReport(reports, alpha, significance)
+    return SoundnessReport(reports, rate, significance)
 
 
 def check_early_abstentions(
@@ -410,7 +512,7 @@ def check_early_abstentions(
     low, high = stats.norm.cdf(radius / sigma), stats.norm.cdf(radius / sigma + width)
     region = Region(f"just above r = {radius:g}", float(low), float(high))
     report = _run_region(
-        mechanism, _smoothed(model, noise, batch_size), model, region, trials=trials, rate=rate, seed=seed,
+        mechanism, DirectSmoothing(), _smoothed(model, noise, batch_size), model, region, trials=trials, rate=rate, seed=seed,
         offset=7_000_000, failed=lambda cert, x: early(cert) and model.exact_radius(x, sigma) >= radius,
     )
     return SoundnessReport((report,), rate, significance)

@@ -13,6 +13,16 @@ from typing import Any
 Validator = Callable[[Any, Any, Any], None]
 
 
+class FieldError(ValueError):
+    """A check of several fields at once (raised from ``__attrs_post_init__``) that blames one field: the
+    configuration loader reports it at that field's TOML path (``certify.mechanisms[0].of: ...``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 

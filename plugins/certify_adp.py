@@ -23,7 +23,6 @@ from ensemblecert import (
     ABSTAIN,
     Certificate,
     Certifier,
-    NoiseSampler,
     SmoothedClassifier,
     clopper_pearson_lower_gap,
     clopper_pearson_upper,
@@ -84,10 +83,7 @@ class CertifyAdp(Certifier):
     alpha: float = attrs.field(default=0.001, validator=probability)
     beta: float = attrs.field(default=0.0001, validator=probability)
 
-    def check_noise(self, noise: NoiseSampler) -> str | None:
-        if getattr(noise, "family", None) != "gaussian":
-            return f"certify_adp certifies isotropic Gaussian noise only, got {getattr(noise, 'family', noise)!r} noise"
-        return None
+    noise_families = ("gaussian",)
 
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
         top = smoothed.tally(x, self.n0, generator=generator).top

@@ -20,9 +20,11 @@ from torch import Tensor
 
 from ensemblecert import (
     ABSTAIN,
+    HARD,
+    SOFT,
     Certificate,
     Certifier,
-    NoiseSampler,
+    CertifyPlan,
     EXPECTATIONS,
     PROCEDURES,
     SmoothedClassifier,
@@ -60,10 +62,15 @@ class Cohen(Certifier):
         if self.procedure != "sound" and self.expectation is None:
             raise ValueError(f"procedure {self.procedure!r} applies to the expectations of 004 only; set expectation as well")
 
-    def check_noise(self, noise: NoiseSampler) -> str | None:
-        if getattr(noise, "family", None) != "gaussian":
-            return f"cohen certifies isotropic Gaussian noise only, got {getattr(noise, 'family', noise)!r} noise"
-        return None
+    noise_families = ("gaussian",)
+
+    def classifier(self) -> str:
+        """The hard smoothed classifier, except under softmax expectations (the soft one)."""
+        return SOFT if self.expectation == "softmax" else HARD
+
+    def certify_plan(self) -> CertifyPlan | None:
+        """CERTIFY's plan, so EAS can run it per member (not under 004's expectations: that is Eq. 9)."""
+        return CertifyPlan(self.n0, self.n, self.alpha) if self.expectation is None else None
 
     def radius(self, count: int, n: int, sigma: float) -> tuple[float, float]:
         """``(p_lower, radius)`` from ``count`` top-class hits in ``n`` draws, without sampling."""

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ensemblecert import (
     ABSTAIN,
+    HARD,
     Certificate,
     Certifier,
     Ensemble,
@@ -94,25 +95,36 @@ def sampled_terms(
 class EnsembleAfterSmoothing(SmoothingStrategy):
     """Ensemble-after-Smoothing (EAS, Definition 6 of 000): smooth each member, follow the most confident one.
 
-    Certifies with the mechanism's ``n0``, ``n`` and ``alpha`` (CERTIFY's two steps, per member, on shared
-    draws) and the sound form of Theorem 5's radius; see the module docstring.
+    Certifies with the mechanism's CERTIFY plan (``n0``, ``n`` and ``alpha``: CERTIFY's two steps, per member, on
+    shared draws) and the sound form of Theorem 5's radius; see the module docstring. Only a mechanism that
+    declares a CERTIFY plan (``cohen`` without 004's expectations) is accepted.
     """
+
+    needs_member_counts = True
 
     def smooth(self, ensemble: Ensemble, noise: NoiseSampler, *, batch_size: int) -> MonteCarloSampler:
         return MonteCarloSampler(ensemble, noise, batch_size=batch_size)
 
     def check_mechanism(self, mechanism: Certifier) -> str | None:
-        if not all(isinstance(getattr(mechanism, a, None), t) for a, t in (("n0", int), ("n", int), ("alpha", float))):
+        if mechanism.certify_plan() is None:
             return (
-                "eas runs CERTIFY's selection and estimation per member and needs a mechanism with n0, n and "
-                f"alpha (cohen); {type(mechanism).__name__} has no such parameters"
+                "eas runs CERTIFY's selection and estimation on every member and certifies only with CERTIFY "
+                f"(cohen without an expectation); {type(mechanism).__name__} is another mechanism, which eas would "
+                "not run; certify it with ebs instead"
             )
         return None
+
+    def classifier(self, mechanism: Certifier) -> str:
+        """The EAS classifier, built from each member's hard smoothed classifier."""
+        return HARD
 
     def certify(
         self, mechanism: Certifier, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None
     ) -> Certificate:
-        n0, n, alpha = mechanism.n0, mechanism.n, mechanism.alpha  # type: ignore[attr-defined]
+        plan = mechanism.certify_plan()
+        if plan is None:
+            raise UserError(f"ensemble.smoothing: {self.check_mechanism(mechanism)}")
+        n0, n, alpha = plan.n0, plan.n, plan.alpha
         try:
             selection = smoothed.tally(x, n0, generator=generator, members=True).member_counts.numpy()
             counts = smoothed.tally(x, n, generator=generator, members=True).member_counts.numpy()

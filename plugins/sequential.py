@@ -33,7 +33,7 @@ import torch
 from scipy import optimize, special, stats
 from torch import Tensor
 
-from ensemblecert import ABSTAIN, Certificate, Certifier, NoiseSampler, SmoothedClassifier, hookimpl
+from ensemblecert import ABSTAIN, Certificate, Certifier, SmoothedClassifier, hookimpl
 from ensemblecert.validators import in_range, probability
 
 PRIOR = (0.5, 0.5)
@@ -54,14 +54,35 @@ def log_mixture(p: np.ndarray | float, hits: np.ndarray | int, draws: np.ndarray
     return value if value.ndim else float(value)
 
 
+#: Relative error allowed for in ``log M_t`` (scipy's ``betaln`` is off by about 2.4e-14 relative near 1e5 draws).
+RELATIVE_ERROR = 1e-12
+
+
+def level_of(hits: int, draws: int, alpha: float, prior: tuple[float, float] = PRIOR) -> float:
+    """The threshold ``log(1/alpha)``, raised by more than the floating-point error of ``log M_t`` near the bounds,
+    so that a bound found on the computed martingale errs outwards (the interval only grows)."""
+    a, b = prior
+    centre = min(max(hits / draws, 1e-300), 1.0 - 1e-16)
+    size = (
+        abs(special.betaln(a + hits, b + draws - hits))
+        + abs(special.betaln(a, b))
+        + hits * abs(math.log(centre))
+        + (draws - hits) * abs(math.log1p(-centre))
+        + 1.0
+    )
+    return math.log(1.0 / alpha) + RELATIVE_ERROR * size
+
+
 def excludes(p: float, hits: int, draws: int, alpha: float) -> bool:
-    """Whether ``p`` lies outside the confidence sequence at level ``alpha``: one evaluation, no root finding."""
-    return bool(log_mixture(p, hits, draws) >= math.log(1.0 / alpha))
+    """Whether ``p`` lies outside the confidence sequence at level ``alpha``: one evaluation, no root finding
+    (erring towards "inside", as the bounds do)."""
+    return bool(log_mixture(p, hits, draws) >= level_of(hits, draws, alpha))
 
 
 def confidence_sequence(hits: int, draws: int, alpha: float) -> tuple[float, float]:
-    """The interval ``{p : M_t(p) < 1/alpha}`` after ``hits`` in ``draws``: valid at every ``t`` at once."""
-    level = math.log(1.0 / alpha)
+    """The interval ``{p : M_t(p) < 1/alpha}`` after ``hits`` in ``draws``: valid at every ``t`` at once. Both ends
+    err outwards by more than the arithmetic's error (:func:`level_of`)."""
+    level = level_of(hits, draws, alpha)
     centre = hits / draws
     inside = lambda p: log_mixture(p, hits, draws) - level  # noqa: E731 - negative inside the interval
     slack = 4e-15  # brentq's tolerance, so that each bound errs outwards
@@ -97,10 +118,12 @@ class Sequential(Certifier):
     beta: float = attrs.field(default=0.001, validator=probability)
     tolerance: float = attrs.field(default=0.02, validator=in_range(0, low_open=True))
 
-    def check_noise(self, noise: NoiseSampler) -> str | None:
-        if getattr(noise, "family", None) != "gaussian":
-            return f"sequential certifies isotropic Gaussian noise only, got {getattr(noise, 'family', noise)!r} noise"
-        return None
+    noise_families = ("gaussian",)
+
+    def bounds(self, hits: int, draws: int) -> tuple[float, float]:
+        """The confidence sequence's lower bound at ``alpha`` (the certificate's) and upper bound at ``beta`` (for
+        stopping early only), valid at every look at once."""
+        return confidence_sequence(hits, draws, self.alpha)[0], confidence_sequence(hits, draws, self.beta)[1]
 
     def decide(self, hits: int, draws: int, sigma: float) -> Stop | None:
         """Whether to stop after ``hits`` in ``draws``, and why; ``None`` to draw another batch.
@@ -118,8 +141,7 @@ class Sequential(Certifier):
         elif centre < 0.5 and excludes(0.5, hits, draws, self.beta):
             return Stop.HOPELESS
         elif centre > 0.5:
-            lower, _ = confidence_sequence(hits, draws, self.alpha)
-            _, upper = confidence_sequence(hits, draws, self.beta)
+            lower, upper = self.bounds(hits, draws)
             if lower > 0.5 and radius_of(upper, sigma) - radius_of(lower, sigma) <= self.tolerance:
                 return Stop.PRECISE
         return Stop.CAP if draws >= self.max_samples else None
@@ -137,8 +159,7 @@ class Sequential(Certifier):
             stop = self.decide(hits, draws, sigma)
             if stop is not None:
                 break
-        lower, _ = confidence_sequence(hits, draws, self.alpha)  # the certificate: always the lower bound at alpha
-        _, upper = confidence_sequence(hits, draws, self.beta)
+        lower, upper = self.bounds(hits, draws)  # the certificate: always the lower bound at alpha
         details = {"stop": float(stop), "draws": float(draws), "count": float(hits), "p_lower": lower, "p_upper": upper}
         if lower <= 0.5:
             return Certificate(ABSTAIN, 0.0, self.n0 + draws, details)

@@ -152,6 +152,8 @@ class KConsensus(Aggregator):
     unless ``order`` gives the ranking.
     """
 
+    skips_members = True
+
     k: int = attrs.field(validator=in_range(1))
     vote: str = attrs.field(default="soft", validator=one_of(list(COMBINERS)))
     order: list[int] | None = attrs.field(default=None, validator=_permutation)

@@ -138,7 +138,7 @@ def test_cohen_refuses_non_gaussian_noise():
     class Uniform(GaussianNoise):
         family = "uniform"
 
-    assert "Gaussian" in Cohen().check_noise(Uniform(0.5))
+    assert "gaussian noise only, got 'uniform' noise" in Cohen().check_noise(Uniform(0.5))
     assert Cohen().check_noise(GaussianNoise(0.5)) is None
     assert not math.isnan(Cohen().radius(60, 100, 1.0)[0])
 

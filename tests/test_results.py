@@ -39,7 +39,7 @@ def test_tsv_round_trip_and_crash_leftovers(tmp_path):
     back = read_results(path, ["cohen"])
     assert back == RESULTS
     assert path.read_text().endswith("\n")  # the partial row was removed
-    assert path.read_text().splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tevaluations"
+    assert path.read_text().splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tevaluations\tclassifier"
     with pytest.raises(UserError, match="do not match this pipeline's mechanisms"):
         read_results(path, ["cohen", "other"])
 
@@ -58,14 +58,14 @@ def test_several_mechanisms_get_their_own_columns(tmp_path):
 @pytest.mark.parametrize(
     "row, expected",
     [
-        ("0\t1\t1\tabc\t1\t0.5\t100\t300\n", "line 2: column 'radius' holds 'abc', not a number"),
-        ("0\t1\t1\tnan\t1\t0.5\t100\t300\n", "line 2: column 'radius' holds 'nan', not a number"),
-        ("0\tseven\t1\t0.3\t1\t0.5\t100\t300\n", "line 2: column 'label' holds 'seven', not an integer"),
+        ("0\t1\t1\tabc\t1\t0.5\t100\t300\thard\n", "line 2: column 'radius' holds 'abc', not a number"),
+        ("0\t1\t1\tnan\t1\t0.5\t100\t300\thard\n", "line 2: column 'radius' holds 'nan', not a number"),
+        ("0\tseven\t1\t0.3\t1\t0.5\t100\t300\thard\n", "line 2: column 'label' holds 'seven', not an integer"),
     ],
 )
 def test_damaged_rows_are_a_user_error(tmp_path, row, expected):
     path = tmp_path / "certify.tsv"
-    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tevaluations\n" + row)
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tevaluations\tclassifier\n" + row)
     with pytest.raises(UserError, match=expected):
         read_results(path, ["cohen"])
 
@@ -87,8 +87,8 @@ def test_details_and_costs_become_columns_and_come_back(tmp_path):
     with ResultsWriter(path, ["adp"]) as writer:  # a resumed run appends under the same header
         writer.write(second)
     header, *rows = path.read_text().splitlines()
-    assert header.split("\t")[8:] == ["adp:stage", "adp:p_lower", "adp:kcr"]
-    assert rows[0].split("\t")[6:] == ["1100", "3300", "2.0", "0.9", repr(800 / 1100)]
+    assert header.split("\t")[9:] == ["adp:stage", "adp:p_lower", "adp:kcr"]
+    assert rows[0].split("\t")[6:] == ["1100", "3300", "hard", "2.0", "0.9", repr(800 / 1100)]
     assert read_results(path, ["adp"]) == [first, second]
     summary = summarize([first, second], ["adp"], [0.0], members=3).mechanisms["adp"]
     assert summary.mean_samples == 600 and summary.median_samples == 600
@@ -103,5 +103,5 @@ def test_a_row_missing_a_detail_leaves_its_cell_empty(tmp_path):
     with ResultsWriter(path, ["c"]) as writer:
         writer.write(full)
         writer.write(bare)
-    assert path.read_text().splitlines()[2].split("\t")[-2:] == ["", ""]  # no evaluations, no count
+    assert path.read_text().splitlines()[2].split("\t")[-3:] == ["", "hard", ""]  # no evaluations, no count
     assert read_results(path, ["c"]) == [full, bare]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemblecert import ConfigError, build_component, load_registry, run
+from ensemblecert import ConfigError, build_component, load_pipeline, load_registry, run
 from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.plugins.simplex.mechanisms import MECHANISMS
 from ensemblecert.testing import DEFAULT_REGIONS, IntervalModel, LinearModel, check_soundness
@@ -32,19 +32,31 @@ def test_sound_on_the_linear_model(name, expectation):
     assert report.certified > 250
 
 
-def test_mixed_best_is_sound_on_the_linear_model():
-    report = check_soundness(certifier(name="best", of=MIXED, n0=20, n=200, alpha=0.1), GaussianNoise(0.5), trials=250)
-    assert report.sound, str(report)
+def test_best_refuses_sets_about_two_classifiers():
+    # multinomial bounds certify the hard smoothed classifier, softmax bounds the soft one: a larger radius of the two
+    # is a promise about neither, so the set is a configuration error at `.of` that says why
+    with pytest.raises(ConfigError, match=r"certify\.mechanisms\[0\]\.of: mixes mechanisms about two different classifiers"):
+        load_pipeline({"certify": {"mechanisms": [{"name": "best", "of": MIXED}]}})
+    assert certifier(name="best", of=["softmax:lecuyer", "softmax:dp"]).classifier() == "soft"
+    assert certifier(name="best", expectation="softmax").classifier() == "soft"
+    assert certifier(name="best").classifier() == "hard"
+    assert certifier(name="dp", expectation="softmax").classifier() == "soft"
+    assert certifier(name="cohen", expectation="softmax").classifier() == "soft"
+    assert certifier(name="cohen").classifier() == "hard"
 
 
-@pytest.mark.parametrize("name, expectation", CASES + [("best", "mixed")])
+def test_unknown_names_in_of_name_the_setting():
+    with pytest.raises(ConfigError, match=r"certify\.mechanisms\[0\]\.of: 'dpp': unknown mechanism"):
+        load_pipeline({"certify": {"mechanisms": [{"name": "best", "of": ["cohen", "dpp"]}]}})
+
+
+@pytest.mark.parametrize("name, expectation", CASES)
 def test_sound_on_a_k_class_model(name, expectation):
     # several classes: the selection and the runner-up bound must cover every other class. The model's softmax
     # output is one-hot, so both expectations equal the closed-form class probabilities.
     model = IntervalModel(16, [-0.5, 0.0, 0.35, 1.1], seed=0, one_hot=True)
     regions = (*DEFAULT_REGIONS, type(DEFAULT_REGIONS[0])("plurality", 0.3, 0.5))
-    spec = {"of": MIXED} if expectation == "mixed" else {"expectation": expectation}
-    report = check_soundness(certifier(name=name, n0=20, n=200, alpha=0.1, **spec), GaussianNoise(0.5), model=model,
+    report = check_soundness(certifier(name=name, n0=20, n=200, alpha=0.1, expectation=expectation), GaussianNoise(0.5), model=model,
                              regions=regions, trials=150)
     assert report.sound, str(report)
     assert report.certified > 150
@@ -65,31 +77,6 @@ def test_best_takes_the_largest_member_and_records_the_winner():
             assert r == pytest.approx(float(MECHANISMS[name](cert.details["e0"], cert.details["e1"], 0.5)))
         assert cert.radius == max(radii.values()) == radii[["cohen", "li", "dp"][int(cert.details["winner"])]]
     assert certifier(name="best", expectation="softmax").entries() == ["lecuyer", "dp"]
-
-
-def test_mixed_best_splits_alpha_between_the_expectations():
-    model = IntervalModel(8, [-0.5, 0.0, 0.35, 1.1], seed=1)  # soft outputs: the two expectations differ
-    from ensemblecert import MonteCarloSampler, draw_expectations, input_generator
-
-    sampler = MonteCarloSampler(model, GaussianNoise(0.5), num_classes=5)
-    best = certifier(name="best", of=MIXED, n0=30, n=400, alpha=0.02)
-    for i, m in enumerate([-1.5, 0.2, 0.7]):
-        x = model.point_at(m, seed=i)
-        cert = best.certify(sampler, x, input_generator(3, i))
-        draws = draw_expectations(sampler, x, 30, 400, generator=input_generator(3, i))
-        top = int(np.argmax(draws.selection_counts))  # one class for both expectations: the multinomial selection
-        bounds = {w: draws.bounds(w, 0.01, top=top) for w in ("multinomial", "softmax")}
-        assert bounds["softmax"][0] == bounds["multinomial"][0] == top
-        for which, (_, e0, e1) in bounds.items():
-            assert cert.details[f"e0_{which}"] == pytest.approx(e0) and cert.details[f"e1_{which}"] == pytest.approx(e1)
-        expected = {
-            entry: float(MECHANISMS[entry.rpartition(":")[2]](*bounds[entry.rpartition(":")[0] or "multinomial"][1:], 0.5))
-            for entry in MIXED
-        }
-        assert {k[2:]: v for k, v in cert.details.items() if k.startswith("r_")} == pytest.approx(expected)
-        winner = MIXED[int(cert.details["winner"])]
-        assert cert.radius == pytest.approx(max(expected.values())) and expected[winner] == max(expected.values())
-        assert cert.prediction == (top if cert.radius > 0 else -1)
 
 
 @pytest.mark.parametrize(
@@ -147,6 +134,8 @@ def test_best_in_a_pipeline(tiny_pipeline):
     tiny_pipeline["certify"]["mechanisms"] = [{"name": "best", "n0": 20, "n": 200, "alpha": 0.01}]
     result = run(tiny_pipeline)
     header = (result.output / "certify.tsv").read_text().splitlines()[0].split("\t")
-    assert header[8:] == ["best:e0", "best:e1", "best:r_cohen", "best:r_li", "best:r_dp", "best:winner"]
+    assert header[8:] == ["classifier", "best:e0", "best:e1", "best:r_cohen", "best:r_li", "best:r_dp", "best:winner"]
     details = result.summary.mechanisms["best"].details
     assert 0 <= details["winner"] <= 2 and details["e0"] > details["e1"]
+    assert result.summary.mechanisms["best"].classifier == "hard"
+    assert {line.split("\t")[8] for line in (result.output / "certify.tsv").read_text().splitlines()[1:]} == {"hard"}

@@ -15,6 +15,7 @@ from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.testing import DEFAULT_REGIONS, LinearModel, Region, check_soundness, overclaims
 
 NOISE = GaussianNoise(sigma=0.5)
+MODEL = LinearModel(16, seed=0)  # the harness's default reference model, which the oracle knows
 
 
 @attrs.frozen
@@ -47,7 +48,7 @@ class Oracle(Certifier):
     alpha: float = 0.1
 
     def certify(self, smoothed, x, generator=None):
-        model, sigma = smoothed.classifier, smoothed.noise.sigma
+        model, sigma = MODEL, smoothed.noise.sigma
         cls, exact = model.smoothed_class(x), model.exact_radius(x)
         p = max(model.smoothed_probability(x, sigma), 1 - model.smoothed_probability(x, sigma))
         u = float(torch.rand((), generator=generator, device=generator.device))
@@ -127,3 +128,67 @@ def test_interval_model_closed_form_matches_sampling_and_brute_force():
     assert {model.smoothed_class(model.point_with_top_probability(0.6, sigma, s), sigma) for s in range(6)} == {0, 3, 4}
     with pytest.raises(ValueError, match="no class of this model has top-class probability 0.2"):
         model.point_with_top_probability(0.2, sigma, 0)
+
+
+# --------------------------------------------------------------------------- power where the bounds are tight
+# On two classes with the sound selection, E1 = 1 - E0: a Simplex certificate rests on the single bound E0 at
+# alpha / 2, so it over-claims at most at that share, and the harness tests against the share (``rate``).
+# CERTIFY's single bound is at alpha itself.
+
+from ensemblecert.plugins.simplex.certifiers import TwoSidedCohen  # noqa: E402
+
+
+@attrs.frozen
+class InflatedTwoSided(TwoSidedCohen):
+    """Wrong: the two-sided radius inflated by 15 percent."""
+
+    def certify(self, smoothed, x, generator=None):
+        cert = super().certify(smoothed, x, generator)
+        return attrs.evolve(cert, radius=1.15 * cert.radius)
+
+
+@attrs.frozen
+class DoubledTwoSided(TwoSidedCohen):
+    """Wrong: each of the two bounds at the full alpha instead of its share alpha / 2."""
+
+    def certify(self, smoothed, x, generator=None):
+        return TwoSidedCohen(n0=self.n0, n=self.n, alpha=2 * self.alpha).certify(smoothed, x, generator)
+
+
+@attrs.frozen
+class InflatedCohen(Cohen):
+    def certify(self, smoothed, x, generator=None):
+        cert = super().certify(smoothed, x, generator)
+        return attrs.evolve(cert, radius=1.15 * cert.radius)
+
+
+@attrs.frozen
+class DoubledCohen(Cohen):
+    def certify(self, smoothed, x, generator=None):
+        return Cohen(self.n0, self.n, 2 * self.alpha).certify(smoothed, x, generator)
+
+
+TIGHT = dict(trials=400, regions=DEFAULT_REGIONS[1:])  # where certificates are made (the boundary abstains)
+
+
+def simplex_report(cls, alpha=0.2):
+    return check_soundness(cls(n0=50, n=1000, alpha=alpha), NOISE, rate=alpha / 2, **TIGHT)
+
+
+def test_the_correct_simplex_mechanism_passes_at_its_share_of_alpha():
+    report = simplex_report(TwoSidedCohen)
+    assert report.sound, str(report)
+    assert report.overclaims > 0  # the share is really spent: a test of it has power
+    assert check_soundness(Cohen(n0=50, n=1000, alpha=0.1), NOISE, **TIGHT).sound
+
+
+@pytest.mark.parametrize("mutant", [InflatedTwoSided, DoubledTwoSided])
+def test_a_simplex_mechanism_that_inflates_or_spends_twice_its_share_is_caught(mutant):
+    report = simplex_report(mutant)
+    assert not report.sound, str(report)
+
+
+@pytest.mark.parametrize("mutant", [InflatedCohen, DoubledCohen])
+def test_certify_that_inflates_or_spends_twice_alpha_is_caught(mutant):
+    report = check_soundness(mutant(n0=50, n=1000, alpha=0.1), NOISE, **TIGHT)
+    assert not report.sound, str(report)

@@ -18,14 +18,15 @@ from torch import Tensor
 from ensemblecert import (
     ABSTAIN,
     EXPECTATIONS,
+    HARD,
     PROCEDURES,
+    SOFT,
     Certificate,
     Certifier,
-    NoiseSampler,
     SmoothedClassifier,
     draw_expectations,
 )
-from ensemblecert.validators import in_range, one_of, probability
+from ensemblecert.validators import FieldError, in_range, one_of, probability
 
 from .mechanisms import MECHANISMS
 
@@ -36,6 +37,9 @@ APPLIES = {
 }
 #: The paper's sets for ``best`` (Algorithms 1 and 2).
 DEFAULT_SETS = {"multinomial": ["cohen", "li", "dp"], "softmax": ["lecuyer", "dp"]}
+#: The smoothed classifier each expectation's bounds are about: class counts bound the hard one, the mean softmax
+#: output the soft one.
+CLASSIFIER = {"multinomial": HARD, "softmax": SOFT}
 
 
 def parse_member(entry: str, expectation: str) -> tuple[str, str]:
@@ -66,36 +70,35 @@ class SimplexCertifier(Certifier):
     expectation: str = attrs.field(default="multinomial", validator=one_of(EXPECTATIONS))
     procedure: str = attrs.field(default="sound", validator=one_of(PROCEDURES))
 
+    noise_families = ("gaussian",)
+
     def __attrs_post_init__(self) -> None:
         self.members()  # refuses a mechanism that does not apply to the expectation
 
     def members(self) -> list[tuple[str, str]]:
-        """``(expectation, mechanism)`` pairs whose radius this certifier takes."""
-        return [parse_member(self.mechanism, self.expectation)]
+        """``(expectation, mechanism)`` pairs whose radius this certifier takes (all of one expectation)."""
+        try:
+            return [parse_member(self.mechanism, self.expectation)]
+        except ValueError as exc:
+            raise FieldError("expectation", str(exc)) from None
 
-    def check_noise(self, noise: NoiseSampler) -> str | None:
-        if getattr(noise, "family", None) != "gaussian":
-            return f"these mechanisms certify isotropic Gaussian noise only, got {getattr(noise, 'family', noise)!r} noise"
-        return None
+    def bounded(self) -> str:
+        """The expectation whose bounds every member uses."""
+        return self.members()[0][0]
+
+    def classifier(self) -> str:
+        """The hard smoothed classifier under multinomial expectations, the soft one under softmax expectations."""
+        return CLASSIFIER[self.bounded()]
 
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
         draws = draw_expectations(smoothed, x, self.n0, self.n, procedure=self.procedure, generator=generator)
         members = self.members()
-        expectations = list(dict.fromkeys(which for which, _ in members))
-        # Section 4.1: members sharing one pair of bounds need no correction; two pairs split alpha between them,
-        # and speak of one class (the multinomial selection's), so every member certifies the same prediction
-        top = draws.multinomial_top(self.procedure) if len(expectations) > 1 else None
-        bounds = {
-            which: draws.bounds(which, self.alpha / len(expectations), self.procedure, top=top) for which in expectations
-        }
+        # Section 4.1: members sharing one pair of bounds need no further alpha correction
+        top, e0, e1 = draws.bounds(self.bounded(), self.alpha, self.procedure)
         sigma = smoothed.noise.sigma
-        radii = [float(MECHANISMS[name](bounds[which][1], bounds[which][2], sigma)) for which, name in members]
+        radii = [float(MECHANISMS[name](e0, e1, sigma)) for _, name in members]
         winner = max(range(len(radii)), key=radii.__getitem__)
-        top, e0, e1 = bounds[members[winner][0]]
         details = {"e0": e0, "e1": e1}
-        if len(expectations) > 1:
-            for which, (_, lo, hi) in bounds.items():
-                details.update({f"e0_{which}": lo, f"e1_{which}": hi})
         if self.mechanism == "best":
             details.update({f"r_{entry}": r for entry, r in zip(self.entries(), radii)})
             details["winner"] = float(winner)
@@ -145,16 +148,33 @@ def _check_of(_instance: object, _attribute: attrs.Attribute, value: list[str] |
         raise ValueError(f"names a mechanism twice: {value!r}")
 
 
+def check_set(entries: list[str], expectation: str) -> list[tuple[str, str]]:
+    """The ``(expectation, mechanism)`` pairs of ``best.of``: every entry a known mechanism for its expectation,
+    none twice, all about one smoothed classifier; a ValueError saying what is wrong otherwise."""
+    pairs = [parse_member(entry, expectation) for entry in entries]
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"names a mechanism twice: {entries!r}")
+    if len({CLASSIFIER[which] for which, _ in pairs}) > 1:
+        hard = [e for e, (w, _) in zip(entries, pairs) if CLASSIFIER[w] == HARD]
+        soft = [e for e, (w, _) in zip(entries, pairs) if CLASSIFIER[w] == SOFT]
+        raise ValueError(
+            f"mixes mechanisms about two different classifiers: {hard} certify the hard smoothed classifier "
+            f"(class counts), {soft} the soft one (expected softmax), and the larger of their radii holds for "
+            "neither; list mechanisms of one expectation here, and put a second best beside it for the other"
+        )
+    return pairs
+
+
 @attrs.frozen
 class Best(SimplexCertifier):
     """The ensemble of mechanisms (004 Corollary 4.3, Algorithms 1-2): the largest radius over ``of``.
 
-    Members that share one pair of bounds need no further alpha correction (Section 4.1). ``of`` defaults to
+    Members share one pair of bounds, so they need no further alpha correction (Section 4.1). ``of`` defaults to
     the paper's sets (cohen, li and dp for multinomial expectations; lecuyer and dp for softmax); an entry may
-    name its expectation (``"softmax:dp"``), and a set that mixes both expectations bounds each at ``alpha / 2``,
-    both for the class the multinomial selection picks (so ``best`` never exceeds a member on another class).
-    Records every member's radius (``r_<entry>``) and the winner's position in ``of`` (``winner``); with mixed
-    expectations ``e0`` and ``e1`` are the winner's, and each expectation's bounds are recorded too.
+    name its expectation (``"softmax:dp"``). All entries must be of one expectation: multinomial bounds certify
+    the hard smoothed classifier and softmax bounds the soft one, two classifiers that can disagree, so the
+    larger of two such radii is a promise about neither (a set that mixes them is refused).
+    Records every member's radius (``r_<entry>``) and the winner's position in ``of`` (``winner``).
     """
 
     mechanism: ClassVar[str] = "best"
@@ -164,7 +184,7 @@ class Best(SimplexCertifier):
         return list(self.of) if self.of is not None else DEFAULT_SETS[self.expectation]
 
     def members(self) -> list[tuple[str, str]]:
-        pairs = [parse_member(entry, self.expectation) for entry in self.entries()]
-        if len(set(pairs)) != len(pairs):
-            raise ValueError(f"of: names a mechanism twice: {self.entries()!r}")
-        return pairs
+        try:
+            return check_set(self.entries(), self.expectation)
+        except ValueError as exc:
+            raise FieldError("of", str(exc)) from None
