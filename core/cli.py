@@ -172,12 +172,22 @@ def _torchrun(processes: int) -> None:
     os.execv(sys.executable, command)
 
 
+def _check_processes(processes: int, device: str) -> None:
+    """A UserError unless ``processes`` is between 1 and what this machine has for ``device``."""
+    if processes < 1:
+        raise UserError(f"--processes: must be at least 1, got {processes}")
+    cores = os.cpu_count() or 1
+    if processes > cores:
+        raise UserError(f"--processes: {processes} processes on a machine with {cores} CPU cores; use at most {cores}")
+    if device.startswith("cuda") or device == "auto":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and processes > gpus:
+            raise UserError(f"--processes: {processes} processes for {gpus} GPUs; use at most {gpus} (one per GPU)")
+
+
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    if args.processes is not None and "WORLD_SIZE" not in os.environ:
-        if args.processes < 1:
-            raise UserError(f"--processes: must be at least 1, got {args.processes}")
-        if args.processes > 1:
-            _torchrun(args.processes)
     overrides = list(args.overrides)
     if args.output is not None:
         if not args.output.strip():
@@ -190,6 +200,11 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.skip_certify:
         overrides.append("certify.enabled=false")
     pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
+    if args.processes is not None and "WORLD_SIZE" not in os.environ:
+        check_pipeline(pipeline)  # one message, before any process starts
+        _check_processes(args.processes, pipeline.device)
+        if args.processes > 1:
+            _torchrun(args.processes)
     reporter = Reporter(err, quiet=args.quiet)
     result = run_pipeline(pipeline, registry, fresh=args.fresh, reporter=reporter)
     if result.rank != 0:

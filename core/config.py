@@ -401,7 +401,7 @@ def _parse_path(path: str) -> list[str | int]:
     parts: list[str | int] = []
     pos = 0
     for m in _PATH_PART.finditer(path):
-        if m.start() != pos and path[pos:m.start()] != ".":
+        if m.start() != pos and (path[pos:m.start()] != "." or pos == 0):
             break
         parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
         pos = m.end()

@@ -11,6 +11,7 @@ exactly the rows an uninterrupted one would have. ``evaluation.json`` holds the 
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -69,6 +70,14 @@ def read_rows(path: Path, header: list[str]) -> dict[int, list[int]]:
     return done
 
 
+def _rewrite(path: Path, header: list[str], rows: Mapping[int, list[int]]) -> None:
+    """Replace ``path`` atomically with ``header`` and ``rows``."""
+    tmp = path.with_name(f".{path.name}.rewrite.tmp")
+    lines = ["\t".join(header)] + ["\t".join(map(str, [i, *row])) for i, row in rows.items()]
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def probability_model(members: Sequence[torch.nn.Module], combiner: Aggregator) -> Callable[[Tensor], Tensor]:
     """The ensemble seen through ``combiner``: a differentiable map from inputs to class probabilities, as attacks
     see it (members run in whatever mode they are in)."""
@@ -92,6 +101,10 @@ def evaluate(
     """Evaluate the inputs ``indices`` of ``dataset`` and return the accuracies (rows go to ``path`` as they come)."""
     header = columns(list(combiners), list(attacks))
     done = read_rows(path, header)
+    wanted = set(indices)
+    if any(i not in wanted for i in done):  # rows of another input selection (skip, max_examples): dropped
+        done = {i: row for i, row in done.items() if i in wanted}
+        _rewrite(path, header, done)
     for m in members:
         m.eval()
     models = {name: probability_model(members, c) for name, c in combiners.items()}

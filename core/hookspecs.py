@@ -17,8 +17,9 @@ fields are the parameters a pipeline may set and their validators check them. Re
 twice within a kind is an error that names both plugins.
 
 All hooks are called once per plugin manager, i.e. once per run, before the pipeline file is
-resolved, and return nothing. A function named ``register_*`` that matches no hook below is an error
-(so a misspelt hook fails loudly instead of silently doing nothing).
+resolved, and return nothing. A function named ``register_*`` that matches no hook below, or a hook function
+without the ``@hookimpl`` decorator, is an error (so a misspelt or undecorated hook fails loudly instead of
+silently doing nothing).
 
 How the pipeline uses each kind, in order:
 data set -> base models (one per member) -> base loss + regularizers with noise ->

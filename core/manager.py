@@ -5,8 +5,10 @@ A manager is made per run (never at import time), so tests can register throwawa
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
+import inspect
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 
@@ -69,6 +71,30 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
 
 
+def _check_hook_functions(plugin: object, name: str) -> None:
+    """A UserError for a ``register_*`` function pluggy would silently ignore: a name that is no hook (a typo), or a
+    hook without the ``@hookimpl`` decorator."""
+    hooks = [h for h in dir(hookspecs) if h.startswith("register_") and callable(getattr(hookspecs, h))]
+    for attr in dir(plugin):
+        if not attr.startswith("register_"):
+            continue
+        function = getattr(plugin, attr, None)
+        if not (inspect.isfunction(function) or inspect.ismethod(function)):
+            continue
+        if attr not in hooks:
+            close = difflib.get_close_matches(attr, hooks, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(
+                f"plugin {name!r} defines {attr}, which is not an ensemblecert hook; {hint}the hooks are "
+                f"{', '.join(hooks)}"
+            )
+        if not hasattr(function, f"{hookspecs.PROJECT_NAME}_impl"):
+            raise UserError(
+                f"plugin {name!r} defines {attr} without the @hookimpl decorator, so it would never be called; "
+                "decorate it with @ensemblecert.hookimpl"
+            )
+
+
 def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:
     if name is None:  # a plugin object: name it after its module or class, kept unique
         base = getattr(plugin, "__name__", None) or type(plugin).__qualname__
@@ -76,6 +102,7 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> Non
         while pm.has_plugin(name):
             n += 1
             name = f"{base}#{n}"
+    _check_hook_functions(plugin, name)
     try:
         pm.register(plugin, name=name)
     except (ValueError, pluggy.PluginValidationError) as exc:

@@ -34,6 +34,7 @@ from .config import Pipeline, build_component, describe, load_pipeline
 from .ensemble import Ensemble, Members, build_member
 from .errors import ConfigError, UserError
 from .evaluation import EvaluationSummary
+from .lock import OutputLock
 from .evaluation import evaluate as evaluate_ensemble
 from .registry import Registry
 from .report import Reporter
@@ -313,12 +314,15 @@ class _Run:
         if p.ensemble.checkpoints:
             self.rep.info(f"Loading {len(members)} members from ensemble.checkpoints (training skipped)")
             for member, path in zip(members, p.ensemble.checkpoints):
-                self._load_member(member, Path(path), check_fingerprint=False)
+                try:
+                    self._load_member(member, Path(path), check_fingerprint=False, info=data.info)
+                except UserError as exc:
+                    raise UserError(f"ensemble.checkpoints: {exc}") from None
             return members, []
         paths = [self.ckpt_dir / f"member_{i}.pt" for i in range(len(members))]
         if all(path.exists() for path in paths):
             for member, path in zip(members, paths):
-                self._load_member(member, path, check_fingerprint=p.train.enabled)
+                self._load_member(member, path, check_fingerprint=p.train.enabled, info=data.info)
             self.rep.info(f"Reusing the {len(members)} trained members in {self.ckpt_dir}")
             return members, []
         if not p.train.enabled:
@@ -328,7 +332,9 @@ class _Run:
             )
         return members, self._train(members, data)
 
-    def _load_member(self, member: nn.Module, path: Path, *, check_fingerprint: bool) -> None:
+    def _load_member(
+        self, member: nn.Module, path: Path, *, check_fingerprint: bool, info: DataInfo | None = None
+    ) -> None:
         ckpt = load_checkpoint(path)
         if ckpt.get("format") != CHECKPOINT_FORMAT or not isinstance(ckpt.get("state_dict"), Mapping):
             raise UserError(f"{path}: not an ensemblecert member checkpoint (no {CHECKPOINT_FORMAT} weights in it)")
@@ -338,14 +344,25 @@ class _Run:
                 "run with --fresh to retrain, choose another output directory, or set train.enabled = false "
                 "to certify the existing members as they are"
             )
+        saved = ckpt.get("data_info") if isinstance(ckpt.get("data_info"), Mapping) else {}
+        if info is not None and saved.get("num_classes") not in (None, info.num_classes):
+            raise UserError(
+                f"{path}: was saved for {saved['num_classes']} classes, but this pipeline's data has "
+                f"{info.num_classes}; use a checkpoint trained on data with {info.num_classes} classes"
+            )
+        if info is not None and saved.get("input_shape") not in (None, list(info.input_shape)):
+            raise UserError(
+                f"{path}: was saved for inputs of shape {tuple(saved['input_shape'])}, but this pipeline's data "
+                f"has {tuple(info.input_shape)}; use a checkpoint trained on the same data"
+            )
         try:
             member.load_state_dict(ckpt["state_dict"])
         except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(
-                f"{path}: does not fit the configured model {self.config['ensemble']['model']} ({first}); "
-                f"it was saved for {ckpt.get('model')}"
-            ) from None
+            configured, trained = self.config["ensemble"]["model"], ckpt.get("model")
+            what = (f"it was saved for the model {trained}, this pipeline's is {configured}"
+                    if trained not in (None, configured) else f"it does not fit the model {configured}")
+            raise UserError(f"{path}: {what} ({first})") from None
         member.eval()
 
     def _train(self, members: list[nn.Module], data: DataSplits) -> list[float]:
@@ -367,7 +384,10 @@ class _Run:
         starts = start_checkpoints(p)
         if starts and resume is None:
             for member, path in zip(members, starts):
-                self._load_member(member, path, check_fingerprint=False)
+                try:
+                    self._load_member(member, path, check_fingerprint=False, info=data.info)
+                except UserError as exc:
+                    raise UserError(f"train.start_from: {exc}") from None
             self.rep.info(f"Fine-tuning from {', '.join(map(str, starts))}")
         log = TrainLog(self.out / "train_log.json", start)
         with self.rep.progress() as bar:
@@ -533,7 +553,8 @@ class _Run:
         fp = _fingerprint(
             {
                 "weights": _weights_digest(members),
-                "evaluate": self.config["evaluate"],
+                # a row depends on its batch, i.e. on skip and batch_size, but not on how many inputs are evaluated
+                "evaluate": {k: v for k, v in self.config["evaluate"].items() if k != "max_examples"},
                 "seed": p.seed,
             }
         )
@@ -565,20 +586,46 @@ def run_pipeline(
     reporter = reporter or Reporter(quiet=True)
     check_pipeline(pipeline)
     world = join(pipeline.device)
+    lock = OutputLock(pipeline.output)
     try:
+        if world.main:  # one lock per run, held by rank 0 from before anything in the directory is touched
+            lock.acquire()
         return _run_stages(pipeline, registry, fresh, reporter if world.main else Reporter(quiet=True), world)
     finally:
+        lock.release()
         leave(world)
 
 
+#: What ``--fresh`` removes from the output directory (with ``checkpoints/`` and ``certify.part-*.tsv``).
+FRESH_FILES = ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png", "aggregator.json",
+               "heldout.json", "train_log.json", "train_log.png", "evaluate.tsv", "evaluation.json")
+
+
+def _refuse_deleting_inputs(pipeline: Pipeline, out: Path) -> None:
+    """A UserError when ``--fresh`` would delete a file this run reads (``train.start_from``, ``ensemble.checkpoints``)."""
+    doomed_dir = (out / "checkpoints").resolve()
+    doomed = {(out / name).resolve() for name in FRESH_FILES}
+    inputs = [("ensemble.checkpoints", Path(p)) for p in pipeline.ensemble.checkpoints or []]
+    if pipeline.train.enabled:
+        inputs += [("train.start_from", p) for p in start_checkpoints(pipeline)]
+    for setting, path in inputs:
+        where = path.resolve()
+        if where in doomed or doomed_dir in where.parents or where.name.startswith("certify.part-") and where.parent == out.resolve():
+            raise UserError(
+                f"--fresh: would delete {path}, which {setting} names as an input of this run; nothing was deleted. "
+                f"Copy it elsewhere and point {setting} there, or write this run to another output directory"
+            )
+
+
 def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: Reporter, world: World) -> RunResult:
+    if fresh and world.main:
+        _refuse_deleting_inputs(pipeline, Path(pipeline.output))  # everything is checked before anything is deleted
     run = _Run(pipeline, registry, reporter, world)
     if world.main:
         prepare_output(run.out, checkpoints=not pipeline.ensemble.checkpoints)
         if fresh:
             shutil.rmtree(run.ckpt_dir, ignore_errors=True)
-            for name in ("certify.tsv", "certify.json", "summary.json", "certified_accuracy.png", "aggregator.json",
-                         "heldout.json", "train_log.json", "train_log.png", "evaluate.tsv", "evaluation.json"):
+            for name in FRESH_FILES:
                 (run.out / name).unlink(missing_ok=True)
             for part in run.out.glob("certify.part-*.tsv"):
                 part.unlink()

@@ -296,7 +296,7 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
     results = []
     for line, row in enumerate(reader, start=2):
         if len(row) != len(header):
-            continue
+            raise UserError(f"{path}, line {line}: {len(row)} fields where the header has {len(header)}; {_FIX}")
         try:
             results.append(_parse_row(row, at, mechanisms))
         except ValueError as exc:

@@ -167,7 +167,8 @@ def test_checkpoints_being_a_file_is_found_before_any_work(tmp_path, cli):
     (tmp_path / "out" / "checkpoints").write_text("not a directory")
     proc = cli("run", "--output", "out", *FAST, cwd=tmp_path)
     one_clear_error(proc, "checkpoints exists and is not a directory")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints"]  # nothing was trained or written
+    found = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert found == [".ensemblecert.lock", "checkpoints"]  # nothing was trained or written (the lock is kept)
 
 
 def test_validate_shows_values_that_look_like_markup(tmp_path, cli):

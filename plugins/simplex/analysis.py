@@ -142,6 +142,8 @@ def read_run(run_dir: str | Path) -> tuple[list[MechanismRecord], list[float]]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     results = read_results(tsv, labels)
+    if not results:
+        raise UserError(f"{tsv}: holds no certified inputs; let the run certify some (run it again to resume) first")
     records = [_record(label, results) for label in labels]
     return [r for r in records if r is not None], radii
 

@@ -1,0 +1,270 @@
+"""Nothing lost, nothing mixed: one run per output directory, --fresh never deletes an input, results files hold
+exactly the run's rows, bad input is one message; and checks that kill plausible planted bugs."""
+
+import copy
+import io
+import math
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+import torch
+from rich.console import Console
+
+import ensemblecert
+from ensemblecert import ConfigError, UserError, build_component, build_member, hookimpl, load_pipeline, load_registry, run
+from ensemblecert.checkpoints import save_checkpoint
+from ensemblecert.lock import OutputLock
+from ensemblecert.pipeline import CHECKPOINT_FORMAT, check_pipeline
+from ensemblecert.report import Reporter, summary_table
+from ensemblecert.results import ExampleResult, Outcome, ResultsWriter, read_results, summarize
+from ensemblecert import Certificate
+
+REGISTRY = load_registry()
+
+
+def rows(path):
+    return [line.split("\t") for line in path.read_text().splitlines()[1:]]
+
+
+# ----------------------------------------------------------------------------------------- one run at a time
+def test_a_second_run_into_a_held_directory_is_refused_and_names_the_holder(tiny_pipeline):
+    out = tiny_pipeline["output"]
+    with OutputLock(out):
+        with pytest.raises(UserError, match=r"is in use by another ensemblecert run \(process \d+ on "):
+            run(tiny_pipeline)
+    assert not (ensemblecert.pipeline.Path(out) / "certify.tsv").exists()  # the refused run wrote nothing
+    first = run(tiny_pipeline)  # released: the next run goes ahead, and releases it again
+    with OutputLock(out):
+        pass
+    assert len(rows(first.output / "certify.tsv")) == len(first.results)
+
+
+def test_the_command_line_refuses_a_held_directory_with_exit_2(tmp_path, cli):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from ensemblecert.lock import OutputLock
+            lock = OutputLock({str(out)!r}).acquire()
+            print("held", flush=True)
+            time.sleep(120)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cli("run", "--output", str(out), "--set", "train.epochs=1")
+        assert result.returncode == 2, result.stderr
+        assert f"process {holder.pid}" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ---------------------------------------------------------------------------------- --fresh and its inputs
+def test_fresh_never_deletes_the_checkpoints_it_starts_from(tiny_pipeline):
+    trained = run(tiny_pipeline)
+    checkpoints = sorted((trained.output / "checkpoints").glob("member_*.pt"))
+    before = [p.read_bytes() for p in checkpoints]
+    again = copy.deepcopy(tiny_pipeline)
+    again["train"]["start_from"] = [str(trained.output)]
+    with pytest.raises(UserError, match=r"--fresh: would delete .*member_0\.pt, which train\.start_from names"):
+        run(again, fresh=True)
+    assert [p.read_bytes() for p in checkpoints] == before  # nothing was deleted
+    assert (trained.output / "certify.tsv").exists()
+
+
+# ------------------------------------------------------------------------ exactly the configuration's rows
+def test_a_smaller_input_selection_keeps_only_its_rows(tiny_pipeline):
+    full = run(tiny_pipeline)
+    assert len(full.results) > 3
+    smaller = copy.deepcopy(tiny_pipeline)
+    smaller["certify"]["max_examples"] = 3
+    result = run(smaller)
+    kept = rows(result.output / "certify.tsv")
+    assert [int(r[0]) for r in kept] == [r.index for r in full.results[:3]]
+    assert kept == rows_of(full, 3)
+    assert result.summary.examples == 3
+    other = copy.deepcopy(tiny_pipeline)
+    other["certify"]["skip"] = 60  # every other input of the first selection: the rest are dropped
+    result = run(other)
+    indices = [int(r[0]) for r in rows(result.output / "certify.tsv")]
+    assert indices == [r.index for r in result.results] and all(i % 60 == 0 for i in indices) and len(indices) > 1
+
+
+def rows_of(result, count):
+    return rows(result.output / "certify.tsv")[:count]
+
+
+def test_evaluation_rows_follow_the_input_selection(tiny_pipeline):
+    tiny_pipeline["certify"]["enabled"] = False
+    tiny_pipeline["evaluate"] = {"attacks": [{"name": "fgsm", "epsilon": 0.1}], "max_examples": 6, "batch_size": 3}
+    first = run(tiny_pipeline)
+    tiny_pipeline["evaluate"]["max_examples"] = 3
+    second = run(tiny_pipeline)
+    lines = (second.output / "evaluate.tsv").read_text().splitlines()
+    assert len(lines) == 1 + 3 and second.evaluation.examples == 3
+    assert first.evaluation.examples == 6
+
+
+def test_a_row_cut_by_a_crash_never_runs_into_the_next(tmp_path):
+    path = tmp_path / "certify.tsv"
+    a = ExampleResult(12, 1, {"c": Outcome(Certificate(1, 0.25, 10), 0.1)})
+    b = ExampleResult(4, 2, {"c": Outcome(Certificate(2, 0.5, 10), 0.1)})
+    with ResultsWriter(path, ["c"]) as writer:
+        writer.write(a)
+    path.write_text(path.read_text() + "1")  # the start of a row for input 1..., cut short
+    with ResultsWriter(path, ["c"]) as writer:  # appending without reading first
+        writer.write(b)
+    assert [r.index for r in read_results(path, ["c"])] == [12, 4]
+
+
+# --------------------------------------------------------------------------------------- the command line
+def test_processes_validates_the_pipeline_before_starting_any_process(tmp_path, cli):
+    result = cli("run", str(tmp_path / "missing.toml"), "--processes", "2")
+    assert result.returncode == 2
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr and "torch" not in result.stderr
+    result = cli("run", "--processes", "999999", "--output", str(tmp_path / "run"))
+    assert result.returncode == 2 and "use at most" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_leading_dot_in_set_is_refused():
+    with pytest.raises(UserError, match=r"--set '\.train\.epochs': not a setting path"):
+        load_pipeline(None, overrides=[".train.epochs=1"])
+
+
+def test_soundness_warnings_survive_quiet_and_the_table_says_unsound(tiny_pipeline):
+    tiny_pipeline["engine"] = {"precision": "bf16"}
+    tiny_pipeline["certify"]["max_examples"] = 2
+    buffer = io.StringIO()
+    result = run(tiny_pipeline, reporter=Reporter(Console(file=buffer, width=200), quiet=True))
+    assert "not sound" in buffer.getvalue() and "bf16" in buffer.getvalue()
+    table = io.StringIO()
+    Console(file=table, width=200).print(summary_table(result.summary, [0.0]))
+    assert "NOT SOUND (bf16)" in table.getvalue()
+    assert not result.summary.sound and result.summary.precision == "bf16"
+    fine = summarize(result.results, list(result.summary.mechanisms), [0.0])
+    plain = io.StringIO()
+    Console(file=plain, width=200).print(summary_table(fine, [0.0]))
+    assert "NOT SOUND" not in plain.getvalue() and "hard" in plain.getvalue()
+
+
+def test_validate_catches_eas_with_an_aggregator_that_skips_members():
+    pipeline, _ = load_pipeline({
+        "ensemble": {"members": 3, "smoothing": ["eas"], "aggregator": {"name": "k_consensus", "k": 2}},
+    })
+    with pytest.raises(ConfigError, match=r"ensemble\.smoothing\[0\]: .*skips members"):
+        check_pipeline(pipeline)
+
+
+@pytest.mark.parametrize("spec", [{"name": "dp"}, {"name": "best"}, {"name": "cohen", "expectation": "multinomial"},
+                                  {"name": "sequential"}])
+def test_eas_refuses_every_mechanism_but_certify(spec):
+    pipeline, _ = load_pipeline({"ensemble": {"smoothing": ["eas"]}, "certify": {"mechanisms": [spec]}})
+    with pytest.raises(ConfigError, match=r"ensemble\.smoothing\[0\]: certify\.mechanisms\[0\]: eas .* only with CERTIFY"):
+        check_pipeline(pipeline)
+
+
+# ------------------------------------------------------------------------------------------- messages
+def digits_info():
+    return build_component("dataset", {"name": "digits"}, REGISTRY).load().info
+
+
+def write_member(path, info, model=None):
+    model = model or build_component("model", {"name": "mlp", "hidden": [32]}, REGISTRY)
+    member = build_member(model, info, 0)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "state_dict": member.state_dict(), "model": {"name": "mlp"},
+                     "data_info": {"input_shape": list(info.input_shape), "num_classes": info.num_classes}}, path)
+
+
+def test_start_from_errors_name_the_setting_and_the_class_count(tiny_pipeline, tmp_path):
+    info = digits_info()
+    five = ensemblecert.DataInfo(info.input_shape, 5, info.mean, info.std)
+    paths = [tmp_path / f"five_{i}.pt" for i in range(2)]
+    for path in paths:
+        write_member(path, five)
+    tiny_pipeline["train"]["start_from"] = [str(p) for p in paths]
+    with pytest.raises(UserError, match=r"^train\.start_from: .*five_0\.pt: was saved for 5 classes, but this "
+                                        r"pipeline's data has 10"):
+        run(tiny_pipeline)
+    paths[0].write_bytes(paths[0].read_bytes()[:200])  # truncated
+    with pytest.raises(UserError, match=r"^train\.start_from: .*five_0\.pt: not a readable ensemblecert checkpoint"):
+        run(tiny_pipeline)
+
+
+def test_simplex_on_a_run_with_no_rows_says_so(tmp_path, cli):
+    (tmp_path / "certify.tsv").write_text("")
+    (tmp_path / "certify.json").write_text('{"mechanisms": ["best"]}')
+    result = cli("simplex", str(tmp_path))
+    assert result.returncode == 2 and "holds no certified inputs" in result.stderr and "best" not in result.stderr
+
+
+def test_a_hook_function_pluggy_would_ignore_is_refused():
+    typo = types.ModuleType("typo_plugin")
+    typo.register_certifier = lambda register: None
+    with pytest.raises(UserError, match="defines register_certifier, which is not an ensemblecert hook; did you mean "
+                                        "'register_certifiers'"):
+        load_registry(plugins=[typo])
+    bare = types.ModuleType("bare_plugin")
+
+    def register_certifiers(register):
+        register("never", object)
+
+    bare.register_certifiers = register_certifiers
+    with pytest.raises(UserError, match="register_certifiers without the @hookimpl decorator"):
+        load_registry(plugins=[bare])
+    bare.register_certifiers = hookimpl(register_certifiers)
+    with pytest.raises(UserError):  # decorated, it is called (and refuses a class that is no certifier)
+        load_registry(plugins=[bare])
+
+
+# -------------------------------------------------------------------------- checks that kill planted bugs
+def test_normalisation_subtracts_the_mean_and_divides_by_the_std():
+    layer = ensemblecert.Normalize([0.3, 0.1], [0.5, 0.2])
+    x = torch.tensor([[0.9, 0.7]]).view(1, 2, 1, 1)
+    assert layer(x).flatten().tolist() == pytest.approx([(0.9 - 0.3) / 0.5, (0.7 - 0.1) / 0.2])  # 1.2, 3.0
+
+
+@pytest.mark.parametrize("kind, spec", [("certifier", {"name": "cohen", "alpha": math.nan}),
+                                        ("certifier", {"name": "certify_adp", "radius": math.nan}),
+                                        ("certifier", {"name": "sequential", "tolerance": math.inf}),
+                                        ("noise", {"name": "gaussian", "sigma": math.nan})])
+def test_nan_and_inf_are_refused_by_the_constructors_themselves(kind, spec):
+    cls = REGISTRY.get(kind, spec["name"]).cls
+    with pytest.raises(ValueError, match="finite"):
+        cls(**{k: v for k, v in spec.items() if k != "name"})
+
+
+def test_l2_projection_leaves_points_inside_the_ball_alone():
+    from ensemblecert.plugins.attacks import project
+
+    inside = torch.tensor([[0.3, 0.4]])  # norm 0.5
+    outside = torch.tensor([[3.0, 4.0]])  # norm 5
+    assert torch.equal(project(inside, "l2", 1.0), inside)
+    assert project(outside, "l2", 1.0).flatten().tolist() == pytest.approx([0.6, 0.8])
+    assert torch.equal(project(torch.tensor([[0.05, -0.2]]), "linf", 0.1), torch.tensor([[0.05, -0.1]]))
+
+
+def test_certification_results_of_another_seed_are_not_reused(tiny_pipeline, tmp_path):
+    trained = run(tiny_pipeline)
+    certify_only = copy.deepcopy(tiny_pipeline)
+    certify_only["output"] = str(tmp_path / "certify")
+    certify_only["ensemble"]["checkpoints"] = [str(p) for p in sorted((trained.output / "checkpoints").glob("member_*.pt"))]
+    certify_only["train"]["enabled"] = False
+    run(certify_only)
+    certify_only["seed"] = 2  # same weights, other noise: the rows of seed 1 are not this run's
+    with pytest.raises(UserError, match="holds results of a different model or certification setup"):
+        run(certify_only)
+
+
+def test_the_lock_file_records_the_holder(tmp_path):
+    lock = OutputLock(tmp_path / "out").acquire()
+    try:
+        text = (tmp_path / "out" / ".ensemblecert.lock").read_text()
+        assert f'"pid": {__import__("os").getpid()}' in text
+    finally:
+        lock.release()
