@@ -40,7 +40,6 @@ from .registry import Registry
 from .report import Reporter
 from .results import (
     ExampleResult,
-    Outcome,
     ResultsWriter,
     Summary,
     merge_results,

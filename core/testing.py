@@ -30,6 +30,7 @@ from scipy import optimize, stats
 from torch import Tensor, nn
 
 from .certification import DirectSmoothing, Planned, certify_inputs
+from .ensemble import Ensemble
 from .components import ABSTAIN, HARD, SOFT, Certificate, Certifier, NoiseSampler, SmoothingStrategy
 from .sampling import MonteCarloSampler, SharedTallies
 
@@ -476,7 +477,10 @@ def check_soundness(
     strategy = strategy if strategy is not None else DirectSmoothing()
     sigma = float(noise.sigma)
     model = model if model is not None else LinearModel(dim, seed=seed)
-    smoothed = _smoothed(model, noise, batch_size)
+    if isinstance(model, Ensemble):  # an ensemble of reference members is smoothed as the strategy smooths it
+        smoothed = strategy.smooth(model, noise, batch_size=batch_size)
+    else:
+        smoothed = _smoothed(model, noise, batch_size)
     all_regions = [*regions, *(Region.below_radius(r, sigma) for r in target_radii)]
     reports = tuple(
         _run_region(mechanism, strategy, smoothed, model, region, trials=trials, rate=rate, seed=seed,

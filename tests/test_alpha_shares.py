@@ -8,14 +8,18 @@ import mpmath as mp
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-
 from ensemblecert import ABSTAIN, Certificate, Tally, build_component, load_registry
 from ensemblecert.plugins.certify_adp import CertifyAdp
 from ensemblecert.plugins.noise import GaussianNoise
-from ensemblecert.plugins.sequential import Sequential, Stop, confidence_sequence, log_mixture
+from ensemblecert.plugins.sequential import (
+    Sequential,
+    Stop,
+    confidence_sequence,
+    log_mixture,
+)
 from ensemblecert.plugins.simplex.mechanisms import dp
 from ensemblecert.results import ExampleResult, Outcome, summarize
+from scipy import stats
 
 REGISTRY = load_registry()
 SIGMA = 0.5

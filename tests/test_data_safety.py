@@ -9,18 +9,32 @@ import sys
 import textwrap
 import types
 
+import ensemblecert
 import pytest
 import torch
-from rich.console import Console
-
-import ensemblecert
-from ensemblecert import ConfigError, UserError, build_component, build_member, hookimpl, load_pipeline, load_registry, run
+from ensemblecert import (
+    Certificate,
+    ConfigError,
+    UserError,
+    build_component,
+    build_member,
+    hookimpl,
+    load_pipeline,
+    load_registry,
+    run,
+)
 from ensemblecert.checkpoints import save_checkpoint
 from ensemblecert.lock import OutputLock
 from ensemblecert.pipeline import CHECKPOINT_FORMAT, check_pipeline
 from ensemblecert.report import Reporter, summary_table
-from ensemblecert.results import ExampleResult, Outcome, ResultsWriter, read_results, summarize
-from ensemblecert import Certificate
+from ensemblecert.results import (
+    ExampleResult,
+    Outcome,
+    ResultsWriter,
+    read_results,
+    summarize,
+)
+from rich.console import Console
 
 REGISTRY = load_registry()
 

@@ -1,12 +1,14 @@
 """Ensemble-after-Smoothing (000, Definition 6, Theorem 5): formulas, sampled bounds, soundness, pipeline."""
 
+from pathlib import Path
+
 import attrs
 import numpy as np
 import pytest
 import torch
 from scipy import optimize, stats
 
-from ensemblecert import ABSTAIN, Certifier, Ensemble
+from ensemblecert import ABSTAIN, Ensemble
 from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.cohen import Cohen
 from ensemblecert.plugins.eas import (
@@ -81,10 +83,12 @@ class IntervalEnsemble(Ensemble):
         member = int(np.argmax(p.max(axis=-1)))
         return int(np.argmax(p[member]))
 
-    def smoothed_class(self, x, sigma):
+    def smoothed_class(self, x, sigma, classifier="hard"):
+        assert classifier == "hard"  # EAS is built from the members' hard smoothed classifiers
         return self._eas(float(self.ref.projection(x[None])[0]), sigma)
 
-    def exact_radius(self, x, sigma):
+    def exact_radius(self, x, sigma, classifier="hard"):
+        assert classifier == "hard"
         m = float(self.ref.projection(x[None])[0])
         y0 = self._eas(m, sigma)
 
@@ -94,7 +98,7 @@ class IntervalEnsemble(Ensemble):
 
         return nearest_sign_change(margin, m, step=sigma / 50, limit=20 * sigma + 10)
 
-    def point_with_top_probability(self, p, sigma, seed):
+    def point_with_top_probability(self, p, sigma, seed, classifier="hard"):
         grid = np.linspace(-4, 4, 8001)
         top = self.probabilities_at(grid, sigma).max(axis=(-1, -2)) - p
         crossings = np.flatnonzero(np.sign(top[:-1]) != np.sign(top[1:]))
@@ -105,28 +109,13 @@ class IntervalEnsemble(Ensemble):
         return self.ref.point_at(float(optimize.brentq(f, grid[i], grid[i + 1], xtol=1e-14)), seed)
 
 
-@attrs.frozen
-class Through(Certifier):
-    """A smoothing strategy's certificate, as a certifier the soundness harness can drive."""
-
-    strategy: object
-    mechanism: Certifier
-
-    @property
-    def alpha(self):
-        return self.mechanism.alpha
-
-    def certify(self, smoothed, x, generator=None):
-        return self.strategy.certify(self.mechanism, smoothed, x, generator)
-
-
 # Six classes, narrow intervals: members whose top class is unconfident, where Eq. 39 over-claims.
 ENSEMBLE_THRESHOLDS = [[-0.73, 0.35, 0.58, 0.75, 0.86], [-0.95, -0.83, -0.66, -0.16, 0.5], [-0.83, -0.49, -0.37, -0.28, 0.49]]
 
 
 def test_eas_is_sound_on_interval_members():
     model = IntervalEnsemble(ENSEMBLE_THRESHOLDS)
-    report = check_soundness(Through(EnsembleAfterSmoothing(), Cohen(n0=30, n=300, alpha=0.1)), GaussianNoise(0.3),
+    report = check_soundness(Cohen(n0=30, n=300, alpha=0.1), GaussianNoise(0.3), strategy=EnsembleAfterSmoothing(),
                              model=model, trials=300)
     assert report.sound, str(report)
     assert report.certified > 300
@@ -143,7 +132,7 @@ def test_the_harness_catches_the_published_radius_with_sampled_bounds():
             return attrs.evolve(cert, radius=theorem5_radius(terms))
 
     model = IntervalEnsemble(ENSEMBLE_THRESHOLDS)
-    report = check_soundness(Through(Published(), Cohen(n0=100, n=20_000, alpha=0.1)), GaussianNoise(0.3),
+    report = check_soundness(Cohen(n0=100, n=20_000, alpha=0.1), GaussianNoise(0.3), strategy=Published(),
                              model=model, regions=(Region("unconfident dissent", 0.5, 0.75),), trials=300)
     assert not report.sound, str(report)
 
@@ -207,5 +196,7 @@ def test_eas_with_an_aggregator_that_skips_members_is_a_user_error(tiny_pipeline
     from ensemblecert import UserError, run
 
     tiny_pipeline["ensemble"].update(smoothing="eas", aggregator={"name": "k_consensus", "k": 1, "order": [0, 1]})
-    with pytest.raises(UserError, match="eas smooths every member on its own .* skipped members.*not k_consensus"):
+    with pytest.raises(UserError, match=r"ensemble\.smoothing\[0\]: .*every member's prediction on every draw, but "
+                                        r"ensemble\.aggregator skips members \(as k_consensus does\)"):
         run(tiny_pipeline)
+    assert not (Path(tiny_pipeline["output"]) / "checkpoints").exists()  # refused before any training

@@ -5,8 +5,6 @@ import attrs
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-
 from ensemblecert import (
     ABSTAIN,
     EXPECTATIONS,
@@ -23,6 +21,7 @@ from ensemblecert import (
 from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.plugins.simplex.mechanisms import MECHANISMS
 from ensemblecert.testing import DEFAULT_REGIONS, HardSoftModel, Region, check_soundness
+from scipy import stats
 
 REGISTRY = load_registry()
 NOISE = GaussianNoise(0.5)

@@ -118,7 +118,8 @@ def test_checkpoint_that_does_not_fit_the_model(tiny_pipeline, tmp_path):
     cfg["output"] = str(tmp_path / "other")
     cfg["ensemble"]["model"]["hidden"] = [16]
     cfg["ensemble"]["checkpoints"] = [str(trained.output / "checkpoints" / f"member_{i}.pt") for i in range(2)]
-    with pytest.raises(UserError, match=r"member_0.pt: does not fit the configured model .*hidden"):
+    with pytest.raises(UserError, match=r"^ensemble\.checkpoints: .*member_0.pt: it was saved for the model "
+                                        r"\{'name': 'mlp', 'hidden': \[32\]\}, this pipeline's is .*\[16\]"):
         run(cfg)
 
 
@@ -311,7 +312,7 @@ def test_costs_and_details_reach_the_table_and_the_summary(tiny_pipeline):
     result = run(tiny_pipeline)
     header, *lines = rows(result)
     table = [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
-    assert header.split("\t")[8:] == ["cohen:count", "cohen:p_lower"]
+    assert header.split("\t")[8:] == ["classifier", "cohen:count", "cohen:p_lower"]
     for row in table:  # soft voting evaluates both members on every draw, selection included
         assert int(row["evaluations"]) == 2 * int(row["samples"]) == 2 * 220
         assert 0 <= float(row["cohen:count"]) <= 200 and 0 <= float(row["cohen:p_lower"]) < 1

@@ -51,10 +51,10 @@ def test_the_bare_map_from_the_command_line(tmp_path, cli):
 
 
 def test_a_runs_inputs_and_the_gain_of_best(tiny_pipeline, tmp_path, cli):
-    mixed = ["cohen", "li", "dp", "softmax:lecuyer", "softmax:dp"]
+    own = ["cohen", "cohen_two_sided", "li", "lecuyer", "dp"]
     tiny_pipeline["certify"]["mechanisms"] = [
         {"name": "best", "n0": 20, "n": 300, "alpha": 0.01},
-        {"name": "best", "of": mixed, "n0": 20, "n": 300, "alpha": 0.01},
+        {"name": "best", "of": own, "n0": 20, "n": 300, "alpha": 0.01},
     ]
     tiny_pipeline["certify"]["skip"] = 15
     result = run(tiny_pipeline)
@@ -78,7 +78,7 @@ def test_a_runs_inputs_and_the_gain_of_best(tiny_pipeline, tmp_path, cli):
         assert (result.output / f"simplex_{slug}.png").stat().st_size > 5000
     report = json.loads((result.output / "simplex.json").read_text())
     rows = report["best#2"]["rows"]
-    assert [r["mechanism"] for r in rows] == [*mixed, "best#2"]
+    assert [r["mechanism"] for r in rows] == [*own, "best#2"]
     assert sum(r["wins"] for r in rows[:-1]) == pytest.approx(1.0)
     assert all(r["gain"] >= -1e-12 for r in rows)
 
