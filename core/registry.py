@@ -98,7 +98,9 @@ class Registry:
             raise UnknownComponentError(self.unknown_message(kind, name)) from None
 
     def unknown_message(self, kind: str, name: str) -> str:
-        known = sorted(self._components[kind])
+        if kind not in KINDS:
+            return f"unknown component kind {kind!r}; the kinds are {', '.join(map(repr, KINDS))}"
+        known = sorted(self._components.get(kind, {}))
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         listing = ", ".join(repr(k) for k in known) or "none"

@@ -180,6 +180,19 @@ def test_eas_pipeline_compares_with_ebs_on_the_same_draws(tiny_pipeline):
     for r in result.results:
         eas = r.outcomes["eas/cohen"].certificate
         assert eas.samples == 220 and (eas.prediction == ABSTAIN) == (eas.radius == 0)
+    # the Python API certifies through the same strategy and loop: the same certificates, input by input
+    from ensemblecert import build_component, certify, load_registry
+
+    registry = load_registry()
+    test = build_component("dataset", tiny_pipeline["data"], registry).load().test
+    indices = [r.index for r in result.results]
+    certs = certify(result.pipeline.certify.mechanisms[0], result.ensemble, [test[i][0] for i in indices],
+                    result.pipeline.noise, strategy=build_component("smoothing", "eas", registry),
+                    batch_size=tiny_pipeline["certify"]["batch_size"], seed=tiny_pipeline["seed"], indices=indices)
+    assert certs == [r.outcomes["eas/cohen"].certificate for r in result.results]
+    direct = certify(result.pipeline.certify.mechanisms[0], result.ensemble, [test[i][0] for i in indices],
+                     result.pipeline.noise, batch_size=100, seed=tiny_pipeline["seed"], indices=indices)
+    assert direct == [r.outcomes["ebs/cohen"].certificate for r in result.results]
 
 
 def test_eas_refuses_a_mechanism_without_n0_n_alpha():
