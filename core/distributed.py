@@ -123,7 +123,12 @@ def join(device: str) -> World:
     return World(rank=rank, size=size, local_rank=local, owns_group=owns)
 
 
-def leave(world: World) -> None:
-    """Leave the process group :func:`join` joined (nothing for a world of one)."""
+def leave(world: World, *, synchronize: bool = True) -> None:
+    """Leave the process group :func:`join` joined (nothing for a world of one). With ``synchronize`` every rank
+    arrives before any tears the group down (gloo aborts with "terminate called without an active exception" when a
+    rank destroys its connections while a peer still has traffic in flight); pass ``False`` when leaving because of
+    an error, so that a failed rank never pairs its barrier with a barrier its peers wait at elsewhere."""
     if world.owns_group and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()

@@ -589,10 +589,14 @@ def run_pipeline(
     try:
         if world.main:  # one lock per run, held by rank 0 from before anything in the directory is touched
             lock.acquire()
-        return _run_stages(pipeline, registry, fresh, reporter if world.main else Reporter(quiet=True), world)
+        result = _run_stages(pipeline, registry, fresh, reporter if world.main else Reporter(quiet=True), world)
+    except BaseException:
+        leave(world, synchronize=False)
+        raise
     finally:
         lock.release()
-        leave(world)
+    leave(world)
+    return result
 
 
 #: What ``--fresh`` removes from the output directory (with ``checkpoints/`` and ``certify.part-*.tsv``).
