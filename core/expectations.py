@@ -77,12 +77,17 @@ def multinomial_bounds(
     return top, e0, e1
 
 
+#: Added to Hoeffding's half-width: more than the rounding error of a mean of softmax outputs summed in float64.
+MEAN_SLACK = 1e-12
+
+
 def hoeffding_width(n: int, level: float) -> float:
-    """One-sided Hoeffding half-width at ``level`` for the mean of ``n`` values in [0, 1]: ``sqrt(ln(1/level) / 2n)``.
+    """One-sided Hoeffding half-width at ``level`` for the mean of ``n`` values in [0, 1]: ``sqrt(ln(1/level) / 2n)``,
+    plus :data:`MEAN_SLACK` so that the bounds err outwards.
 
     At ``level = alpha/2`` this is Eq. 4's printed half-width ``sqrt(ln(2/alpha) / 2n)``.
     """
-    return math.sqrt(math.log(1.0 / level) / (2.0 * n))
+    return math.sqrt(math.log(1.0 / level) / (2.0 * n)) + MEAN_SLACK
 
 
 def softmax_bounds(
