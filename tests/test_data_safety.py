@@ -215,6 +215,10 @@ def test_simplex_on_a_run_with_no_rows_says_so(tmp_path, cli):
     (tmp_path / "certify.json").write_text('{"mechanisms": ["best"]}')
     result = cli("simplex", str(tmp_path))
     assert result.returncode == 2 and "holds no certified inputs" in result.stderr and "best" not in result.stderr
+    header = "\t".join(["idx", "label", "predict", "radius", "correct", "time", "samples", "evaluations", "classifier"])
+    (tmp_path / "certify.tsv").write_text(header + "\n0\t1\t1\t0.3\n")  # a damaged row
+    result = cli("simplex", str(tmp_path))
+    assert result.returncode == 2 and "certify.tsv, line 2: 4 fields where the header has 9" in result.stderr
 
 
 def test_a_hook_function_pluggy_would_ignore_is_refused():
