@@ -26,6 +26,7 @@ from .components import (
     ProbabilityModel,
     Regularizer,
     SmoothingStrategy,
+    Stage,
 )
 from .config import Pipeline, build_component, describe, load_pipeline
 from .config import component as component_field
@@ -97,6 +98,7 @@ __all__ = [
     "SharedTallies",
     "SmoothedClassifier",
     "SmoothingStrategy",
+    "Stage",
     "Summary",
     "Tally",
     "TrainBatch",

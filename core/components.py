@@ -19,6 +19,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from rich.console import Console
 
+    from .context import RunContext
     from .ensemble import Ensemble, Members
     from .objectives import TrainBatch
     from .sampling import SmoothedClassifier
@@ -332,6 +333,53 @@ class Attack(ABC):
     def check_classes(self, num_classes: int) -> str | None:
         """Return why this attack cannot run on ``num_classes`` classes, or ``None``. Called once per run."""
         return None
+
+
+# --------------------------------------------------------------------------------------- stages
+class Stage(ABC):
+    """One stage of a run (train or load the members, calibrate, certify, evaluate, or a plugin's own).
+
+    A run is a list of stages, each run in turn with the run's shared :class:`~ensemblecert.context.RunContext`.
+    The core asks each stage, through these declarations only, what it owns and what its results depend on, and
+    resumes or refuses it in one place (:func:`ensemblecert.context.resume_or_refuse`): a stage whose outputs exist
+    and whose fingerprint changed is refused (or, with ``on_change = "redo"``, run again from scratch), so results of
+    different configurations are never mixed. Stages from plugins are frozen attrs classes like any component,
+    listed under ``stages = [...]`` in a pipeline and run after the built-in ones.
+    """
+
+    #: The paths under the output directory this stage writes (glob patterns allowed). ``--fresh`` removes the
+    #: union of every stage's outputs; a stage whose outputs exist is resuming.
+    outputs: ClassVar[tuple[str, ...]] = ()
+    #: What to do when outputs exist but the fingerprint changed: ``"refuse"`` (ask for --fresh) or ``"redo"``.
+    on_change: ClassVar[str] = "refuse"
+    #: The refusal, after the name of the first output found: what is wrong and how to fix it.
+    refusal: ClassVar[str] = (
+        "holds results of a different configuration; run with --fresh to replace them or choose another output "
+        "directory"
+    )
+
+    def enabled(self, run: RunContext) -> bool:
+        """Whether this stage runs in this run (default: always)."""
+        return True
+
+    def check(self, run: RunContext) -> list[str]:
+        """Problems (``"toml.path: message"``) found once the data is loaded, before any stage runs."""
+        return []
+
+    def fingerprint(self, run: RunContext) -> object | None:
+        """Plain data naming everything the outputs depend on (``None``: nothing to check). Called after the
+        earlier stages ran, so it may use their products (the members' weights)."""
+        return None
+
+    def recorded(self, run: RunContext, name: str) -> str | None:
+        """The digest of the fingerprint the existing outputs were made with (default: what ``stages.json`` recorded
+        for the stage registered as ``name``); a stage whose outputs carry it themselves may read it from them."""
+        return run.recorded(name)
+
+    @abstractmethod
+    def run(self, run: RunContext) -> None:
+        """Do the work: read what earlier stages left in ``run``, write outputs as they are produced (on rank 0
+        unless each rank writes its own file), resume from outputs already there, and leave products in ``run``."""
 
 
 # ------------------------------------------------------------------------------------- commands

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from .components import Aggregator, Attack, BaseLoss, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
+from .components import Stage, Aggregator, Attack, BaseLoss, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
 from .engine import Engine
 from .errors import ConfigError, UserError
 from .registry import Registry, UnknownComponentError
@@ -173,6 +173,8 @@ class Pipeline:
     output: str = attrs.field(default="runs/default", validator=path_string)
     #: Extra plugin modules to load for this pipeline.
     plugins: list[str] = attrs.field(factory=list)
+    #: Stages from plugins, run after the built-in ones (members, calibration, certification, evaluation).
+    stages: list[Stage] = component_list("stage", [], empty=True)
     #: The configuration as read (after overrides), saved next to checkpoints and results.
     source: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False, metadata={"internal": True})
     #: Where the configuration came from (a file name), for messages.

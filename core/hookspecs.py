@@ -24,7 +24,8 @@ silently doing nothing).
 How the pipeline uses each kind, in order:
 data set -> base models (one per member) -> base loss + regularizers with noise ->
 aggregator (ensemble protocol) -> smoothing strategy -> certificate mechanisms -> results; attacks for
-empirical robustness; and commands that work on a run's results from the command line.
+empirical robustness; the stages a run is made of; and commands that work on a run's results from the command
+line.
 """
 
 from __future__ import annotations
@@ -138,6 +139,19 @@ def register_attacks(register: Register) -> None:
     probabilities and is differentiable: a single network's softmax, or an ensemble seen through a combiner
     (the average or the elementwise maximum of its members' probabilities). It returns inputs within the
     attack's norm ball around ``x``, clipped to [0, 1].
+    """
+
+
+@hookspec
+def register_stages(register: Register) -> None:
+    """Register run stages: subclasses of :class:`ensemblecert.Stage`.
+
+    The built-in stages (members, calibration, certification, evaluation) are registered by the core itself. A
+    pipeline lists further stages under ``stages = [{ name = "...", ... }]``; they run after the built-in ones, in
+    order, each with the run's :class:`~ensemblecert.context.RunContext`. ``Stage.outputs`` names the files the stage
+    owns (``--fresh`` removes them), ``Stage.fingerprint(run)`` what they depend on (a changed fingerprint with
+    outputs present is refused), ``Stage.check(run)`` problems found once the data is loaded, and
+    ``Stage.run(run)`` does the work, resuming from its outputs.
     """
 
 

@@ -35,6 +35,7 @@ KINDS: dict[str, Kind] = {
         Kind("smoothing", "register_smoothing_strategies", c.SmoothingStrategy, "smoothing strategies"),
         Kind("certifier", "register_certifiers", c.Certifier, "certificate mechanisms"),
         Kind("attack", "register_attacks", c.Attack, "attacks"),
+        Kind("stage", "register_stages", c.Stage, "run stages"),
         Kind("command", "register_commands", c.Command, "commands"),
     )
 }

@@ -180,7 +180,6 @@ def test_an_interrupted_evaluation_resumes_to_the_same_rows(tiny_pipeline, tmp_p
 
 
 def test_an_attack_that_cannot_run_on_the_data_stops_before_training(tiny_pipeline):
-    from ensemblecert import run
 
     pytest.importorskip("torchattacks")
     tiny_pipeline["data"] = {"name": "digits"}

@@ -4,6 +4,7 @@ exactly the run's rows, bad input is one message; and checks that kill plausible
 import copy
 import io
 import math
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -49,7 +50,7 @@ def test_a_second_run_into_a_held_directory_is_refused_and_names_the_holder(tiny
     with OutputLock(out):
         with pytest.raises(UserError, match=r"is in use by another ensemblecert run \(process \d+ on "):
             run(tiny_pipeline)
-    assert not (ensemblecert.pipeline.Path(out) / "certify.tsv").exists()  # the refused run wrote nothing
+    assert not (pathlib.Path(out) / "certify.tsv").exists()  # the refused run wrote nothing
     first = run(tiny_pipeline)  # released: the next run goes ahead, and releases it again
     with OutputLock(out):
         pass

@@ -5,7 +5,6 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
-import torch
 from scipy import optimize, stats
 
 from ensemblecert import ABSTAIN, Ensemble

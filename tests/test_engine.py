@@ -187,12 +187,11 @@ def test_reduced_precision_is_recorded_and_changes_the_fingerprint(tmp_path):
             overrides=[f"output={tmp_path / precision}", "train.epochs=1", "certify.max_examples=3",
                        "certify.mechanisms=[{name='cohen', n0=20, n=200}]", f"engine.precision={precision}"],
         )
-        return json.loads((result.output / "certify.json").read_text()), json.loads(
-            (result.output / "summary.json").read_text()
-        )
+        read = lambda name: json.loads((result.output / name).read_text())  # noqa: E731
+        return read("certify.json"), read("summary.json"), read("stages.json")["certification"]
 
-    fp32, fp32_summary = certify("fp32")
-    bf16, bf16_summary = certify("bf16")
+    fp32, fp32_summary, fp32_fingerprint = certify("fp32")
+    bf16, bf16_summary, bf16_fingerprint = certify("bf16")
     assert fp32["engine"]["precision"] == "fp32" and fp32_summary["sound"] is True
     assert bf16["engine"]["members"]["precision"] == "bf16" and bf16_summary["sound"] is False
-    assert fp32["fingerprint"] != bf16["fingerprint"]
+    assert fp32_fingerprint != bf16_fingerprint

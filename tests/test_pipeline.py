@@ -177,14 +177,14 @@ def test_a_checkpoint_with_arbitrary_objects_is_refused_without_unsafe_advice(ti
 @pytest.mark.parametrize(
     "content, expected",
     [
-        (b"{\"fingerprint\": \"abc", "certify.json: damaged (not a JSON object)"),
-        (b"[1, 2]", "certify.json: damaged (not a JSON object)"),
-        (b"\xff\xfe\x00", "certify.json: damaged (not a JSON object)"),
+        (b"{\"fingerprint\": \"abc", "stages.json: damaged (not a JSON object)"),
+        (b"[1, 2]", "stages.json: damaged (not a JSON object)"),
+        (b"\xff\xfe\x00", "stages.json: damaged (not a JSON object)"),
     ],
 )
-def test_damaged_certification_metadata(tiny_pipeline, content, expected):
+def test_damaged_stage_record(tiny_pipeline, content, expected):
     first = run(tiny_pipeline)
-    (first.output / "certify.json").write_bytes(content)
+    (first.output / "stages.json").write_bytes(content)
     with pytest.raises(UserError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         run(tiny_pipeline)
 

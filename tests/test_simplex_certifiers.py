@@ -1,6 +1,5 @@
 """Certifiers for the mechanisms of "It's Simplex!" (004): soundness per mechanism and expectation, best, pipeline."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,0 +1,173 @@
+"""What the stages of a run share: the context, the names of the output files, and the one resume-or-refuse rule.
+
+Every stage declares the files it owns (``Stage.outputs``) and what they depend on (``Stage.fingerprint``). Before
+a stage runs, :func:`resume_or_refuse` compares its fingerprint with the one recorded in ``stages.json`` when the
+stage last ran: unchanged, the stage resumes from its outputs; changed while outputs exist, the run is refused
+(or, for a stage that declares ``on_change = "redo"``, its outputs are removed and it runs again); the fingerprint
+is then recorded, before any work, so a killed run resumes under the same rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from .checkpoints import plain, write_json
+from .components import Aggregator, DataSplits, Stage
+from .config import Pipeline
+from .distributed import World
+from .ensemble import Ensemble
+from .errors import UserError
+from .evaluation import EvaluationSummary
+from .registry import Registry
+from .report import Reporter
+from .results import ExampleResult, Summary
+
+
+class Outputs:
+    """The names of the files a run writes under its output directory: the one place they are spelt."""
+
+    PIPELINE = "pipeline.json"  # the resolved configuration
+    STAGES = "stages.json"  # each stage's fingerprint when it last ran
+    CHECKPOINTS = "checkpoints"
+    MEMBER = "checkpoints/member_{index}.pt"
+    TRAIN_STATE = "checkpoints/train_state.pt"
+    TRAIN_LOG = "train_log.json"
+    TRAIN_PLOT = "train_log.png"
+    HELDOUT = "heldout.json"
+    AGGREGATOR = "aggregator.json"
+    CERTIFY_TSV = "certify.tsv"
+    CERTIFY_PARTS = "certify.part-*.tsv"
+    CERTIFY_PART = "certify.part-{rank}.tsv"
+    CERTIFY_META = "certify.json"
+    SUMMARY = "summary.json"
+    CERTIFY_PLOT = "certified_accuracy.png"
+    EVALUATE_TSV = "evaluate.tsv"
+    EVALUATE_META = "evaluation.json"
+
+
+@attrs.define(eq=False)
+class RunContext:
+    """One run's shared state: the pipeline and its machinery, and what each stage has produced so far.
+
+    The built-in stages leave ``data`` (with the held-out split taken out), ``heldout``, ``members``, ``losses``,
+    ``aggregator`` (calibrated), ``ensemble``, ``results``, ``summary`` and ``evaluation`` here; a plugin stage may
+    keep its products under its name in ``products``.
+    """
+
+    pipeline: Pipeline
+    registry: Registry
+    reporter: Reporter
+    world: World
+    device: torch.device
+    out: Path
+    #: The resolved configuration as plain data (``pipeline.json``).
+    config: dict[str, Any]
+    data: DataSplits
+    heldout: torch.utils.data.Dataset | None = None
+    members: list[nn.Module] = attrs.Factory(list)
+    losses: list[float] = attrs.Factory(list)
+    aggregator: Aggregator | None = None
+    ensemble: Ensemble | None = None
+    results: list[ExampleResult] = attrs.Factory(list)
+    summary: Summary | None = None
+    evaluation: EvaluationSummary | None = None
+    products: dict[str, Any] = attrs.Factory(dict)
+
+    def path(self, name: str, **fields: object) -> Path:
+        """The output file ``name`` (an :class:`Outputs` name, with its ``{fields}`` filled in)."""
+        return self.out / name.format(**fields)
+
+    def recorded(self, name: str) -> str | None:
+        """The fingerprint digest ``stages.json`` recorded for the stage ``name`` (``None`` when there is none)."""
+        value = read_json(self.path(Outputs.STAGES), "the run").get(name)
+        return value if isinstance(value, str) else None
+
+    def assembled(self) -> Ensemble:
+        """The members combined by the (calibrated) aggregator, on the run's device, in evaluation mode; built once."""
+        if self.ensemble is None:
+            aggregator = self.aggregator if self.aggregator is not None else self.pipeline.ensemble.aggregator
+            self.ensemble = Ensemble(self.members, aggregator, engine=self.pipeline.engine).to(self.device).eval()
+        return self.ensemble
+
+    def labels(self, components: Sequence[object]) -> list[str]:
+        """Components' registered names, numbered where a name repeats (``cohen#1``, ``cohen#2``)."""
+        names = [self.registry.name_of(type(c)) or type(c).__name__ for c in components]
+        return [n if names.count(n) == 1 else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
+
+
+def fingerprint(obj: Any) -> str:
+    """A short digest of plain data (key order does not matter)."""
+    return hashlib.sha256(json.dumps(plain(obj), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def weights_digest(members: Sequence[nn.Module]) -> str:
+    """A digest of every member's weights and buffers."""
+    h = hashlib.sha256()
+    for m in members:
+        for key, value in m.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object written by a run (empty when absent); a UserError naming ``path`` when damaged."""
+    if not path.exists():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError, UnicodeDecodeError):
+        obj = None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: damaged (not a JSON object); run with --fresh to start {what} over")
+    return obj
+
+
+def owned(out: Path, stage: Stage) -> list[Path]:
+    """The files (and directories) under ``out`` that ``stage`` owns and that exist, in the order it names them."""
+    return list(dict.fromkeys(p for pattern in stage.outputs for p in sorted(out.glob(pattern))))
+
+
+def resume_or_refuse(run: RunContext, stage: Stage, name: str) -> None:
+    """Resume ``stage`` (registered as ``name``) where its recorded fingerprint matches, refuse it (or clear its
+    outputs, for ``on_change = "redo"``) where outputs exist under another, and record the current one."""
+    current = stage.fingerprint(run)
+    if current is None:
+        return
+    digest = fingerprint(current)
+    path = run.path(Outputs.STAGES)
+    recorded = stage.recorded(run, name)
+    existing = owned(run.out, stage)
+    if existing and recorded != digest:
+        if stage.on_change != "redo":
+            raise UserError(f"{existing[0]}: {stage.refusal}")
+        run.world.barrier()
+        if run.world.main:
+            remove(existing)
+    run.world.barrier()  # every rank has looked before rank 0 records
+    if run.world.main and run.recorded(name) != digest:
+        write_json(path, {**read_json(path, "the run"), name: digest})
+    run.world.barrier()
+
+
+def remove(paths: Iterable[Path]) -> None:
+    """Delete files and directory trees (what ``--fresh`` and a redone stage do)."""
+    import shutil
+
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

@@ -1,0 +1,122 @@
+"""Checks before a run does any work: the device, settings that involve several components, the checkpoints a run
+starts from, and a writable output directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoints import remove_temporaries
+from .config import Pipeline
+from .errors import ConfigError, UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a pipeline's ``device`` setting; a UserError if this machine lacks it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    fix = 'use device = "cpu" or "auto"'
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device: {name!r} requested but CUDA is not available; {fix}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} CUDA devices; {fix}")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError(f"device: 'mps' requested but this torch build or machine has no MPS support; {fix}")
+    return device
+
+
+def check_pipeline(pipeline: Pipeline) -> None:
+    """Checks that need several components together, or the machine (each component validated its own fields)."""
+    problems = []
+    try:
+        resolve_device(pipeline.device)
+    except UserError as exc:
+        problems.append(str(exc))
+    for i, mech in enumerate(pipeline.certify.mechanisms):
+        why = mech.check_noise(pipeline.noise)
+        if why:
+            problems.append(f"certify.mechanisms[{i}]: {why}")
+        for j, strategy in enumerate(pipeline.ensemble.smoothing):
+            why = strategy.check_mechanism(mech)
+            if why:
+                problems.append(f"ensemble.smoothing[{j}]: certify.mechanisms[{i}]: {why}")
+    aggregator = pipeline.ensemble.aggregator
+    for j, strategy in enumerate(pipeline.ensemble.smoothing):
+        if strategy.needs_member_counts and aggregator.skips_members:
+            problems.append(
+                f"ensemble.smoothing[{j}]: this strategy needs every member's prediction on every draw, but "
+                "ensemble.aggregator skips members (as k_consensus does); use an aggregator that evaluates all "
+                "members (for example we) with it"
+            )
+    checkpoints = pipeline.ensemble.checkpoints
+    if checkpoints and len(checkpoints) != pipeline.ensemble.members:
+        problems.append(
+            f"ensemble.checkpoints: {len(checkpoints)} files for {pipeline.ensemble.members} members; "
+            "give one checkpoint per member or change ensemble.members"
+        )
+    why = pipeline.ensemble.aggregator.check_members(pipeline.ensemble.members)
+    if why:
+        problems.append(f"ensemble.aggregator: {why}")
+    if pipeline.train.enabled:
+        for i, reg in enumerate(pipeline.train.regularizers):
+            why = reg.check_members(pipeline.ensemble.members)
+            if why:
+                problems.append(f"train.regularizers[{i}]: {why}")
+        try:
+            start_checkpoints(pipeline)
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(problems, pipeline.label)
+
+
+def start_checkpoints(pipeline: Pipeline) -> list[Path]:
+    """The member checkpoints ``train.start_from`` names (one per member), or none; a UserError when they do not
+    fit the ensemble or do not exist."""
+    names = pipeline.train.start_from
+    if not names:
+        return []
+    members = pipeline.ensemble.members
+    if len(names) == 1 and not (members == 1 and Path(names[0]).is_file()):  # one entry: a run directory
+        run_dir = Path(names[0])
+        if not run_dir.is_dir():
+            raise UserError(
+                f"train.start_from: no such run directory {names[0]!r}; run the pipeline that trains it first, "
+                "or name one checkpoint file per member"
+            )
+        paths = [run_dir / "checkpoints" / f"member_{i}.pt" for i in range(members)]
+    elif len(names) != members:
+        raise UserError(
+            f"train.start_from: {len(names)} files for {members} members; name one checkpoint per member, "
+            "or one run directory whose checkpoints/ holds them"
+        )
+    else:
+        paths = [Path(n) for n in names]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise UserError(f"train.start_from: no such checkpoint {', '.join(missing)}; train that run first or fix the path")
+    return paths
+
+
+def prepare_output(out: Path, *, checkpoints: bool) -> None:
+    """Create the output directory (and ``checkpoints/`` when members will be saved) and make sure both are
+    writable, before any work; remove temporary files that a killed run's atomic writes left behind."""
+    dirs = [out, out / "checkpoints"] if checkpoints else [out]
+    fix = "choose another directory with --output or the pipeline's `output`"
+    for d in dirs:
+        try:
+            if d.exists() and not d.is_dir():
+                raise UserError(f"output: {d} exists and is not a directory; remove it or {fix}")
+            d.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(d)
+            probe = d / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"output: cannot write to {d}: {exc.strerror or exc}; {fix}") from None
