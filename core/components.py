@@ -243,7 +243,7 @@ class Certifier(ABC):
     It draws whatever it needs from ``smoothed`` (in one go, or in stages that stop early) and is the
     only place where statistics become a promise; see ``ensemblecert.testing`` for the soundness
     check every certifier must pass. What the core and strategies may rely on is declared here:
-    :attr:`noise_families`, :meth:`classifier` and :meth:`certify_plan`.
+    :attr:`noise_families`, :meth:`classifier`, :meth:`certify_plan` and :meth:`failure_probability`.
     """
 
     #: The noise families (``NoiseSampler.family``) the mechanism's theorem covers; ``None``: any.
@@ -256,6 +256,11 @@ class Certifier(ABC):
 
     def certify_plan(self) -> CertifyPlan | None:
         """CERTIFY's plan when this mechanism is CERTIFY (so a strategy may run it per member), else ``None``."""
+        return None
+
+    def failure_probability(self) -> float | None:
+        """The probability (``alpha``) with which a certificate may be wrong, which the soundness harness tests
+        against; ``None`` when the mechanism does not say (then the harness must be told)."""
         return None
 
     @abstractmethod

@@ -40,6 +40,8 @@ class ReferenceModel(Protocol):
     ``classifier`` names which one (:data:`~ensemblecert.HARD` or :data:`~ensemblecert.SOFT`)."""
 
     num_classes: int
+    #: Whether the soft smoothed classifier is known in closed form too.
+    soft_known: bool
 
     def __call__(self, x: Tensor) -> Tensor: ...
 
@@ -55,7 +57,7 @@ class ReferenceModel(Protocol):
 def _known(classifier: str, model: object) -> None:
     if classifier not in (HARD, SOFT):
         raise ValueError(f"classifier must be {HARD!r} or {SOFT!r}, got {classifier!r}")
-    if classifier == SOFT and not getattr(model, "soft_known", True):
+    if classifier == SOFT and not model.soft_known:
         raise ValueError(f"the soft smoothed classifier of this {type(model).__name__} is not known in closed form")
 
 
@@ -77,6 +79,7 @@ class LinearModel(nn.Module):
     """
 
     num_classes = 2
+    soft_known = True
 
     def __init__(self, dim: int, seed: int = 0) -> None:
         super().__init__()
@@ -127,6 +130,7 @@ class HardSoftModel(nn.Module):
     """
 
     num_classes = 2
+    soft_known = True
 
     def __init__(self, dim: int, seed: int = 0, *, high: float = 0.99, low: float = 0.45) -> None:
         super().__init__()
@@ -472,7 +476,10 @@ def check_soundness(
     of dimension ``dim`` by default). Inputs within a region sweep the band of the declared classifier's top
     probability with a low-discrepancy sequence, alternating classes.
     """
-    alpha = float(alpha if alpha is not None else getattr(mechanism, "alpha"))
+    alpha = alpha if alpha is not None else mechanism.failure_probability()
+    if alpha is None:
+        raise ValueError(f"{type(mechanism).__name__} declares no failure probability; pass alpha=")
+    alpha = float(alpha)
     rate = float(rate if rate is not None else alpha)
     strategy = strategy if strategy is not None else DirectSmoothing()
     sigma = float(noise.sigma)

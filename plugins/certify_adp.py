@@ -85,6 +85,9 @@ class CertifyAdp(Certifier):
 
     noise_families = ("gaussian",)
 
+    def failure_probability(self) -> float:
+        return self.alpha
+
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
         top = smoothed.tally(x, self.n0, generator=generator).top
         sigma = smoothed.noise.sigma

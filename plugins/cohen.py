@@ -64,6 +64,9 @@ class Cohen(Certifier):
 
     noise_families = ("gaussian",)
 
+    def failure_probability(self) -> float:
+        return self.alpha
+
     def classifier(self) -> str:
         """The hard smoothed classifier, except under softmax expectations (the soft one)."""
         return SOFT if self.expectation == "softmax" else HARD

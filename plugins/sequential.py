@@ -120,6 +120,9 @@ class Sequential(Certifier):
 
     noise_families = ("gaussian",)
 
+    def failure_probability(self) -> float:
+        return self.alpha
+
     def bounds(self, hits: int, draws: int) -> tuple[float, float]:
         """The confidence sequence's lower bound at ``alpha`` (the certificate's) and upper bound at ``beta`` (for
         stopping early only), valid at every look at once."""

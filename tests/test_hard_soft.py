@@ -77,6 +77,9 @@ class MixedBest(Certifier):
     def classifier(self):
         return self.declares
 
+    def failure_probability(self):
+        return self.alpha
+
     def certify(self, smoothed, x, generator=None):
         draws = draw_expectations(smoothed, x, self.n0, self.n, generator=generator)
         top = draws.multinomial_top()

@@ -85,3 +85,24 @@ def test_every_builtin_plugin_module_is_an_entry_point():
 
 def test_example_is_the_builtin_default():
     assert (REPO / "examples" / "digits.toml").read_text() == (REPO / "core" / "defaults" / "digits.toml").read_text()
+
+
+def test_the_core_never_probes_components_for_undeclared_attributes():
+    """Everything the core calls on a component is declared in components.py: getattr/hasattr appear only where
+    they read something that is not a component (attrs fields, torch, nn.Module parameters, a plugin module's
+    hook functions)."""
+    allowed = {
+        ("config.py", "getattr"): 2,  # a cattrs type's name; describe() reads the attrs fields it lists
+        ("fusion.py", "getattr"): 1,  # the same parameter of several nn.Modules
+        ("manager.py", "getattr"): 4,  # hook collection: hookspecs, a plugin module, its name, pluggy's hook relay
+        ("manager.py", "hasattr"): 1,  # whether a plugin module's register_* function carries @hookimpl
+        ("preflight.py", "getattr"): 1,  # torch.backends.mps, absent from some torch builds
+    }
+    found: dict[tuple[str, str], int] = {}
+    for path in sorted((REPO / "core").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
+                key = (path.name, node.func.id)
+                found[key] = found.get(key, 0) + 1
+    assert found == allowed

@@ -47,6 +47,9 @@ class Oracle(Certifier):
     band: tuple[float, float]
     alpha: float = 0.1
 
+    def failure_probability(self):
+        return self.alpha
+
     def certify(self, smoothed, x, generator=None):
         model, sigma = MODEL, smoothed.noise.sigma
         cls, exact = model.smoothed_class(x), model.exact_radius(x)

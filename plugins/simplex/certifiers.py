@@ -72,6 +72,9 @@ class SimplexCertifier(Certifier):
 
     noise_families = ("gaussian",)
 
+    def failure_probability(self) -> float:
+        return self.alpha
+
     def __attrs_post_init__(self) -> None:
         self.members()  # refuses a mechanism that does not apply to the expectation
 
