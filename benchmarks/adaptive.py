@@ -70,7 +70,9 @@ def main() -> None:
     indices = list(range(0, len(test), 3))[: args.inputs]
     inputs = torch.stack([test[i][0] for i in indices])
     labels = [int(test[i][1]) for i in indices]
-    print(f"{len(indices)} digits test inputs, 5 members, sigma = {SIGMA}, K-consensus ranking {k_consensus.order}, k = 2")
+    print(
+        f"{len(indices)} digits test inputs, 5 members, sigma = {SIGMA}, K-consensus ranking {k_consensus.order}, k = 2"
+    )
 
     def build(spec):
         return ec.build_component("certifier", spec, registry)
@@ -80,27 +82,46 @@ def main() -> None:
     rows = []
     for radius in (0.25, 0.5):
         adp = {"name": "certify_adp", "radius": radius, "n0": 100, "stages": STAGES, "alpha": ALPHA, "beta": BETA}
-        seq = {"name": "sequential", "radius": radius, "n0": 100, "batch": 1000, "max_samples": STAGES[-1],
-               "alpha": ALPHA, "beta": BETA}
+        seq = {
+            "name": "sequential",
+            "radius": radius,
+            "n0": 100,
+            "batch": 1000,
+            "max_samples": STAGES[-1],
+            "alpha": ALPHA,
+            "beta": BETA,
+        }
         contenders = [
             run("certify_adp", build(adp), full),
             run("certify_adp + k_consensus", build(adp), fast),
             run("sequential", build(seq), full),
             run("sequential + k_consensus", build(seq), fast),
         ]
-        base_acc = sum(ok and c.radius >= radius for ok, c in zip(baseline["correct"], baseline["certs"])) / len(indices)
+        base_acc = sum(ok and c.radius >= radius for ok, c in zip(baseline["correct"], baseline["certs"])) / len(
+            indices
+        )
         rows.append((radius, "cohen n=100,000", base_acc, 1.0, 1.0, 1.0))
         for c in contenders:
             acc = sum(ok and cert.radius >= radius for ok, cert in zip(c["correct"], c["certs"])) / len(indices)
-            rows.append((radius, c["name"], acc, baseline["samples"] / c["samples"],
-                         baseline["evaluations"] / c["evaluations"], baseline["seconds"] / c["seconds"]))
+            rows.append(
+                (
+                    radius,
+                    c["name"],
+                    acc,
+                    baseline["samples"] / c["samples"],
+                    baseline["evaluations"] / c["evaluations"],
+                    baseline["seconds"] / c["seconds"],
+                )
+            )
     print()
     print("| r | certifier | certified accuracy at r | SampleRF | EvalRF | TimeRF |")
     print("| --- | --- | --- | --- | --- | --- |")
     for radius, name, acc, srf, erf, trf in rows:
         print(f"| {radius:g} | {name} | {acc:.1%} | {srf:.1f} | {erf:.1f} | {trf:.1f} |")
-    print(f"\nbaseline: {baseline['samples']:,} samples, {baseline['evaluations']:,} member evaluations, "
-          f"{baseline['seconds']:.1f} s")
+    print(
+        f"\nbaseline: {baseline['samples']:,} samples, {baseline['evaluations']:,} member evaluations, "
+        f"{baseline['seconds']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,14 @@ import time
 import torch
 
 from ensemblecert import (
-    DataInfo, Engine, Ensemble, MonteCarloSampler, build_component, build_member, input_generator, load_registry,
+    DataInfo,
+    Engine,
+    Ensemble,
+    MonteCarloSampler,
+    build_component,
+    build_member,
+    input_generator,
+    load_registry,
 )
 
 CASES = {
@@ -35,8 +42,12 @@ CASES = {
 }
 #: (n, batch size) per case and device type.
 SIZES = {
-    ("mlp", "cpu"): (20_000, 1000), ("resnet20", "cpu"): (1000, 250), ("resnet110", "cpu"): (200, 100),
-    ("mlp", "cuda"): (100_000, 10_000), ("resnet20", "cuda"): (100_000, 2000), ("resnet110", "cuda"): (100_000, 1000),
+    ("mlp", "cpu"): (20_000, 1000),
+    ("resnet20", "cpu"): (1000, 250),
+    ("resnet110", "cpu"): (200, 100),
+    ("mlp", "cuda"): (100_000, 10_000),
+    ("resnet20", "cuda"): (100_000, 2000),
+    ("resnet110", "cuda"): (100_000, 1000),
 }
 
 
@@ -94,8 +105,10 @@ def main() -> None:
     registry = load_registry()
     noise = build_component("noise", {"name": "gaussian", "sigma": 0.25}, registry)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device {device} ({name}), torch {torch.__version__}; noisy samples per second through all members, "
-          f"median of {args.repeats}")
+    print(
+        f"device {device} ({name}), torch {torch.__version__}; noisy samples per second through all members, "
+        f"median of {args.repeats}"
+    )
     header = f"{'members':<17}{'N':>3}{'n':>9}{'engine':>30}{'samples/s':>12}{'x reference':>13}{'overhead':>10}"
     print(header)
     for case in args.cases.split(","):
@@ -116,8 +129,10 @@ def main() -> None:
                 sampler.tally(x, min(n, 2 * batch), generator=input_generator(0, 0, device=device))  # build, compile
                 sampler.tally(x, batch // 3 + 1, generator=input_generator(0, 1, device=device))  # a short batch too
                 contenders[key] = (ensemble, sampler)
-            batches = [x.unsqueeze(0) + torch.randn((batch, *x.shape), generator=gen, device=device) * 0.25
-                       for _ in range(max(1, n // batch))]
+            batches = [
+                x.unsqueeze(0) + torch.randn((batch, *x.shape), generator=gen, device=device) * 0.25
+                for _ in range(max(1, n // batch))
+            ]
             auto_ensemble = contenders["auto"][0]
 
             def raw() -> None:
@@ -142,8 +157,10 @@ def main() -> None:
                 choice = contenders[key][0].runner().describe()
                 flags = ("+compile" if choice["compiled"] else "") + ("+cl" if choice["channels_last"] else "")
                 shown = f"{key} [{choice['layout']}{flags}]" if key == "auto" else key
-                print(f"{'':<17}{'':>3}{'':>9}{shown:>30}{n / t[key]:>12,.0f}{t['reference'] / t[key]:>13.2f}{overhead}",
-                      flush=True)
+                print(
+                    f"{'':<17}{'':>3}{'':>9}{shown:>30}{n / t[key]:>12,.0f}{t['reference'] / t[key]:>13.2f}{overhead}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

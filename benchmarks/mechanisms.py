@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from scipy.stats import qmc
 
-from ensemblecert import DataInfo, Ensemble, MonteCarloSampler, build_component, build_member, input_generator, load_registry
+from ensemblecert import (
+    DataInfo,
+    Ensemble,
+    MonteCarloSampler,
+    build_component,
+    build_member,
+    input_generator,
+    load_registry,
+)
 from ensemblecert.plugins.simplex.mechanisms import MECHANISMS
 
 
@@ -45,8 +53,12 @@ def sampling_time(n: int) -> float:
     model = build_component("model", {"name": "mlp"}, registry)
     members = [build_member(model, info, s).eval() for s in range(3)]
     ensemble = Ensemble(members, build_component("aggregator", "we", registry)).eval()
-    sampler = MonteCarloSampler(ensemble, build_component("noise", {"name": "gaussian", "sigma": 0.25}, registry),
-                                num_classes=10, batch_size=1000)
+    sampler = MonteCarloSampler(
+        ensemble,
+        build_component("noise", {"name": "gaussian", "sigma": 0.25}, registry),
+        num_classes=10,
+        batch_size=1000,
+    )
     x = torch.rand(1, 8, 8)
     sampler.tally(x, 1000, generator=input_generator(0, 0))
     start = time.perf_counter()
@@ -67,8 +79,10 @@ def main() -> None:
     def best_of(names):
         return lambda a, b, s: np.max([MECHANISMS[n](a, b, s) for n in names], axis=0)
 
-    print(f"{len(e0):,} (E0, E1) pairs; baseline: {args.n:,} draws of one input through a 3-member MLP ensemble "
-          f"take {draws * 1e3:.1f} ms")
+    print(
+        f"{len(e0):,} (E0, E1) pairs; baseline: {args.n:,} draws of one input through a 3-member MLP ensemble "
+        f"take {draws * 1e3:.1f} ms"
+    )
     print(f"{'mechanism':<22}{'per input':>12}{'share of drawing':>18}")
     for name, fn in [*MECHANISMS.items(), *((k, best_of(v)) for k, v in sets.items())]:
         t = per_input(fn, e0, e1)
@@ -77,8 +91,10 @@ def main() -> None:
     over = {n: float(np.max(r - ceiling)) for n, r in radii.items()}
     gap = radii["dp"] - radii["lecuyer"]
     ratio = radii["dp"][radii["lecuyer"] > 0] / radii["lecuyer"][radii["lecuyer"] > 0]
-    print(f"dp - lecuyer: min {gap.min():.2e} (never negative: {bool(gap.min() >= 0)}); "
-          f"dp / lecuyer up to {ratio.max():.2f}x where lecuyer certifies")
+    print(
+        f"dp - lecuyer: min {gap.min():.2e} (never negative: {bool(gap.min() >= 0)}); "
+        f"dp / lecuyer up to {ratio.max():.2f}x where lecuyer certifies"
+    )
     print("largest excess over cohen_two_sided (sigma = 1): " + ", ".join(f"{n} {v:.1e}" for n, v in over.items()))
 
 

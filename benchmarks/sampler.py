@@ -20,8 +20,16 @@ import tracemalloc
 
 import torch
 
-from ensemblecert import sampling
-from ensemblecert import DataInfo, Ensemble, MonteCarloSampler, build_component, build_member, input_generator, load_registry
+from ensemblecert import (
+    DataInfo,
+    Ensemble,
+    MonteCarloSampler,
+    build_component,
+    build_member,
+    input_generator,
+    load_registry,
+    sampling,
+)
 
 
 def main() -> None:

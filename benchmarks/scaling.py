@@ -22,14 +22,25 @@ import torch
 
 
 def worker(args: argparse.Namespace) -> None:
-    from ensemblecert import DataInfo, Ensemble, MonteCarloSampler, build_component, build_member, input_generator, load_registry
+    from ensemblecert import (
+        DataInfo,
+        Ensemble,
+        MonteCarloSampler,
+        build_component,
+        build_member,
+        input_generator,
+        load_registry,
+    )
     from ensemblecert.distributed import join, leave
 
     torch.set_num_threads(args.threads)
     world = join("cpu")
     registry = load_registry()
-    info = (DataInfo((1, 8, 8), 10, (0.3,), (0.3,)) if args.model == "mlp"
-            else DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3))
+    info = (
+        DataInfo((1, 8, 8), 10, (0.3,), (0.3,))
+        if args.model == "mlp"
+        else DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3)
+    )
     model = build_component("model", {"name": args.model}, registry)
     members = [build_member(model, info, s).eval() for s in range(3)]
     ensemble = Ensemble(members, build_component("aggregator", "we", registry)).eval()
@@ -49,9 +60,25 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def measure(processes: int, threads: int, args: argparse.Namespace) -> float:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               __file__, "--worker", "--threads", str(threads), "--model", args.model, "--inputs", str(args.inputs),
-               "--samples", str(args.samples), "--batch", str(args.batch)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        __file__,
+        "--worker",
+        "--threads",
+        str(threads),
+        "--model",
+        args.model,
+        "--inputs",
+        str(args.inputs),
+        "--samples",
+        str(args.samples),
+        "--batch",
+        str(args.batch),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     found = re.search(r"RESULT ([0-9.]+)", done.stdout)
@@ -76,8 +103,10 @@ def main() -> None:
         return
     k = args.processes
     settings = [(1, 1), (1, k), (k, 1)]
-    print(f"{args.model}, 3 members, {args.inputs} inputs of n = {args.samples:,}, {os.cpu_count()} cores; "
-          f"noisy samples per second (best of {args.repeats})")
+    print(
+        f"{args.model}, 3 members, {args.inputs} inputs of n = {args.samples:,}, {os.cpu_count()} cores; "
+        f"noisy samples per second (best of {args.repeats})"
+    )
     rates = {}
     for processes, threads in settings:
         rates[(processes, threads)] = max(measure(processes, threads, args) for _ in range(args.repeats))

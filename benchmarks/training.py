@@ -66,8 +66,14 @@ def main() -> None:
     registry = load_registry()
     settings = [("digits MLP", {"name": "mlp"}, DataInfo((1, 8, 8), 10, (0.3,), (0.3,)), args.batch)]
     if not args.skip_cifar:
-        settings.append(("CIFAR ResNet-20", {"name": "resnet20"}, DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3),
-                         args.cifar_batch))
+        settings.append(
+            (
+                "CIFAR ResNet-20",
+                {"name": "resnet20"},
+                DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3),
+                args.cifar_batch,
+            )
+        )
     print(f"threads {torch.get_num_threads()}; m = 2 noisy copies per input; median of {args.steps} steps")
     print(f"{'setting':<18}{'N':>3}{'batch':>7}  {'objective':<17}{'s / step':>10}{'vs gaussian':>13}")
     for label, spec, info, batch in settings:

@@ -9,17 +9,17 @@ from .components import (
     HARD,
     SMOOTHED_CLASSIFIERS,
     SOFT,
-    CertifyPlan,
     Aggregate,
     Aggregator,
     Attack,
     BaseLoss,
     Certificate,
     Certifier,
+    CertifyPlan,
     Command,
     DataInfo,
-    DataSplits,
     Dataset,
+    DataSplits,
     HeldOut,
     Model,
     NoiseSampler,
@@ -33,6 +33,7 @@ from .config import component as component_field
 from .engine import Engine, Members
 from .ensemble import Ensemble, Normalize, build_member
 from .errors import ConfigError, UserError
+from .evaluation import probability_model
 from .expectations import (
     EXPECTATIONS,
     PROCEDURES,
@@ -48,7 +49,6 @@ from .objectives import TrainBatch
 from .pipeline import RunResult, run, run_pipeline
 from .registry import KINDS, Component, Registry
 from .results import ExampleResult, Summary, read_results, summarize
-from .evaluation import probability_model
 from .sampling import MonteCarloSampler, SharedTallies, SmoothedClassifier, Tally, Usage, evaluation_mode
 from .stats import (
     clopper_pearson_interval,

@@ -75,7 +75,8 @@ def certify_inputs(
             if k > 1 and pos >= ahead[id(shared)]:
                 upcoming = list(indices[pos : pos + k])
                 shared.prefetch(
-                    [torch.as_tensor(fetch(j)) for j in upcoming], [input_generator(seed, j, 0, device) for j in upcoming]
+                    [torch.as_tensor(fetch(j)) for j in upcoming],
+                    [input_generator(seed, j, 0, device) for j in upcoming],
                 )
                 ahead[id(shared)] = pos + k
         outcomes = {}
@@ -125,7 +126,9 @@ def certify(
         if isinstance(classifier, Ensemble) and not isinstance(strategy, DirectSmoothing):
             smoothed = strategy.smooth(classifier, noise, batch_size=batch_size)
         else:
-            smoothed = MonteCarloSampler(classifier, noise, num_classes=num_classes, batch_size=batch_size, device=device)
+            smoothed = MonteCarloSampler(
+                classifier, noise, num_classes=num_classes, batch_size=batch_size, device=device
+            )
     for problem in (mechanism.check_noise(smoothed.noise), strategy.check_mechanism(mechanism)):
         if problem:
             raise ValueError(problem)

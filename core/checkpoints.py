@@ -14,7 +14,6 @@ import torch
 
 from .errors import UserError
 
-
 _TMP_SUFFIX = ".tmp"
 
 
@@ -65,7 +64,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path}: not a readable ensemblecert checkpoint: it holds objects other than tensors and "
                 "plain data, and such files are never loaded because loading them can run code"
             ) from None
-        raise UserError(f"{path}: not a readable ensemblecert checkpoint: the file is damaged or not a torch checkpoint") from None
+        raise UserError(
+            f"{path}: not a readable ensemblecert checkpoint: the file is damaged or not a torch checkpoint"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         reason = "truncated" if isinstance(exc, EOFError) else "damaged or not a torch checkpoint"
         raise UserError(f"{path}: not a readable ensemblecert checkpoint: the file is {reason}") from None

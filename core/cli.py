@@ -84,12 +84,16 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
     _add_pipeline_args(run)
     run.add_argument("--output", "-o", help="output directory (overrides the pipeline's `output`)")
     run.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides the pipeline's `device`)")
-    run.add_argument("--fresh", action="store_true", help="discard earlier checkpoints and results in the output directory")
+    run.add_argument(
+        "--fresh", action="store_true", help="discard earlier checkpoints and results in the output directory"
+    )
     run.add_argument("--skip-train", action="store_true", help="certify existing checkpoints; never train")
     run.add_argument("--skip-certify", action="store_true", help="only train (or load) the members")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the final table and errors")
     run.add_argument(
-        "--processes", type=int, metavar="K",
+        "--processes",
+        type=int,
+        metavar="K",
         help="spread the run over K processes on this machine (starts the same command under torchrun; "
         "for several machines call torchrun yourself, see docs/engine.md)",
     )
@@ -106,9 +110,13 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         help="list every registered component by kind and the plugin that provides it",
         description="List the components registered by the built-in and installed plugins.",
     )
-    plug.add_argument("--plugin", dest="modules", action="append", default=[], metavar="MODULE", help="also load this plugin module")
+    plug.add_argument(
+        "--plugin", dest="modules", action="append", default=[], metavar="MODULE", help="also load this plugin module"
+    )
 
-    sub.add_parser("default", help="print the built-in default pipeline (TOML)", description="Print the built-in default pipeline.")
+    sub.add_parser(
+        "default", help="print the built-in default pipeline (TOML)", description="Print the built-in default pipeline."
+    )
     for name, command in (commands or {}).items():
         doc = (type(command).__doc__ or name).strip()
         parser_ = sub.add_parser(
@@ -167,8 +175,16 @@ def _torchrun(processes: int) -> None:
             skip = True
         elif not arg.startswith("--processes="):
             argv.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "ensemblecert", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "ensemblecert",
+        *argv,
+    ]
     os.execv(sys.executable, command)
 
 
@@ -268,11 +284,13 @@ def _plugins(args: argparse.Namespace, out: Console) -> int:
         if not comps:
             table.add_row(kind.title, "[dim](none)[/]", "", "", "")
         for i, comp in enumerate(comps):
-            params = ", ".join(
-                f"{a.alias}={_default(a)}" for a in comp.parameters
-            )
+            params = ", ".join(f"{a.alias}={_default(a)}" for a in comp.parameters)
             table.add_row(
-                kind.title if i == 0 else "", escape(comp.name), escape(comp.plugin), escape(params), escape(comp.summary)
+                kind.title if i == 0 else "",
+                escape(comp.name),
+                escape(comp.plugin),
+                escape(params),
+                escape(comp.summary),
             )
         table.add_section()
     out.print(table)

@@ -112,9 +112,7 @@ class Aggregator(ABC):
     def forward(self, members: Members, x: Tensor) -> Aggregate:
         """Evaluate ``members`` on the batch ``x`` and aggregate. Called on every noisy batch."""
         logits = members.logits(x)
-        return Aggregate(
-            probs=self.combine(logits), member_logits=logits, evaluations=len(members) * x.shape[0]
-        )
+        return Aggregate(probs=self.combine(logits), member_logits=logits, evaluations=len(members) * x.shape[0])
 
     @abstractmethod
     def combine(self, member_logits: Tensor) -> Tensor:
@@ -264,9 +262,7 @@ class Certifier(ABC):
         return None
 
     @abstractmethod
-    def certify(
-        self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None
-    ) -> Certificate:
+    def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
         """Certify the single input ``x`` (no batch dimension) against ``smoothed``."""
 
     def check_noise(self, noise: NoiseSampler) -> str | None:
@@ -277,7 +273,7 @@ class Certifier(ABC):
             return None
         return (
             f"this mechanism certifies {' or '.join(families)} noise only, got {noise.family!r} noise; "
-            "use noise.name = \"gaussian\" or another mechanism"
+            'use noise.name = "gaussian" or another mechanism'
         )
 
 
@@ -290,9 +286,7 @@ class SmoothingStrategy(ABC):
     needs_member_counts: ClassVar[bool] = False
 
     @abstractmethod
-    def smooth(
-        self, ensemble: Ensemble, noise: NoiseSampler, *, batch_size: int
-    ) -> SmoothedClassifier:
+    def smooth(self, ensemble: Ensemble, noise: NoiseSampler, *, batch_size: int) -> SmoothedClassifier:
         """Return the smoothed classifier that certifiers sample from. Called once per run."""
 
     def certify(

@@ -22,7 +22,18 @@ from typing import Any
 import attrs
 import cattrs
 
-from .components import Stage, Aggregator, Attack, BaseLoss, Certifier, Dataset, Model, NoiseSampler, Regularizer, SmoothingStrategy
+from .components import (
+    Aggregator,
+    Attack,
+    BaseLoss,
+    Certifier,
+    Dataset,
+    Model,
+    NoiseSampler,
+    Regularizer,
+    SmoothingStrategy,
+    Stage,
+)
 from .engine import Engine
 from .errors import ConfigError, UserError
 from .registry import Registry, UnknownComponentError
@@ -120,9 +131,7 @@ class CertifyConfig:
     mechanisms: list[Certifier] = component_list("certifier", [{"name": "cohen"}])
     #: Noisy copies evaluated per forward pass; bounds memory, not the statistics.
     batch_size: int = attrs.field(default=1000, validator=in_range(1))
-    radii: list[float] = attrs.field(
-        factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], validator=[non_empty, in_range(0)]
-    )
+    radii: list[float] = attrs.field(factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], validator=[non_empty, in_range(0)])
     #: Certify every ``skip``-th test input.
     skip: int = attrs.field(default=1, validator=in_range(1))
     #: Stop after this many inputs (all when absent).
@@ -403,7 +412,7 @@ def _parse_path(path: str) -> list[str | int]:
     parts: list[str | int] = []
     pos = 0
     for m in _PATH_PART.finditer(path):
-        if m.start() != pos and (path[pos:m.start()] != "." or pos == 0):
+        if m.start() != pos and (path[pos : m.start()] != "." or pos == 0):
             break
         parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
         pos = m.end()

@@ -12,8 +12,9 @@ members without convolutions on a GPU (one wide and a few batched matrix product
 the loop everywhere else (grouped convolutions are 2 to 2.5 times slower than the members' own, on the CPU and on
 an H100 alike, and batched matrix products are slower than the members' dense layers on the CPU). ``compile``
 runs the layout through ``torch.compile``; its default compiles members with convolutions (1.4x to 1.6x on
-CPU ResNet-20, 1.15x to 1.24x on an H100). ``channels_last`` stores convolutional members' weights and inputs channels-last; its default
-is on only on a GPU at a reduced precision (in strict float32 it made ResNet-20 2.8 times slower on an H100).
+CPU ResNet-20, 1.15x to 1.24x on an H100). ``channels_last`` stores convolutional members' weights and inputs
+channels-last; its default is on only on a GPU at a reduced precision (in strict float32 it made ResNet-20 2.8
+times slower on an H100).
 
 ``precision`` is ``fp32`` unless asked otherwise: float32 everywhere, TF32 tensor cores off. ``tf32``, ``bf16``
 and ``fp16`` are faster on GPUs but can change predictions near a decision boundary, and then the counts the

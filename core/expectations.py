@@ -55,7 +55,12 @@ def _select(
 
 
 def multinomial_bounds(
-    counts: ArrayLike, n: int, alpha: float, *, selection: ArrayLike | None = None, procedure: str = "sound",
+    counts: ArrayLike,
+    n: int,
+    alpha: float,
+    *,
+    selection: ArrayLike | None = None,
+    procedure: str = "sound",
     top: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(class, E0, E1)`` per input from class counts ``[B, K]`` over ``n`` draws (Clopper-Pearson, Beta method).
@@ -91,7 +96,12 @@ def hoeffding_width(n: int, level: float) -> float:
 
 
 def softmax_bounds(
-    means: ArrayLike, n: int, alpha: float, *, selection: ArrayLike | None = None, procedure: str = "sound",
+    means: ArrayLike,
+    n: int,
+    alpha: float,
+    *,
+    selection: ArrayLike | None = None,
+    procedure: str = "sound",
     top: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(class, E0, E1)`` per input from mean softmax outputs ``[B, K]`` over ``n`` draws (Hoeffding, Eq. 4),
@@ -136,18 +146,35 @@ class ExpectationDraws:
         """``(class, E0, E1)`` for ``expectation`` at joint level ``1 - alpha`` (see :func:`multinomial_bounds`);
         ``top`` fixes the class (so that bounds of both expectations speak of one class)."""
         if expectation == "multinomial":
-            top, e0, e1 = multinomial_bounds(self.counts[None], self.n, alpha, procedure=procedure, top=top,
-                                             selection=None if self.selection_counts is None else self.selection_counts[None])
+            top, e0, e1 = multinomial_bounds(
+                self.counts[None],
+                self.n,
+                alpha,
+                procedure=procedure,
+                top=top,
+                selection=None if self.selection_counts is None else self.selection_counts[None],
+            )
         elif expectation == "softmax":
-            top, e0, e1 = softmax_bounds(self.means[None], self.n, alpha, procedure=procedure, top=top,
-                                         selection=None if self.selection_means is None else self.selection_means[None])
+            top, e0, e1 = softmax_bounds(
+                self.means[None],
+                self.n,
+                alpha,
+                procedure=procedure,
+                top=top,
+                selection=None if self.selection_means is None else self.selection_means[None],
+            )
         else:
             raise ValueError(f"expectation must be one of {EXPECTATIONS}, got {expectation!r}")
         return int(top[0]), float(e0[0]), float(e1[0])
 
 
 def draw_expectations(
-    smoothed: SmoothedClassifier, x: Tensor, n0: int, n: int, *, procedure: str = "sound",
+    smoothed: SmoothedClassifier,
+    x: Tensor,
+    n0: int,
+    n: int,
+    *,
+    procedure: str = "sound",
     generator: torch.Generator | None = None,
 ) -> ExpectationDraws:
     """Draw ``n0`` selection samples (the sound procedure only) and ``n`` estimation samples of ``x``, keeping

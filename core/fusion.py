@@ -26,9 +26,26 @@ from torch import Tensor, nn
 
 #: Layers without weights that act on each channel (or element) alone, so they run unchanged on grouped tensors.
 CHANNELWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardswish,
-    nn.Identity, nn.Dropout, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Hardswish,
+    nn.Identity,
+    nn.Dropout,
+    nn.Flatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
 )
 
 
@@ -43,8 +60,10 @@ class GroupedLinear(nn.Module):
     def __init__(self, layers: Sequence[nn.Linear]) -> None:
         super().__init__()
         self.groups = len(layers)
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]).transpose(1, 2).contiguous())
-        bias = [l.bias for l in layers]
+        self.weight = nn.Parameter(
+            torch.stack([layer.weight.detach() for layer in layers]).transpose(1, 2).contiguous()
+        )
+        bias = [layer.bias for layer in layers]
         self.bias = None if bias[0] is None else nn.Parameter(torch.stack([b.detach() for b in bias]).unsqueeze(1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -95,8 +114,8 @@ def _grouped(layers: Sequence[nn.Module]) -> nn.Module:
         grouped.num_features = first.num_features * count
         grouped.weight = _cat_param(layers, "weight")
         grouped.bias = _cat_param(layers, "bias")
-        grouped.running_mean = torch.cat([l.running_mean for l in layers])
-        grouped.running_var = torch.cat([l.running_var for l in layers])
+        grouped.running_mean = torch.cat([layer.running_mean for layer in layers])
+        grouped.running_var = torch.cat([layer.running_var for layer in layers])
         return grouped
     if isinstance(first, CHANNELWISE):
         return first
@@ -111,9 +130,7 @@ def _has_state(layer: nn.Module) -> bool:
 
 def _same_state(layers: Sequence[nn.Module]) -> bool:
     states = [layer.state_dict() for layer in layers]
-    return all(
-        all(torch.equal(state[key], states[0][key]) for key in states[0]) for state in states[1:]
-    )
+    return all(all(torch.equal(state[key], states[0][key]) for key in states[0]) for state in states[1:])
 
 
 def _execution_order(module: nn.Module, probe: Tensor) -> list[str]:
@@ -194,7 +211,9 @@ def fuse(modules: Sequence[nn.Module], probe: Tensor, *, rtol: float = 1e-4, ato
             got = result(probe)
         except RuntimeError as exc:  # shapes the rewrite did not foresee
             raise FusionError(f"the fused network fails on a probe batch ({exc})") from None
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=rtol, atol=atol * expected.abs().max().item()):
+    if got.shape != expected.shape or not torch.allclose(
+        got, expected, rtol=rtol, atol=atol * expected.abs().max().item()
+    ):
         raise FusionError("the fused network disagrees with the members on a probe batch")
     return result
 

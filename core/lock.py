@@ -59,8 +59,17 @@ class OutputLock:
                 ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime(
-            "%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}) + "\n")
+        fh.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "command": " ".join(sys.argv),
+                }
+            )
+            + "\n"
+        )
         fh.flush()
         self._fh = fh
         return self

@@ -51,7 +51,10 @@ def load_member(
     except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         trained = ckpt.get("model")
-        what = (f"it was saved for the model {trained}, this pipeline's is {model}"
-                if trained not in (None, model) else f"it does not fit the model {model}")
+        what = (
+            f"it was saved for the model {trained}, this pipeline's is {model}"
+            if trained not in (None, model)
+            else f"it does not fit the model {model}"
+        )
         raise UserError(f"{path}: {what} ({first})") from None
     member.eval()

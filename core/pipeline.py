@@ -62,7 +62,8 @@ def stages_of(pipeline: Pipeline, registry: Registry) -> list[tuple[str, Stage]]
 
 
 def _refuse_deleting_inputs(pipeline: Pipeline, out: Path, doomed: Sequence[Path]) -> None:
-    """A UserError when ``--fresh`` would delete a file this run reads (``train.start_from``, ``ensemble.checkpoints``)."""
+    """A UserError when ``--fresh`` would delete a file this run reads (``train.start_from``,
+    ``ensemble.checkpoints``)."""
     inputs = [("ensemble.checkpoints", Path(p)) for p in pipeline.ensemble.checkpoints or []]
     if pipeline.train.enabled:
         inputs += [("train.start_from", p) for p in start_checkpoints(pipeline)]
@@ -76,8 +77,14 @@ def _refuse_deleting_inputs(pipeline: Pipeline, out: Path, doomed: Sequence[Path
             )
 
 
-def _start(pipeline: Pipeline, registry: Registry, stages: Sequence[tuple[str, Stage]], fresh: bool,
-           reporter: Reporter, world: World) -> RunContext:
+def _start(
+    pipeline: Pipeline,
+    registry: Registry,
+    stages: Sequence[tuple[str, Stage]],
+    fresh: bool,
+    reporter: Reporter,
+    world: World,
+) -> RunContext:
     """Prepare the output directory (emptied of every stage's outputs with ``fresh``), load the data and take the
     held-out split: the context the stages share."""
     out = Path(pipeline.output)
@@ -103,8 +110,17 @@ def _start(pipeline: Pipeline, registry: Registry, stages: Sequence[tuple[str, S
         reporter.info(f"Held out {len(heldout)} training inputs to calibrate the aggregator (heldout.json)")
     if world.distributed:
         reporter.info(f"Running on {world.size} processes (rank 0 reports)")
-    return RunContext(pipeline=pipeline, registry=registry, reporter=reporter, world=world, device=device, out=out,
-                      config=config, data=data, heldout=heldout)
+    return RunContext(
+        pipeline=pipeline,
+        registry=registry,
+        reporter=reporter,
+        world=world,
+        device=device,
+        out=out,
+        config=config,
+        data=data,
+        heldout=heldout,
+    )
 
 
 def owned_record(out: Path) -> list[Path]:
@@ -122,9 +138,17 @@ def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: R
         if stage.enabled(run):
             resume_or_refuse(run, stage, name)
             stage.run(run)
-    return RunResult(pipeline=pipeline, output=run.out, ensemble=run.assembled(), data_info=run.data.info,
-                     results=run.results, summary=run.summary, losses=run.losses, evaluation=run.evaluation,
-                     rank=world.rank)
+    return RunResult(
+        pipeline=pipeline,
+        output=run.out,
+        ensemble=run.assembled(),
+        data_info=run.data.info,
+        results=run.results,
+        summary=run.summary,
+        losses=run.losses,
+        evaluation=run.evaluation,
+        rank=world.rank,
+    )
 
 
 def run_pipeline(

@@ -23,7 +23,9 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise UserError(f"device: {name!r} requested but CUDA is not available; {fix}")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} CUDA devices; {fix}")
+            raise UserError(
+                f"device: {name!r} requested but this machine has {torch.cuda.device_count()} CUDA devices; {fix}"
+            )
     if device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
@@ -100,7 +102,9 @@ def start_checkpoints(pipeline: Pipeline) -> list[Path]:
         paths = [Path(n) for n in names]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
-        raise UserError(f"train.start_from: no such checkpoint {', '.join(missing)}; train that run first or fix the path")
+        raise UserError(
+            f"train.start_from: no such checkpoint {', '.join(missing)}; train that run first or fix the path"
+        )
     return paths
 
 

@@ -1,17 +1,18 @@
 """Results: one TSV row per certified input, written as soon as it is known, and a summary.
 
 Columns: the base columns (``idx label predict radius correct time samples evaluations classifier``) for the
-first mechanism, ``classifier`` naming the smoothed classifier the certificate is about (``hard`` or ``soft``); with several mechanisms the same per mechanism as ``<label>:<field>``; then extra columns
-``<label>:<key>`` for everything a certificate's ``details`` holds (bounds, counts, stages, per-member radii)
-and, where an aggregator settled samples early, ``<label>:kcr``. The extra columns are fixed by the first
+first mechanism, ``classifier`` naming the smoothed classifier the certificate is about (``hard`` or ``soft``);
+with several mechanisms the same per mechanism as ``<label>:<field>``; then extra columns ``<label>:<key>`` for
+everything a certificate's ``details`` holds (bounds, counts, stages, per-member radii) and, where an aggregator
+settled samples early, ``<label>:kcr``. The extra columns are fixed by the first
 row written; a resumed run reads them back.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import math
+import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -183,8 +184,13 @@ def _row(result: ExampleResult, mechanisms: Sequence[str], extras: Sequence[str]
         c = o.certificate
         spent = "" if o.evaluations is None else str(o.evaluations)
         return [
-            str(c.prediction), repr(float(c.radius)), str(int(result.correct(name))), f"{o.seconds:.4f}", str(c.samples),
-            spent, c.classifier,
+            str(c.prediction),
+            repr(float(c.radius)),
+            str(int(result.correct(name))),
+            f"{o.seconds:.4f}",
+            str(c.samples),
+            spent,
+            c.classifier,
         ]
 
     row = [str(result.index), str(result.label), *fields(mechanisms[0])]
@@ -209,7 +215,7 @@ class ResultsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         cut_partial_line(self.path)
         fresh = not self.path.exists() or self.path.stat().st_size == 0
-        self.extras: list[str] | None = None if fresh else _read_header(self.path)[len(columns(self.mechanisms)):]
+        self.extras: list[str] | None = None if fresh else _read_header(self.path)[len(columns(self.mechanisms)) :]
         self._fh = self.path.open("a", encoding="utf-8", newline="")
 
     def write(self, result: ExampleResult) -> None:
@@ -286,10 +292,11 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
     expected = columns(mechanisms)
     if header is None:
         return []
-    extras = header[len(expected):]
+    extras = header[len(expected) :]
     if header[: len(expected)] != expected or not all(_is_extra(c, mechanisms) for c in extras):
         raise UserError(
-            f"{path}: its columns {header[:len(expected)]} do not match this pipeline's mechanisms {list(mechanisms)}; "
+            f"{path}: its columns {header[: len(expected)]} do not match this pipeline's mechanisms "
+            f"{list(mechanisms)}; "
             "use --fresh to start over or choose another output directory"
         )
     at = {c: i for i, c in enumerate(header)}
@@ -341,7 +348,9 @@ def _number(text: str, kind: type[int] | type[float], column: str) -> int | floa
     try:
         value = kind(text)
     except ValueError:
-        raise ValueError(f"column {column!r} holds {text!r}, not {'an integer' if kind is int else 'a number'}") from None
+        raise ValueError(
+            f"column {column!r} holds {text!r}, not {'an integer' if kind is int else 'a number'}"
+        ) from None
     if kind is float and math.isnan(value):
         raise ValueError(f"column {column!r} holds {text!r}, not a number")
     return value
@@ -354,12 +363,13 @@ def _parse_row(row: Sequence[str], at: Mapping[str, int], mechanisms: Sequence[s
         value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples", "evaluations", "classifier")}
         if value["classifier"] not in SMOOTHED_CLASSIFIERS:
             raise ValueError(
-                f"column {prefix + 'classifier'!r} holds {value['classifier']!r}, not one of {', '.join(SMOOTHED_CLASSIFIERS)}"
+                f"column {prefix + 'classifier'!r} holds {value['classifier']!r}, "
+                f"not one of {', '.join(SMOOTHED_CLASSIFIERS)}"
             )
         extras = {
-            column[len(name) + 1:]: _number(row[i], float, column)
+            column[len(name) + 1 :]: _number(row[i], float, column)
             for column, i in at.items()
-            if column.startswith(f"{name}:") and column[len(name) + 1:] not in _PER_MECHANISM and row[i] != ""
+            if column.startswith(f"{name}:") and column[len(name) + 1 :] not in _PER_MECHANISM and row[i] != ""
         }
         samples = _number(value["samples"], int, prefix + "samples")
         kcr = extras.pop("kcr", None)

@@ -226,9 +226,7 @@ class MonteCarloSampler:
         if members:
             if self._ensemble is None:
                 raise ValueError("per-member counts need an Ensemble classifier")
-            member_counts = torch.zeros(
-                self._ensemble.num_members, classes, dtype=torch.long, device=self.device
-            )
+            member_counts = torch.zeros(self._ensemble.num_members, classes, dtype=torch.long, device=self.device)
         ones = torch.ones(min(self.batch_size, n), dtype=torch.long, device=self.device)
         evaluations = 0
         done = 0
@@ -264,7 +262,6 @@ class MonteCarloSampler:
             prob_sums=None if prob_sums is None else prob_sums.cpu(),
             member_counts=None if member_counts is None else member_counts.cpu(),
         )
-
 
     def tally_many(
         self,

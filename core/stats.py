@@ -16,7 +16,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-
 #: The relative amount by which every bound is moved outwards (lower bounds down, upper bounds up).
 OUTWARD = 1e-12
 

@@ -30,8 +30,8 @@ from scipy import optimize, stats
 from torch import Tensor, nn
 
 from .certification import DirectSmoothing, Planned, certify_inputs
-from .ensemble import Ensemble
 from .components import ABSTAIN, HARD, SOFT, Certificate, Certifier, NoiseSampler, SmoothingStrategy
+from .ensemble import Ensemble
 from .sampling import MonteCarloSampler, SharedTallies
 
 
@@ -168,7 +168,9 @@ class HardSoftModel(nn.Module):
             sign = 1 if seed % 2 else -1
             return self.point_at(sign * sigma * float(stats.norm.ppf(p)), seed)
         span = self.high - self.low
-        options = [q for q, ok in (((p - self.low) / span, p < self.high), ((1 - p - self.low) / span, p < 1 - self.low)) if ok]
+        options = [
+            q for q, ok in (((p - self.low) / span, p < self.high), ((1 - p - self.low) / span, p < 1 - self.low)) if ok
+        ]
         if not options:
             raise ValueError(f"the soft smoothed classifier never has top-class probability {p} (at most {self.high})")
         return self.point_at(sigma * float(stats.norm.ppf(options[seed % len(options)])), seed)
@@ -201,7 +203,9 @@ def nearest_sign_change(
         if hits.size:
             i = int(hits[0])
             low = grid[i - 1] if i else 0.0
-            root = optimize.brentq(lambda t: float(margin(np.array([start + direction * t]))[0]), low, grid[i], xtol=1e-13, rtol=1e-14)
+            root = optimize.brentq(
+                lambda t: float(margin(np.array([start + direction * t]))[0]), low, grid[i], xtol=1e-13, rtol=1e-14
+            )
             best = min(best, root)
     return best
 
@@ -288,7 +292,11 @@ class IntervalModel(nn.Module):
         """An input whose smoothed top class has probability ``p``; ``seed`` chooses among the classes (and
         sides of their intervals) where that happens."""
         _known(classifier, self)
-        options = [(k, peak, end) for k, peak, end in self._top_ranges(sigma) if self._pk(peak, k, sigma) >= p > self._pk(end, k, sigma)]
+        options = [
+            (k, peak, end)
+            for k, peak, end in self._top_ranges(sigma)
+            if self._pk(peak, k, sigma) >= p > self._pk(end, k, sigma)
+        ]
         if not options:
             raise ValueError(f"no class of this model has top-class probability {p} at sigma = {sigma}")
         k, peak, end = options[seed % len(options)]
@@ -313,7 +321,9 @@ class IntervalModel(nn.Module):
                     continue  # this class never leads
                 sides = [1.0] if k == 0 else [-1.0] if k == len(peaks) - 1 else [-1.0, 1.0]
                 for side in sides:
-                    d = nearest_sign_change(self.lead(k, sigma), peak, step=sigma / 50, limit=self._span(sigma), directions=[side])
+                    d = nearest_sign_change(
+                        self.lead(k, sigma), peak, step=sigma / 50, limit=self._span(sigma), directions=[side]
+                    )
                     ranges.append((k, peak, peak + side * min(d, self._span(sigma))))
             self._ranges[sigma] = ranges
         return self._ranges[sigma]
@@ -490,8 +500,18 @@ def check_soundness(
         smoothed = _smoothed(model, noise, batch_size)
     all_regions = [*regions, *(Region.below_radius(r, sigma) for r in target_radii)]
     reports = tuple(
-        _run_region(mechanism, strategy, smoothed, model, region, trials=trials, rate=rate, seed=seed,
-                    offset=k * trials, failed=lambda cert, x: overclaims(cert, model, x, sigma))
+        _run_region(
+            mechanism,
+            strategy,
+            smoothed,
+            model,
+            region,
+            trials=trials,
+            rate=rate,
+            seed=seed,
+            offset=k * trials,
+            failed=lambda cert, x: overclaims(cert, model, x, sigma),
+        )
         for k, region in enumerate(all_regions)
     )
     return SoundnessReport(reports, rate, significance)
@@ -523,8 +543,16 @@ def check_early_abstentions(
     low, high = stats.norm.cdf(radius / sigma), stats.norm.cdf(radius / sigma + width)
     region = Region(f"just above r = {radius:g}", float(low), float(high))
     report = _run_region(
-        mechanism, DirectSmoothing(), _smoothed(model, noise, batch_size), model, region, trials=trials, rate=rate, seed=seed,
-        offset=7_000_000, failed=lambda cert, x: early(cert) and model.exact_radius(x, sigma) >= radius,
+        mechanism,
+        DirectSmoothing(),
+        _smoothed(model, noise, batch_size),
+        model,
+        region,
+        trials=trials,
+        rate=rate,
+        seed=seed,
+        offset=7_000_000,
+        failed=lambda cert, x: early(cert) and model.exact_radius(x, sigma) >= radius,
     )
     return SoundnessReport((report,), rate, significance)
 

@@ -34,26 +34,46 @@ def main() -> None:
         base = run(HERE / "drt_gaussian.toml", overrides=[noise, f'output="{where / "gaussian"}"'], reporter=Reporter())
         tuned = {
             "Gaussian, +15 epochs Gaussian": run(
-                HERE / "drt.toml", reporter=Reporter(),
-                overrides=[noise, f'output="{where / "gaussian_ft"}"', f'train.start_from=["{base.output}"]',
-                           "train.regularizers=[]"],
+                HERE / "drt.toml",
+                reporter=Reporter(),
+                overrides=[
+                    noise,
+                    f'output="{where / "gaussian_ft"}"',
+                    f'train.start_from=["{base.output}"]',
+                    "train.regularizers=[]",
+                ],
             ),
             "Gaussian, +15 epochs DRT": run(
-                HERE / "drt.toml", reporter=Reporter(),
+                HERE / "drt.toml",
+                reporter=Reporter(),
                 overrides=[noise, f'output="{where / "drt"}"', f'train.start_from=["{base.output}"]'],
             ),
         }
         for label, result in {"Gaussian, 30 epochs": base, **tuned}.items():
             members = [str(result.output / "checkpoints" / f"member_{i}.pt") for i in range(3)]
             mme = run(
-                HERE / "drt_gaussian.toml", reporter=Reporter(),
-                overrides=[noise, f'output="{result.output}_mme"', 'ensemble.aggregator="mme"',
-                           "train.enabled=false", f"ensemble.checkpoints={json.dumps(members)}"],
+                HERE / "drt_gaussian.toml",
+                reporter=Reporter(),
+                overrides=[
+                    noise,
+                    f'output="{result.output}_mme"',
+                    'ensemble.aggregator="mme"',
+                    "train.enabled=false",
+                    f"ensemble.checkpoints={json.dumps(members)}",
+                ],
             )
             for aggregator, r in (("WE", result), ("MME", mme)):
                 s = r.summary.mechanisms["cohen"]
-                rows.append({"sigma": sigma, "training": label, "aggregator": aggregator,
-                             "accuracy": dict(s.certified_accuracy), "acr": s.acr, "abstain": s.abstain_rate})
+                rows.append(
+                    {
+                        "sigma": sigma,
+                        "training": label,
+                        "aggregator": aggregator,
+                        "accuracy": dict(s.certified_accuracy),
+                        "acr": s.acr,
+                        "abstain": s.abstain_rate,
+                    }
+                )
     radii = sorted(rows[0]["accuracy"])
     lines = [
         "| sigma | training | ensemble | " + " | ".join(f"r = {r:g}" for r in radii) + " | ACR | abstained |",
@@ -61,7 +81,10 @@ def main() -> None:
     ]
     for row in rows:
         cells = " | ".join(f"{row['accuracy'][r]:.1%}" for r in radii)
-        lines.append(f"| {row['sigma']:g} | {row['training']} | {row['aggregator']} | {cells} | {row['acr']:.3f} | {row['abstain']:.1%} |")
+        lines.append(
+            f"| {row['sigma']:g} | {row['training']} | {row['aggregator']} | {cells} | {row['acr']:.3f} "
+            f"| {row['abstain']:.1%} |"
+        )
     table = "\n".join(lines)
     print(table)
     (out / "results.md").write_text(table + "\n", encoding="utf-8")

@@ -26,8 +26,11 @@ def main() -> None:
     out = Path(args.out)
     base = run(HERE / "igat_adp.toml", overrides=[f'output="{out / "adp"}"'], reporter=Reporter())
     start = f'train.start_from=["{base.output}"]'
-    control = run(HERE / "igat.toml", reporter=Reporter(),
-                  overrides=[f'output="{out / "adp_ft"}"', start, 'train.regularizers=[{ name = "adp" }]'])
+    control = run(
+        HERE / "igat.toml",
+        reporter=Reporter(),
+        overrides=[f'output="{out / "adp_ft"}"', start, 'train.regularizers=[{ name = "adp" }]'],
+    )
     igat = run(HERE / "igat.toml", reporter=Reporter(), overrides=[f'output="{out / "igat"}"', start])
     runs = {"ADP, 30 epochs": base, "ADP, +10 epochs ADP": control, "ADP, +10 epochs ADP + iGAT": igat}
     lines = ["| training | combiner | natural | PGD-20 | AutoAttack |", "| --- | --- | --- | --- | --- |"]

@@ -17,9 +17,7 @@ class WeightedEnsemble(Aggregator):
     Ensemble confidence ``sum_j w_j f_j(x) / ||w||_1`` where ``f_j`` is member ``j``'s softmax output.
     """
 
-    weights: list[float] | None = attrs.field(
-        default=None, validator=attrs.validators.optional(positive)
-    )
+    weights: list[float] | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
 
     def check_members(self, count: int) -> str | None:
         if self.weights is not None and len(self.weights) != count:

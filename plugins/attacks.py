@@ -110,10 +110,21 @@ class PGD(Attack):
         """The step size: as given, or ``2.5 epsilon / steps`` (Madry et al.'s rule)."""
         return self.step_size if self.step_size is not None else 2.5 * self.epsilon / self.steps
 
-    def perturb(self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def perturb(
+        self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         start = random_start(x, self.norm, self.epsilon, generator) if self.random_start else None
-        return pgd(model, x, y, norm=self.norm, epsilon=self.epsilon, steps=self.steps, step_size=self.size(),
-                   loss=self.loss, start=start)
+        return pgd(
+            model,
+            x,
+            y,
+            norm=self.norm,
+            epsilon=self.epsilon,
+            steps=self.steps,
+            step_size=self.size(),
+            loss=self.loss,
+            start=start,
+        )
 
 
 @attrs.frozen
@@ -124,7 +135,9 @@ class FGSM(Attack):
     norm: ClassVar[str] = "linf"
     epsilon: float = attrs.field(default=8 / 255, validator=in_range(0, low_open=True))
 
-    def perturb(self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def perturb(
+        self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         return pgd(model, x, y, norm="linf", epsilon=self.epsilon, steps=1, step_size=self.epsilon)
 
 

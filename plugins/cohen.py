@@ -20,13 +20,13 @@ from torch import Tensor
 
 from ensemblecert import (
     ABSTAIN,
+    EXPECTATIONS,
     HARD,
+    PROCEDURES,
     SOFT,
     Certificate,
     Certifier,
     CertifyPlan,
-    EXPECTATIONS,
-    PROCEDURES,
     SmoothedClassifier,
     clopper_pearson_lower_gap,
     draw_expectations,
@@ -60,7 +60,9 @@ class Cohen(Certifier):
 
     def __attrs_post_init__(self) -> None:
         if self.procedure != "sound" and self.expectation is None:
-            raise ValueError(f"procedure {self.procedure!r} applies to the expectations of 004 only; set expectation as well")
+            raise ValueError(
+                f"procedure {self.procedure!r} applies to the expectations of 004 only; set expectation as well"
+            )
 
     noise_families = ("gaussian",)
 

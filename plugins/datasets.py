@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ensemblecert import DataInfo, DataSplits, Dataset, UserError, hookimpl
+from ensemblecert import DataInfo, Dataset, DataSplits, UserError, hookimpl
 
 
 @attrs.frozen
@@ -57,7 +57,12 @@ class MNIST(Dataset):
         from torchvision import datasets, transforms
 
         raw = Path(self.root) / "MNIST" / "raw"
-        files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+        files = [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ]
         to_tensor = transforms.ToTensor()
         try:
             train = datasets.MNIST(self.root, train=True, download=self.download, transform=to_tensor)
@@ -66,7 +71,13 @@ class MNIST(Dataset):
             if "not found" in str(exc).lower():
                 raise _missing("MNIST", raw, files) from None
             raise UserError(f"data: cannot read MNIST in {raw}: {exc}") from None
-        except (AssertionError, ValueError, TypeError, IndexError, OSError) as exc:  # torchvision asserts on bad headers
+        except (
+            AssertionError,
+            ValueError,
+            TypeError,
+            IndexError,
+            OSError,
+        ) as exc:  # torchvision asserts on bad headers
             detail = f" ({exc})" if str(exc) else ""
             raise UserError(
                 f"data: MNIST files in {raw} are damaged or not in IDX format{detail}; expected {', '.join(files)} "
@@ -178,9 +189,7 @@ class CIFAR10(Dataset):
         train_tf = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if self.augment else []
         train = split([n for n, _ in reference.train_list], transforms.Compose([*train_tf, transforms.ToTensor()]))
         test = split([n for n, _ in reference.test_list], transforms.ToTensor())
-        return DataSplits(
-            train, test, DataInfo((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
-        )
+        return DataSplits(train, test, DataInfo((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)))
 
 
 def _checked_image_loader(path: str):

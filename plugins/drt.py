@@ -102,11 +102,15 @@ class DRT(Regularizer):
         out = {}
         if self.rho1 > 0:
             inputs = batch.inputs()[0]
-            grads = torch.stack([
-                torch.autograd.grad(margin[i].sum(), inputs, create_graph=True)[0].flatten(1)
-                for i in range(batch.num_members)
-            ])
-            out["gd"] = self.rho1 * reduce_pairs(gradient_diversity(grads, valid, squared=self.squared), valid, self.pairs)
+            grads = torch.stack(
+                [
+                    torch.autograd.grad(margin[i].sum(), inputs, create_graph=True)[0].flatten(1)
+                    for i in range(batch.num_members)
+                ]
+            )
+            out["gd"] = self.rho1 * reduce_pairs(
+                gradient_diversity(grads, valid, squared=self.squared), valid, self.pairs
+            )
         if self.rho2 > 0:
             out["cm"] = self.rho2 * reduce_pairs(confidence_margin(margin, valid), valid, self.pairs)
         return out

@@ -39,10 +39,14 @@ class GAL(Regularizer):
 
     def terms(self, batch: TrainBatch) -> dict[str, Tensor]:
         inputs, y = batch.inputs()[0], batch.targets()
-        grads = torch.stack([
-            torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), inputs, create_graph=True)[0].flatten(1)
-            for logits in batch.logits()
-        ])
+        grads = torch.stack(
+            [
+                torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), inputs, create_graph=True)[0].flatten(
+                    1
+                )
+                for logits in batch.logits()
+            ]
+        )
         return {"gal": self.weight * gradient_alignment(grads).mean()}
 
 

@@ -107,7 +107,9 @@ class IGAT(Regularizer):
     def terms(self, batch: TrainBatch) -> dict[str, Tensor]:
         x, y, members = batch.x, batch.y, batch.members
         with evaluation_mode(nn.ModuleList(members)):
-            adversarial = self.attack.perturb(probability_model(members, self.combiner), x, y, generator=batch.generator)
+            adversarial = self.attack.perturb(
+                probability_model(members, self.combiner), x, y, generator=batch.generator
+            )
         both = torch.cat([x, adversarial])
         logits = torch.stack([m(both) for m in members])  # [N, 2B, C], with the graph
         probs = logits.softmax(dim=-1)
@@ -116,8 +118,9 @@ class IGAT(Regularizer):
             wrong = self.combiner.combine(logits.detach()).argmax(dim=-1) != labels
         b = x.shape[0]
         adv_logits, adv_wrong = logits[:, b:], wrong[b:]
-        owner = distribute(probs[:, b:].detach().gather(2, y.expand(len(members), -1)[..., None])[..., 0].T,
-                           self.rule, batch.generator)
+        owner = distribute(
+            probs[:, b:].detach().gather(2, y.expand(len(members), -1)[..., None])[..., 0].T, self.rule, batch.generator
+        )
         use = adv_wrong if self.examples == "misclassified" else torch.ones_like(adv_wrong)
         adversarial_loss = x.new_zeros(())
         for i in range(len(members)):

@@ -62,14 +62,21 @@ class AutoAttack(Attack):
             return f"standard AutoAttack's targeted attacks need at least 4 classes, got {num_classes}"
         return None
 
-    def perturb(self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def perturb(
+        self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         import torchattacks
 
         wrapped = LogProbabilities(model, x.device)
         num_classes = int(model(x[:1]).shape[-1])
-        attack = torchattacks.AutoAttack(wrapped, norm=self.norm.capitalize() if self.norm == "linf" else "L2",
-                                         eps=self.epsilon, version=self.version, n_classes=num_classes,
-                                         seed=_seed(generator))
+        attack = torchattacks.AutoAttack(
+            wrapped,
+            norm=self.norm.capitalize() if self.norm == "linf" else "L2",
+            eps=self.epsilon,
+            version=self.version,
+            n_classes=num_classes,
+            seed=_seed(generator),
+        )
         return attack(x, y).detach()
 
 
@@ -86,11 +93,18 @@ class Square(Attack):
         if not available():
             raise ValueError(INSTALL)
 
-    def perturb(self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def perturb(
+        self, model: ProbabilityModel, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         import torchattacks
 
-        attack = torchattacks.Square(LogProbabilities(model, x.device), norm="Linf" if self.norm == "linf" else "L2",
-                                     eps=self.epsilon, n_queries=self.queries, seed=_seed(generator))
+        attack = torchattacks.Square(
+            LogProbabilities(model, x.device),
+            norm="Linf" if self.norm == "linf" else "L2",
+            eps=self.epsilon,
+            n_queries=self.queries,
+            seed=_seed(generator),
+        )
         return attack(x, y).detach()
 
 

@@ -18,8 +18,9 @@ all ``t`` simultaneously with probability ``1 - alpha``. The prior is Jeffreys' 
 Stopping: with a target ``radius``, look after every ``batch`` draws and stop once the lower bound
 certifies it (report the larger radius the bound allows) or the upper bound, at its own level ``beta``,
 shows it unreachable; without one, double the batch at every look and stop once the upper bound is at
-most 1/2 (abstain) or the radii the two bounds allow differ by at most ``tolerance``. At ``max_samples`` certify what the lower bound allows, as CERTIFY does. An early stop only
-costs radius, never soundness: the certificate always comes from the lower bound.
+most 1/2 (abstain) or the radii the two bounds allow differ by at most ``tolerance``. At ``max_samples`` certify
+what the lower bound allows, as CERTIFY does. An early stop only costs radius, never soundness: the certificate
+always comes from the lower bound.
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ from ensemblecert.validators import in_range, probability
 PRIOR = (0.5, 0.5)
 
 
-def log_mixture(p: np.ndarray | float, hits: np.ndarray | int, draws: np.ndarray | int, prior: tuple[float, float] = PRIOR):
+def log_mixture(
+    p: np.ndarray | float, hits: np.ndarray | int, draws: np.ndarray | int, prior: tuple[float, float] = PRIOR
+):
     """``log M_t(p)`` of the beta-binomial mixture martingale (module docstring), vectorized."""
     a, b = prior
-    p, hits, draws = np.asarray(p, dtype=np.float64), np.asarray(hits, dtype=np.float64), np.asarray(draws, dtype=np.float64)
+    p, hits, draws = (
+        np.asarray(p, dtype=np.float64),
+        np.asarray(hits, dtype=np.float64),
+        np.asarray(draws, dtype=np.float64),
+    )
     misses = draws - hits
     with np.errstate(divide="ignore", invalid="ignore"):
         value = (

@@ -2,7 +2,8 @@
 smoothed classifier.
 
 For each clean input ``x`` an attack (an attack component; L2 PGD by default) looks for ``x' = x + delta``,
-``||delta|| <= epsilon``, that maximises the loss of the *soft* smoothed classifier estimated with the batch's ``m`` noise samples,
+``||delta|| <= epsilon``, that maximises the loss of the *soft* smoothed classifier estimated with the batch's ``m``
+noise samples,
 ``-log((1/m) sum_k softmax(f(x' + eps_k))[y])``, with the noise drawn once and kept through the attack's steps
 (App. F: 10 steps, epsilon 1.0). Each member then trains on cross-entropy at ``x' + eps_k``, the same noise.
 

@@ -8,6 +8,8 @@ import mpmath as mp
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+
 from ensemblecert import ABSTAIN, Certificate, Tally, build_component, load_registry
 from ensemblecert.plugins.certify_adp import CertifyAdp
 from ensemblecert.plugins.noise import GaussianNoise
@@ -19,7 +21,6 @@ from ensemblecert.plugins.sequential import (
 )
 from ensemblecert.plugins.simplex.mechanisms import dp
 from ensemblecert.results import ExampleResult, Outcome, summarize
-from scipy import stats
 
 REGISTRY = load_registry()
 SIGMA = 0.5
@@ -117,13 +118,15 @@ def test_certify_adp_bounds_each_stage_at_its_share_and_counts_the_selected_clas
     assert above(cert.details["p_upper"], cp_upper(400, 1000, 0.01))
     assert cert.prediction == ABSTAIN and cert.details["stage"] == 1  # class 0 at 0.4 cannot reach 0.1
     # stages 1 and 2 cannot decide; at stage 3 the most frequent class (1) would certify, the selected one abstains
-    cert = adp.certify(Scripted(([10, 0, 0], None), ([560, 440, 0], None), ([1180, 820, 0], None),
-                                ([1700, 2300, 0], None)), None)
+    cert = adp.certify(
+        Scripted(([10, 0, 0], None), ([560, 440, 0], None), ([1180, 820, 0], None), ([1700, 2300, 0], None)), None
+    )
     assert [cert.details["count"], cert.details["stage"]] == [1700, 3]
     assert cert.prediction == ABSTAIN
     assert below(cert.details["p_lower"], cp_lower(1700, 4000, 0.01))
-    cert = adp.certify(Scripted(([10, 0, 0], None), ([560, 440, 0], None), ([1180, 820, 0], None),
-                                ([2400, 1600, 0], None)), None)
+    cert = adp.certify(
+        Scripted(([10, 0, 0], None), ([560, 440, 0], None), ([1180, 820, 0], None), ([2400, 1600, 0], None)), None
+    )
     assert [cert.prediction, cert.radius, cert.details["count"]] == [0, 0.1, 2400]
 
 
@@ -134,8 +137,13 @@ def exact_sequence_bound(hits, draws, alpha, side):
     level = mp.log(1 / mp.mpf(alpha))
 
     def inside(p):
-        return (mp.log(mp.beta(a + hits, b + draws - hits)) - mp.log(mp.beta(a, b))
-                - hits * mp.log(p) - (draws - hits) * mp.log(1 - p) - level)
+        return (
+            mp.log(mp.beta(a + hits, b + draws - hits))
+            - mp.log(mp.beta(a, b))
+            - hits * mp.log(p)
+            - (draws - hits) * mp.log(1 - p)
+            - level
+        )
 
     centre = mp.mpf(hits) / draws
     lo, hi = (mp.mpf(10) ** -30, centre) if side == "lower" else (centre, 1 - mp.mpf(10) ** -30)
@@ -148,8 +156,10 @@ def exact_sequence_bound(hits, draws, alpha, side):
     return (lo + hi) / 2
 
 
-@pytest.mark.parametrize("hits, draws, alpha", [(3104, 117174, 0.00025947231939728744), (730, 1000, 0.01),
-                                                (99_990, 100_000, 0.001), (5, 40, 0.2)])
+@pytest.mark.parametrize(
+    "hits, draws, alpha",
+    [(3104, 117174, 0.00025947231939728744), (730, 1000, 0.01), (99_990, 100_000, 0.001), (5, 40, 0.2)],
+)
 def test_sequential_bounds_err_outwards(hits, draws, alpha):
     lower, upper = confidence_sequence(hits, draws, alpha)
     assert lower <= exact_sequence_bound(hits, draws, alpha, "lower")
@@ -201,7 +211,9 @@ def test_dp_never_exceeds_the_neyman_pearson_ceiling_at_near_ties():
     for e1 in (0.01, 0.1, 0.3, 0.45):
         for gap in (1e-9, 1e-8, 1e-6, 1e-3):
             e0 = e1 + gap
-            ceiling = SIGMA / 2 * (mp.sqrt(2) * mp.erfinv(2 * mp.mpf(e0) - 1) - mp.sqrt(2) * mp.erfinv(2 * mp.mpf(e1) - 1))
+            ceiling = (
+                SIGMA / 2 * (mp.sqrt(2) * mp.erfinv(2 * mp.mpf(e0) - 1) - mp.sqrt(2) * mp.erfinv(2 * mp.mpf(e1) - 1))
+            )
             radius = float(dp(e0, e1, SIGMA))
             assert 0 < radius <= ceiling, (e0, e1)
             assert radius > 0.99 * float(ceiling)  # dp is near the ceiling at ties: the slack costs little
@@ -210,8 +222,10 @@ def test_dp_never_exceeds_the_neyman_pearson_ceiling_at_near_ties():
 @pytest.mark.parametrize("radius", [0.25, 0.0])
 def test_certified_accuracy_counts_radii_equal_to_r(radius):
     # the radius is exactly r: certified at r (radius >= r), which `radius > r` would miss
-    results = [ExampleResult(0, 1, {"m": Outcome(Certificate(1, radius, 10), 0.1)}),
-               ExampleResult(1, 1, {"m": Outcome(Certificate(1, 0.1, 10), 0.1)})]
+    results = [
+        ExampleResult(0, 1, {"m": Outcome(Certificate(1, radius, 10), 0.1)}),
+        ExampleResult(1, 1, {"m": Outcome(Certificate(1, 0.1, 10), 0.1)}),
+    ]
     summary = summarize(results, ["m"], [radius]).mechanisms["m"]
     assert summary.certified_accuracy[radius] == (1.0 if radius == 0.0 else 0.5)
 
@@ -229,14 +243,27 @@ def exact_beta_quantile(q, a, b):
     return (lo + hi) / 2
 
 
-CASES = [(780, 1000, 0.01), (1, 100, 0.001), (99, 100, 0.001), (9990, 10000, 1e-5), (50, 100, 0.05), (3, 20, 0.2),
-         (99_999, 100_000, 0.0005), (4321, 5000, 0.003)]
+CASES = [
+    (780, 1000, 0.01),
+    (1, 100, 0.001),
+    (99, 100, 0.001),
+    (9990, 10000, 1e-5),
+    (50, 100, 0.05),
+    (3, 20, 0.2),
+    (99_999, 100_000, 0.0005),
+    (4321, 5000, 0.003),
+]
 
 
 @pytest.mark.parametrize("k, n, alpha", CASES)
 def test_clopper_pearson_bounds_and_radii_err_outwards(k, n, alpha):
-    from ensemblecert import (clopper_pearson_lower, clopper_pearson_lower_gap, clopper_pearson_upper,
-                              clopper_pearson_upper_gap, gaussian_radius)
+    from ensemblecert import (
+        clopper_pearson_lower,
+        clopper_pearson_lower_gap,
+        clopper_pearson_upper,
+        clopper_pearson_upper_gap,
+        gaussian_radius,
+    )
 
     lower = exact_beta_quantile(mp.mpf(alpha), k, n - k + 1)
     upper = exact_beta_quantile(1 - mp.mpf(alpha), k + 1, n - k)

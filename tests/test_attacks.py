@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblecert import ConfigError, DataInfo, DataSplits, Dataset, Ensemble, UserError, build_component, load_registry
+from ensemblecert import ConfigError, DataInfo, Dataset, DataSplits, Ensemble, UserError, build_component, load_registry
 from ensemblecert.plugins.attacks import cross_entropy, cw_margin, pgd
 
 REGISTRY = load_registry()
@@ -45,12 +45,15 @@ def probs_of(net):
     return lambda x: net(x).softmax(-1)
 
 
-@pytest.mark.parametrize("spec", [
-    {"name": "pgd", "norm": "linf", "epsilon": 0.05, "steps": 10},
-    {"name": "pgd", "norm": "l2", "epsilon": 0.3, "steps": 10},
-    {"name": "pgd", "norm": "linf", "epsilon": 0.05, "steps": 10, "loss": "cw"},
-    {"name": "fgsm", "epsilon": 0.05},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "pgd", "norm": "linf", "epsilon": 0.05, "steps": 10},
+        {"name": "pgd", "norm": "l2", "epsilon": 0.3, "steps": 10},
+        {"name": "pgd", "norm": "linf", "epsilon": 0.05, "steps": 10, "loss": "cw"},
+        {"name": "fgsm", "epsilon": 0.05},
+    ],
+)
 def test_attacks_stay_in_the_ball_and_the_range_and_raise_the_loss(spec):
     net, x, y = model_and_data()
     a = attack(**spec)
@@ -99,8 +102,11 @@ def test_autoattack_and_square_through_the_library():
             return float((net(points).argmax(1) == y).float().mean())
 
     found = {}
-    for spec in ({"name": "autoattack", "epsilon": 0.1}, {"name": "square", "epsilon": 0.1, "queries": 200},
-                 {"name": "pgd", "epsilon": 0.1, "steps": 20}):
+    for spec in (
+        {"name": "autoattack", "epsilon": 0.1},
+        {"name": "square", "epsilon": 0.1, "queries": 200},
+        {"name": "pgd", "epsilon": 0.1, "steps": 20},
+    ):
         adv = attack(**spec).perturb(probs_of(net), x, y, generator=torch.Generator().manual_seed(0))
         assert float((adv - x).abs().max()) <= 0.1 + 1e-6 and float(adv.min()) >= 0 and float(adv.max()) <= 1
         found[spec["name"]] = accuracy(adv)
@@ -187,8 +193,8 @@ def test_an_attack_that_cannot_run_on_the_data_stops_before_training(tiny_pipeli
     # digits has 10 classes, so this is fine; a 3-class check is what refuses
     assert build_component("attack", {"name": "autoattack"}, REGISTRY).check_classes(10) is None
     with pytest.raises(ConfigError, match="evaluate.attacks\\[0\\]: standard AutoAttack's targeted attacks need"):
-        from ensemblecert.pipeline import run_pipeline
         from ensemblecert import load_pipeline
+        from ensemblecert.pipeline import run_pipeline
 
         pipeline, registry = load_pipeline(tiny_pipeline)
         small = attrs.evolve(pipeline, data=ThreeClasses())

@@ -7,12 +7,11 @@ import pytest
 import torch
 from scipy import stats
 
+from conftest import Scripted
 from ensemblecert import ABSTAIN
 from ensemblecert.plugins.certify_adp import CertifyAdp, Decision, matching_final_stage, stage_decision
 from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.testing import IntervalModel, check_early_abstentions, check_soundness
-
-from conftest import Scripted
 
 SIGMA = 0.25
 
@@ -25,15 +24,17 @@ def test_decisions_against_the_beta_quantiles():
     # r = sigma: certifying needs a lower bound of Phi(1) = 0.8413.
     need = stats.norm.cdf(1.0)
     for count, n, stage, expected in [
-        (1000, 1000, 1, Decision.CERTIFY),   # lower (0.001/3)^(1/1000) = 0.992
-        (500, 1000, 1, Decision.ABSTAIN),    # upper at 1 - 0.0001/2 is about 0.56
-        (850, 1000, 1, Decision.CONTINUE),   # lower 0.81 < 0.8413 < upper 0.89
-        (850, 1000, 3, Decision.ABSTAIN),    # the last stage makes no upper test: it abstains
+        (1000, 1000, 1, Decision.CERTIFY),  # lower (0.001/3)^(1/1000) = 0.992
+        (500, 1000, 1, Decision.ABSTAIN),  # upper at 1 - 0.0001/2 is about 0.56
+        (850, 1000, 1, Decision.CONTINUE),  # lower 0.81 < 0.8413 < upper 0.89
+        (850, 1000, 3, Decision.ABSTAIN),  # the last stage makes no upper test: it abstains
         (8600, 10000, 2, Decision.CERTIFY),
     ]:
         decision, lower, upper = decide(count, n, stage, 3)
         assert decision is expected, (count, n, stage)
-        assert lower == pytest.approx(stats.beta.ppf(0.001 / 3, count, n - count + 1) if count < n else (0.001 / 3) ** (1 / n))
+        assert lower == pytest.approx(
+            stats.beta.ppf(0.001 / 3, count, n - count + 1) if count < n else (0.001 / 3) ** (1 / n)
+        )
         if decision is Decision.CERTIFY or stage == 3:
             assert upper == 1.0
         else:
@@ -95,7 +96,9 @@ class NoBonferroni(CertifyAdp):
     """Wrong: every stage at the full alpha (no division by s)."""
 
     def certify(self, smoothed, x, generator=None):
-        return attrs.evolve(self, alpha=self.alpha * len(self.stages), beta=self.beta * (len(self.stages) - 1)).certify_as_is(smoothed, x, generator)
+        return attrs.evolve(
+            self, alpha=self.alpha * len(self.stages), beta=self.beta * (len(self.stages) - 1)
+        ).certify_as_is(smoothed, x, generator)
 
     def certify_as_is(self, smoothed, x, generator):
         return CertifyAdp.certify(self, smoothed, x, generator)

@@ -9,9 +9,16 @@ from ensemblecert.registry import KINDS
 
 MALFORMED = {
     "bad TOML": ("[train\nepochs = 3\n", "not valid TOML"),
-    "unknown name": ('[ensemble]\naggregator = { name = "avg" }\n', "unknown aggregator 'avg'; known aggregators (ensemble protocols): 'hard', 'k_consensus', 'max', 'mme', 'soft', 'we'"),
-    "wrong type": ("[train]\nepochs = \"ten\"\n", "train.epochs: expected an integer, got 'ten'"),
-    "out of range": ('[certify]\nmechanisms = [{ name = "cohen", alpha = 1.5 }]\n', "certify.mechanisms[0].alpha: must be in (0, 1), got 1.5"),
+    "unknown name": (
+        '[ensemble]\naggregator = { name = "avg" }\n',
+        "unknown aggregator 'avg'; known aggregators (ensemble protocols): "
+        "'hard', 'k_consensus', 'max', 'mme', 'soft', 'we'",
+    ),
+    "wrong type": ('[train]\nepochs = "ten"\n', "train.epochs: expected an integer, got 'ten'"),
+    "out of range": (
+        '[certify]\nmechanisms = [{ name = "cohen", alpha = 1.5 }]\n',
+        "certify.mechanisms[0].alpha: must be in (0, 1), got 1.5",
+    ),
     "unknown key": ("[train]\nepocs = 3\n", "train.epocs: unknown setting; did you mean 'epochs'?"),
     "not UTF-8": (b"\xff\xfe[train]\n", "not valid TOML"),
 }
@@ -65,10 +72,44 @@ def test_plugins_lists_every_kind_with_builtins(cli):
     assert proc.returncode == 0, proc.stderr
     for kind in KINDS.values():
         assert kind.title in proc.stdout
-    for name in ["digits", "mnist", "cifar10", "imagenet", "mlp", "lenet", "resnet20", "resnet110", "resnet50",
-                 "we", "mme", "soft", "hard", "max", "k_consensus", "gaussian", "ebs", "eas", "cohen",
-                 "certify_adp", "sequential", "cohen_two_sided", "li", "lecuyer", "dp", "best", "simplex",
-                 "drt", "smoothadv", "adp", "gal", "pgd", "fgsm", "autoattack", "square", "igat"]:
+    for name in [
+        "digits",
+        "mnist",
+        "cifar10",
+        "imagenet",
+        "mlp",
+        "lenet",
+        "resnet20",
+        "resnet110",
+        "resnet50",
+        "we",
+        "mme",
+        "soft",
+        "hard",
+        "max",
+        "k_consensus",
+        "gaussian",
+        "ebs",
+        "eas",
+        "cohen",
+        "certify_adp",
+        "sequential",
+        "cohen_two_sided",
+        "li",
+        "lecuyer",
+        "dp",
+        "best",
+        "simplex",
+        "drt",
+        "smoothadv",
+        "adp",
+        "gal",
+        "pgd",
+        "fgsm",
+        "autoattack",
+        "square",
+        "igat",
+    ]:
         assert f" {name} " in proc.stdout
 
 
@@ -93,8 +134,17 @@ def test_default_prints_the_builtin_pipeline(cli):
 
 def test_run_end_to_end_on_digits(tmp_path, cli):
     proc = cli(
-        "run", "--output", "out", "--set", "train.epochs=3", "--set", "ensemble.members=3",
-        "--set", "certify.mechanisms[0].n=500", "--set", "certify.skip=12",
+        "run",
+        "--output",
+        "out",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "ensemble.members=3",
+        "--set",
+        "certify.mechanisms[0].n=500",
+        "--set",
+        "certify.skip=12",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
@@ -114,7 +164,11 @@ def test_run_end_to_end_on_digits(tmp_path, cli):
     assert cohen["certified_accuracy"]["0"] > 0.7  # 3 trained members beat chance (0.1) by far
     assert all(r["correct"] == str(int(r["predict"] == r["label"])) for r in table)
     assert (tmp_path / "out" / "certified_accuracy.png").stat().st_size > 1000
-    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["member_0.pt", "member_1.pt", "member_2.pt"]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == [
+        "member_0.pt",
+        "member_1.pt",
+        "member_2.pt",
+    ]
 
 
 def one_clear_error(proc, expected: str) -> None:

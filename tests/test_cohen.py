@@ -8,12 +8,11 @@ import torch
 from scipy import stats
 from torch import nn
 
+from conftest import Scripted
 from ensemblecert import ABSTAIN, Certificate, Certifier, MonteCarloSampler, certify, input_generator
 from ensemblecert.plugins.cohen import Cohen, cohen_radius
 from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.testing import LinearModel, check_soundness
-
-from conftest import Scripted
 
 
 def test_radius_formula():

@@ -175,7 +175,10 @@ def test_validators_refuse_non_finite_values_passed_directly():
         ({"ensemble": {"model": {"name": "mlp", "hidden": "64"}}}, "ensemble.model.hidden: expected a list, got '64'"),
         ({"ensemble": {"model": {"name": "mlp", "hidden": 256}}}, "ensemble.model.hidden: expected a list, got 256"),
         ({"certify": {"radii": 0.5}}, "certify.radii: expected a list, got 0.5"),
-        ({"ensemble": {"aggregator": {"name": "we", "weights": "1,2"}}}, "ensemble.aggregator.weights: expected a list, got '1,2'"),
+        (
+            {"ensemble": {"aggregator": {"name": "we", "weights": "1,2"}}},
+            "ensemble.aggregator.weights: expected a list, got '1,2'",
+        ),
     ],
 )
 def test_a_list_must_be_a_list(data, expected):
@@ -189,10 +192,19 @@ REFUSED_AT_THE_BOUND = [
     ({"train": {"lr_gamma": 0}}, "train.lr_gamma: must be in (0, 1], got 0.0"),
     ({"train": {"momentum": 1}}, "train.momentum: must be in [0, 1), got 1.0"),
     ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
-    ({"certify": {"mechanisms": [{"name": "cohen", "alpha": 0}]}}, "certify.mechanisms[0].alpha: must be in (0, 1), got 0.0"),
-    ({"certify": {"mechanisms": [{"name": "cohen", "alpha": 1}]}}, "certify.mechanisms[0].alpha: must be in (0, 1), got 1.0"),
+    (
+        {"certify": {"mechanisms": [{"name": "cohen", "alpha": 0}]}},
+        "certify.mechanisms[0].alpha: must be in (0, 1), got 0.0",
+    ),
+    (
+        {"certify": {"mechanisms": [{"name": "cohen", "alpha": 1}]}},
+        "certify.mechanisms[0].alpha: must be in (0, 1), got 1.0",
+    ),
     ({"certify": {"radii": [-1e-300]}}, "certify.radii: must be >= 0, got [-1e-300]"),
-    ({"ensemble": {"aggregator": {"name": "we", "weights": [1.0, 0.0, 1.0]}}}, "ensemble.aggregator.weights: must be > 0, got [1.0, 0.0, 1.0]"),
+    (
+        {"ensemble": {"aggregator": {"name": "we", "weights": [1.0, 0.0, 1.0]}}},
+        "ensemble.aggregator.weights: must be > 0, got [1.0, 0.0, 1.0]",
+    ),
     ({"ensemble": {"model": {"name": "mlp", "hidden": [8, 0]}}}, "ensemble.model.hidden: must be > 0, got [8, 0]"),
     ({"seed": -1}, "seed: must be in [0, 9223372036854775807], got -1"),
     ({"seed": 2**63}, "seed: must be in [0, 9223372036854775807], got 9223372036854775808"),
@@ -243,7 +255,9 @@ def test_plugin_import_errors_name_the_pipeline_file(tmp_path):
     path.write_text('plugins = ["no_such_module_for_ensemblecert"]\n')
     with pytest.raises(UserError) as info:
         load_pipeline(path)
-    assert str(info.value).startswith(f"{path}: plugins[0]: cannot import plugin module 'no_such_module_for_ensemblecert'")
+    assert str(info.value).startswith(
+        f"{path}: plugins[0]: cannot import plugin module 'no_such_module_for_ensemblecert'"
+    )
 
 
 def test_a_byte_order_mark_is_accepted(tmp_path):

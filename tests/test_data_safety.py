@@ -10,9 +10,11 @@ import sys
 import textwrap
 import types
 
-import ensemblecert
 import pytest
 import torch
+from rich.console import Console
+
+import ensemblecert
 from ensemblecert import (
     Certificate,
     ConfigError,
@@ -35,7 +37,6 @@ from ensemblecert.results import (
     read_results,
     summarize,
 )
-from rich.console import Console
 
 REGISTRY = load_registry()
 
@@ -60,14 +61,19 @@ def test_a_second_run_into_a_held_directory_is_refused_and_names_the_holder(tiny
 def test_the_command_line_refuses_a_held_directory_with_exit_2(tmp_path, cli):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time
             from ensemblecert.lock import OutputLock
             lock = OutputLock({str(out)!r}).acquire()
             print("held", flush=True)
             time.sleep(120)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -169,18 +175,23 @@ def test_soundness_warnings_survive_quiet_and_the_table_says_unsound(tiny_pipeli
 
 
 def test_validate_catches_eas_with_an_aggregator_that_skips_members():
-    pipeline, _ = load_pipeline({
-        "ensemble": {"members": 3, "smoothing": ["eas"], "aggregator": {"name": "k_consensus", "k": 2}},
-    })
+    pipeline, _ = load_pipeline(
+        {
+            "ensemble": {"members": 3, "smoothing": ["eas"], "aggregator": {"name": "k_consensus", "k": 2}},
+        }
+    )
     with pytest.raises(ConfigError, match=r"ensemble\.smoothing\[0\]: .*skips members"):
         check_pipeline(pipeline)
 
 
-@pytest.mark.parametrize("spec", [{"name": "dp"}, {"name": "best"}, {"name": "cohen", "expectation": "multinomial"},
-                                  {"name": "sequential"}])
+@pytest.mark.parametrize(
+    "spec", [{"name": "dp"}, {"name": "best"}, {"name": "cohen", "expectation": "multinomial"}, {"name": "sequential"}]
+)
 def test_eas_refuses_every_mechanism_but_certify(spec):
     pipeline, _ = load_pipeline({"ensemble": {"smoothing": ["eas"]}, "certify": {"mechanisms": [spec]}})
-    with pytest.raises(ConfigError, match=r"ensemble\.smoothing\[0\]: certify\.mechanisms\[0\]: eas .* only with CERTIFY"):
+    with pytest.raises(
+        ConfigError, match=r"ensemble\.smoothing\[0\]: certify\.mechanisms\[0\]: eas .* only with CERTIFY"
+    ):
         check_pipeline(pipeline)
 
 
@@ -192,8 +203,15 @@ def digits_info():
 def write_member(path, info, model=None):
     model = model or build_component("model", {"name": "mlp", "hidden": [32]}, REGISTRY)
     member = build_member(model, info, 0)
-    save_checkpoint({"format": CHECKPOINT_FORMAT, "state_dict": member.state_dict(), "model": {"name": "mlp"},
-                     "data_info": {"input_shape": list(info.input_shape), "num_classes": info.num_classes}}, path)
+    save_checkpoint(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "state_dict": member.state_dict(),
+            "model": {"name": "mlp"},
+            "data_info": {"input_shape": list(info.input_shape), "num_classes": info.num_classes},
+        },
+        path,
+    )
 
 
 def test_start_from_errors_name_the_setting_and_the_class_count(tiny_pipeline, tmp_path):
@@ -203,8 +221,11 @@ def test_start_from_errors_name_the_setting_and_the_class_count(tiny_pipeline, t
     for path in paths:
         write_member(path, five)
     tiny_pipeline["train"]["start_from"] = [str(p) for p in paths]
-    with pytest.raises(UserError, match=r"^train\.start_from: .*five_0\.pt: was saved for 5 classes, but this "
-                                        r"pipeline's data has 10"):
+    with pytest.raises(
+        UserError,
+        match=r"^train\.start_from: .*five_0\.pt: was saved for 5 classes, but this "
+        r"pipeline's data has 10",
+    ):
         run(tiny_pipeline)
     paths[0].write_bytes(paths[0].read_bytes()[:200])  # truncated
     with pytest.raises(UserError, match=r"^train\.start_from: .*five_0\.pt: not a readable ensemblecert checkpoint"):
@@ -225,8 +246,10 @@ def test_simplex_on_a_run_with_no_rows_says_so(tmp_path, cli):
 def test_a_hook_function_pluggy_would_ignore_is_refused():
     typo = types.ModuleType("typo_plugin")
     typo.register_certifier = lambda register: None
-    with pytest.raises(UserError, match="defines register_certifier, which is not an ensemblecert hook; did you mean "
-                                        "'register_certifiers'"):
+    with pytest.raises(
+        UserError,
+        match="defines register_certifier, which is not an ensemblecert hook; did you mean 'register_certifiers'",
+    ):
         load_registry(plugins=[typo])
     bare = types.ModuleType("bare_plugin")
 
@@ -248,10 +271,15 @@ def test_normalisation_subtracts_the_mean_and_divides_by_the_std():
     assert layer(x).flatten().tolist() == pytest.approx([(0.9 - 0.3) / 0.5, (0.7 - 0.1) / 0.2])  # 1.2, 3.0
 
 
-@pytest.mark.parametrize("kind, spec", [("certifier", {"name": "cohen", "alpha": math.nan}),
-                                        ("certifier", {"name": "certify_adp", "radius": math.nan}),
-                                        ("certifier", {"name": "sequential", "tolerance": math.inf}),
-                                        ("noise", {"name": "gaussian", "sigma": math.nan})])
+@pytest.mark.parametrize(
+    "kind, spec",
+    [
+        ("certifier", {"name": "cohen", "alpha": math.nan}),
+        ("certifier", {"name": "certify_adp", "radius": math.nan}),
+        ("certifier", {"name": "sequential", "tolerance": math.inf}),
+        ("noise", {"name": "gaussian", "sigma": math.nan}),
+    ],
+)
 def test_nan_and_inf_are_refused_by_the_constructors_themselves(kind, spec):
     cls = REGISTRY.get(kind, spec["name"]).cls
     with pytest.raises(ValueError, match="finite"):
@@ -272,7 +300,9 @@ def test_certification_results_of_another_seed_are_not_reused(tiny_pipeline, tmp
     trained = run(tiny_pipeline)
     certify_only = copy.deepcopy(tiny_pipeline)
     certify_only["output"] = str(tmp_path / "certify")
-    certify_only["ensemble"]["checkpoints"] = [str(p) for p in sorted((trained.output / "checkpoints").glob("member_*.pt"))]
+    certify_only["ensemble"]["checkpoints"] = [
+        str(p) for p in sorted((trained.output / "checkpoints").glob("member_*.pt"))
+    ]
     certify_only["train"]["enabled"] = False
     run(certify_only)
     certify_only["seed"] = 2  # same weights, other noise: the rows of seed 1 are not this run's

@@ -54,7 +54,12 @@ def test_mnist_reads_raw_idx_files(tmp_path, registry):
 def test_garbage_mnist_files_are_a_user_error(tmp_path, registry):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (raw / name).write_bytes(b"this is not an IDX file")
     with pytest.raises(UserError, match=r"MNIST files in .*raw are damaged or not in IDX format"):
         dataset(registry, name="mnist", root=str(tmp_path))
@@ -73,11 +78,17 @@ def write_cifar(root, n_per_batch=3):
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        entry = {"data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8), "labels": [1, 2, 3][:n_per_batch]}
+        entry = {
+            "data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8),
+            "labels": [1, 2, 3][:n_per_batch],
+        }
         with open(base / name, "wb") as fh:
             pickle.dump(entry, fh, protocol=2)  # the published batches are Python 2 pickles
     with open(base / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}, fh)
+        pickle.dump(
+            {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+            fh,
+        )
 
 
 def test_cifar10_reads_python_batches(tmp_path, registry):
@@ -121,7 +132,9 @@ def test_cifar10_batch_of_the_wrong_shape(tmp_path, registry):
     write_cifar(tmp_path)
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as fh:
         pickle.dump({"data": np.zeros((2, 100), dtype=np.uint8), "labels": [0, 1]}, fh)
-    with pytest.raises(UserError, match=r"test_batch: not a CIFAR-10 python batch \(expected 'data', uint8 \[N, 3072\]"):
+    with pytest.raises(
+        UserError, match=r"test_batch: not a CIFAR-10 python batch \(expected 'data', uint8 \[N, 3072\]"
+    ):
         dataset(registry, name="cifar10", root=str(tmp_path), verify=False)
 
 
@@ -136,7 +149,9 @@ def test_imagenet_reads_class_folders(tmp_path, registry):
             folder = tmp_path / split / wnid
             folder.mkdir(parents=True)
             for i in range(per_class):
-                Image.fromarray(np.full((40, 30, 3), 50 * i, dtype=np.uint8)).save(folder / f"{wnid}_{i}.JPEG", format="JPEG")
+                Image.fromarray(np.full((40, 30, 3), 50 * i, dtype=np.uint8)).save(
+                    folder / f"{wnid}_{i}.JPEG", format="JPEG"
+                )
     splits = dataset(registry, name="imagenet", root=str(tmp_path))
     assert (len(splits.train), len(splits.test), splits.info.num_classes) == (4, 2, 2)
     x, y = splits.test[1]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ensemblecert import Certificate
 from ensemblecert.distributed import SINGLE, World, join
 from ensemblecert.results import ExampleResult, Outcome, merge_results, read_results
-from ensemblecert import Certificate
 
 PIPELINE = """
 seed = 5
@@ -41,19 +41,42 @@ skip = 7
 
 def torchrun(workdir: Path, *args: str, processes: int = 2, wait: bool = True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "ensemblecert", "run", "pipeline.toml", "--quiet", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "ensemblecert",
+        "run",
+        "pipeline.toml",
+        "--quiet",
+        *args,
+    ]
     if not wait:
-        return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def single(workdir: Path, *args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "ensemblecert", "run", "pipeline.toml", "--quiet", *args],
-                          cwd=workdir, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemblecert", "run", "pipeline.toml", "--quiet", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -111,8 +134,10 @@ def test_merge_keeps_every_record_once_in_index_order(tmp_path):
         return tmp_path / name
 
     merged_before = write("certify.tsv", [result(0, 0.5)])
-    parts = [write("certify.part-0.tsv", [result(4, 0.1), result(2, 0.2)]),
-             write("certify.part-1.tsv", [result(3, 0.3), result(0, 0.5)])]
+    parts = [
+        write("certify.part-0.tsv", [result(4, 0.1), result(2, 0.2)]),
+        write("certify.part-1.tsv", [result(3, 0.3), result(0, 0.5)]),
+    ]
     merged = merge_results(parts, merged_before, ["cohen"])
     assert [r.index for r in merged] == [0, 2, 3, 4]
     assert [r.index for r in read_results(merged_before, ["cohen"])] == [0, 2, 3, 4]
@@ -181,7 +206,8 @@ data = DataSplits(train=torch.utils.data.TensorDataset(x, y), test=None, info=Da
 from ensemblecert.plugins.models import MLP
 members = [build_member(MLP(hidden=[16]), data.info, s) for s in range(2)]
 world = join("cpu")
-train_ensemble(members, data, TrainConfig(epochs=2, batch_size=32, loss=GaussianAugmentation(), regularizers=[]), noise=NoNoise(), aggregator=WeightedEnsemble(),
+config = TrainConfig(epochs=2, batch_size=32, loss=GaussianAugmentation(), regularizers=[])
+train_ensemble(members, data, config, noise=NoNoise(), aggregator=WeightedEnsemble(),
                seed=0, device=torch.device("cpu"), world=world)
 torch.save([m.state_dict() for m in members], sys.argv[1] + f"/rank{world.rank}.pt")
 leave(world)
@@ -196,8 +222,19 @@ def test_data_parallel_training_equals_full_batch_training(tmp_path):
     for processes in (1, 2):
         (tmp_path / str(processes)).mkdir()
         done = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-             str(script), str(tmp_path / str(processes))], env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={processes}",
+                str(script),
+                str(tmp_path / str(processes)),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert done.returncode == 0, done.stderr[-3000:]
     alone = torch.load(tmp_path / "1" / "rank0.pt", weights_only=True)

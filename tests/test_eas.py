@@ -109,13 +109,18 @@ class IntervalEnsemble(Ensemble):
 
 
 # Six classes, narrow intervals: members whose top class is unconfident, where Eq. 39 over-claims.
-ENSEMBLE_THRESHOLDS = [[-0.73, 0.35, 0.58, 0.75, 0.86], [-0.95, -0.83, -0.66, -0.16, 0.5], [-0.83, -0.49, -0.37, -0.28, 0.49]]
+ENSEMBLE_THRESHOLDS = [
+    [-0.73, 0.35, 0.58, 0.75, 0.86],
+    [-0.95, -0.83, -0.66, -0.16, 0.5],
+    [-0.83, -0.49, -0.37, -0.28, 0.49],
+]
 
 
 def test_eas_is_sound_on_interval_members():
     model = IntervalEnsemble(ENSEMBLE_THRESHOLDS)
-    report = check_soundness(Cohen(n0=30, n=300, alpha=0.1), GaussianNoise(0.3), strategy=EnsembleAfterSmoothing(),
-                             model=model, trials=300)
+    report = check_soundness(
+        Cohen(n0=30, n=300, alpha=0.1), GaussianNoise(0.3), strategy=EnsembleAfterSmoothing(), model=model, trials=300
+    )
     assert report.sound, str(report)
     assert report.certified > 300
 
@@ -131,8 +136,14 @@ def test_the_harness_catches_the_published_radius_with_sampled_bounds():
             return attrs.evolve(cert, radius=theorem5_radius(terms))
 
     model = IntervalEnsemble(ENSEMBLE_THRESHOLDS)
-    report = check_soundness(Cohen(n0=100, n=20_000, alpha=0.1), GaussianNoise(0.3), strategy=Published(),
-                             model=model, regions=(Region("unconfident dissent", 0.5, 0.75),), trials=300)
+    report = check_soundness(
+        Cohen(n0=100, n=20_000, alpha=0.1),
+        GaussianNoise(0.3),
+        strategy=Published(),
+        model=model,
+        regions=(Region("unconfident dissent", 0.5, 0.75),),
+        trials=300,
+    )
     assert not report.sound, str(report)
 
 
@@ -185,12 +196,26 @@ def test_eas_pipeline_compares_with_ebs_on_the_same_draws(tiny_pipeline):
     registry = load_registry()
     test = build_component("dataset", tiny_pipeline["data"], registry).load().test
     indices = [r.index for r in result.results]
-    certs = certify(result.pipeline.certify.mechanisms[0], result.ensemble, [test[i][0] for i in indices],
-                    result.pipeline.noise, strategy=build_component("smoothing", "eas", registry),
-                    batch_size=tiny_pipeline["certify"]["batch_size"], seed=tiny_pipeline["seed"], indices=indices)
+    certs = certify(
+        result.pipeline.certify.mechanisms[0],
+        result.ensemble,
+        [test[i][0] for i in indices],
+        result.pipeline.noise,
+        strategy=build_component("smoothing", "eas", registry),
+        batch_size=tiny_pipeline["certify"]["batch_size"],
+        seed=tiny_pipeline["seed"],
+        indices=indices,
+    )
     assert certs == [r.outcomes["eas/cohen"].certificate for r in result.results]
-    direct = certify(result.pipeline.certify.mechanisms[0], result.ensemble, [test[i][0] for i in indices],
-                     result.pipeline.noise, batch_size=100, seed=tiny_pipeline["seed"], indices=indices)
+    direct = certify(
+        result.pipeline.certify.mechanisms[0],
+        result.ensemble,
+        [test[i][0] for i in indices],
+        result.pipeline.noise,
+        batch_size=100,
+        seed=tiny_pipeline["seed"],
+        indices=indices,
+    )
     assert direct == [r.outcomes["ebs/cohen"].certificate for r in result.results]
 
 
@@ -198,8 +223,9 @@ def test_eas_refuses_a_mechanism_without_n0_n_alpha():
     from ensemblecert import ConfigError, load_pipeline
     from ensemblecert.pipeline import check_pipeline
 
-    pipeline, _ = load_pipeline({"ensemble": {"smoothing": "eas"},
-                                 "certify": {"mechanisms": [{"name": "certify_adp", "radius": 0.25}]}})
+    pipeline, _ = load_pipeline(
+        {"ensemble": {"smoothing": "eas"}, "certify": {"mechanisms": [{"name": "certify_adp", "radius": 0.25}]}}
+    )
     with pytest.raises(ConfigError, match=r"ensemble.smoothing\[0\]: certify.mechanisms\[0\]: eas runs CERTIFY"):
         check_pipeline(pipeline)
 
@@ -208,7 +234,10 @@ def test_eas_with_an_aggregator_that_skips_members_is_a_user_error(tiny_pipeline
     from ensemblecert import UserError, run
 
     tiny_pipeline["ensemble"].update(smoothing="eas", aggregator={"name": "k_consensus", "k": 1, "order": [0, 1]})
-    with pytest.raises(UserError, match=r"ensemble\.smoothing\[0\]: .*every member's prediction on every draw, but "
-                                        r"ensemble\.aggregator skips members \(as k_consensus does\)"):
+    with pytest.raises(
+        UserError,
+        match=r"ensemble\.smoothing\[0\]: .*every member's prediction on every draw, but "
+        r"ensemble\.aggregator skips members \(as k_consensus does\)",
+    ):
         run(tiny_pipeline)
     assert not (Path(tiny_pipeline["output"]) / "checkpoints").exists()  # refused before any training

@@ -9,7 +9,16 @@ import torch
 from torch import nn
 
 import ensemblecert
-from ensemblecert import DataInfo, Engine, Ensemble, Members, MonteCarloSampler, SharedTallies, build_member, input_generator
+from ensemblecert import (
+    DataInfo,
+    Engine,
+    Ensemble,
+    Members,
+    MonteCarloSampler,
+    SharedTallies,
+    build_member,
+    input_generator,
+)
 from ensemblecert.fusion import FusionError, fuse
 from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.models import MLP, LeNet, ResNet20
@@ -36,9 +45,10 @@ def test_fused_network_computes_every_members_logits(model, info):
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
     # the first weighted layer is one wide layer, the later ones grouped
     layers = [m for m in fused.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    assert layers[0].weight.shape[0] == 3 * next(
-        m for m in members[0].modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-    ).weight.shape[0]
+    assert (
+        layers[0].weight.shape[0]
+        == 3 * next(m for m in members[0].modules() if isinstance(m, (nn.Linear, nn.Conv2d))).weight.shape[0]
+    )
 
 
 class InputAgainDeeper(nn.Module):
@@ -105,8 +115,9 @@ def test_counts_do_not_depend_on_the_execution_path_or_batch_size(engine, batch_
     assert expected.counts.count_nonzero() > 1  # several classes: the comparison can fail
     ensemble = Ensemble(members, WeightedEnsemble(), engine=engine).to(device).eval()
     sampler = MonteCarloSampler(ensemble, GaussianNoise(sigma=0.5), num_classes=10, batch_size=batch_size)
-    got = sampler.tally(torch.full((1, 8, 8), 0.4), 700, generator=input_generator(3, 1, device=device),
-                        softmax=True, members=True)
+    got = sampler.tally(
+        torch.full((1, 8, 8), 0.4), 700, generator=input_generator(3, 1, device=device), softmax=True, members=True
+    )
     assert torch.equal(got.counts, expected.counts)
     assert torch.equal(got.member_counts, expected.member_counts)
     assert torch.allclose(got.prob_sums, expected.prob_sums, rtol=1e-5)
@@ -184,8 +195,13 @@ def test_reduced_precision_is_recorded_and_changes_the_fingerprint(tmp_path):
     def certify(precision):
         result = ensemblecert.run(
             None,
-            overrides=[f"output={tmp_path / precision}", "train.epochs=1", "certify.max_examples=3",
-                       "certify.mechanisms=[{name='cohen', n0=20, n=200}]", f"engine.precision={precision}"],
+            overrides=[
+                f"output={tmp_path / precision}",
+                "train.epochs=1",
+                "certify.max_examples=3",
+                "certify.mechanisms=[{name='cohen', n0=20, n=200}]",
+                f"engine.precision={precision}",
+            ],
         )
         read = lambda name: json.loads((result.output / name).read_text())  # noqa: E731
         return read("certify.json"), read("summary.json"), read("stages.json")["certification"]

@@ -4,7 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblecert import Aggregate, Aggregator, DataInfo, Engine, Ensemble, Members, MonteCarloSampler, build_member, input_generator
+from ensemblecert import (
+    Aggregate,
+    Aggregator,
+    DataInfo,
+    Engine,
+    Ensemble,
+    Members,
+    MonteCarloSampler,
+    build_member,
+    input_generator,
+)
 from ensemblecert.plugins.aggregators import MaxMarginEnsemble, WeightedEnsemble
 from ensemblecert.plugins.models import MLP, ResNet20
 from ensemblecert.plugins.noise import GaussianNoise
@@ -57,10 +67,7 @@ def test_mme_stays_exact_for_confident_members():
 
 def test_max_margin_ensemble_follows_the_most_confident_member():
     # input 0: member 1 has the larger top-vs-runner-up margin; input 1: member 0 does.
-    probs = torch.tensor(
-        [[[0.5, 0.4, 0.1], [0.1, 0.1, 0.8]],
-         [[0.0, 0.9, 0.1], [0.3, 0.4, 0.3]]]
-    )
+    probs = torch.tensor([[[0.5, 0.4, 0.1], [0.1, 0.1, 0.8]], [[0.0, 0.9, 0.1], [0.3, 0.4, 0.3]]])
     out = MaxMarginEnsemble().combine(probs.clamp_min(1e-9).log())
     assert out.argmax(1).tolist() == [1, 2]
     assert torch.allclose(out[0], probs[1, 0], atol=1e-6)

@@ -43,7 +43,27 @@ def names_in(node):
 
 
 @pytest.mark.parametrize(
-    "name", ["certify_adp", "sequential", "k_consensus", "soft", "eas", "ebs", "cohen", "we", "best", "drt", "gaussian", "smoothadv", "adp", "pgd", "fgsm", "autoattack", "square", "igat"]
+    "name",
+    [
+        "certify_adp",
+        "sequential",
+        "k_consensus",
+        "soft",
+        "eas",
+        "ebs",
+        "cohen",
+        "we",
+        "best",
+        "drt",
+        "gaussian",
+        "smoothadv",
+        "adp",
+        "pgd",
+        "fgsm",
+        "autoattack",
+        "square",
+        "igat",
+    ],
 )
 def test_each_method_has_an_example(name):
     used = {n for path in EXAMPLES for n in names_in(tomllib.loads(path.read_text()))}

@@ -5,6 +5,8 @@ import attrs
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+
 from ensemblecert import (
     ABSTAIN,
     EXPECTATIONS,
@@ -21,7 +23,6 @@ from ensemblecert import (
 from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.plugins.simplex.mechanisms import MECHANISMS
 from ensemblecert.testing import DEFAULT_REGIONS, HardSoftModel, Region, check_soundness
-from scipy import stats
 
 REGISTRY = load_registry()
 NOISE = GaussianNoise(0.5)
@@ -85,8 +86,10 @@ class MixedBest(Certifier):
         top = draws.multinomial_top()
         bounds = {which: draws.bounds(which, self.alpha / 2, top=top) for which in EXPECTATIONS}
         sigma = smoothed.noise.sigma
-        radius = max(float(MECHANISMS["cohen"](*bounds["multinomial"][1:], sigma)),
-                     float(MECHANISMS["dp"](*bounds["softmax"][1:], sigma)))
+        radius = max(
+            float(MECHANISMS["cohen"](*bounds["multinomial"][1:], sigma)),
+            float(MECHANISMS["dp"](*bounds["softmax"][1:], sigma)),
+        )
         return Certificate(top if radius > 0 else ABSTAIN, radius, draws.samples)
 
 
@@ -121,8 +124,14 @@ def test_every_certifier_keeps_its_promise_about_the_classifier_it_names(spec):
     spec["n0"] = 20
     mech = certifier(**spec)
     soft = mech.classifier() == SOFT
-    report = check_soundness(mech, NOISE, model=MODEL, regions=SOFT_REGIONS if soft else DEFAULT_REGIONS,
-                             target_radii=[0.25] if "radius" in spec else [], trials=120)
+    report = check_soundness(
+        mech,
+        NOISE,
+        model=MODEL,
+        regions=SOFT_REGIONS if soft else DEFAULT_REGIONS,
+        target_radii=[0.25] if "radius" in spec else [],
+        trials=120,
+    )
     assert report.sound, str(report)
     assert report.certified > 60
 
@@ -131,8 +140,11 @@ def test_results_say_which_classifier_each_certificate_is_about():
     from ensemblecert import certify
 
     xs = torch.stack([MODEL.point_at(m, seed=i) for i, m in enumerate((-1.0, 0.6))])
-    for spec, expected in (({"name": "dp", "expectation": "softmax"}, SOFT), ({"name": "dp"}, HARD),
-                           ({"name": "cohen"}, HARD)):
+    for spec, expected in (
+        ({"name": "dp", "expectation": "softmax"}, SOFT),
+        ({"name": "dp"}, HARD),
+        ({"name": "cohen"}, HARD),
+    ):
         certs = certify(certifier(n0=20, n=300, **spec), MODEL, xs, NOISE, num_classes=2)
         assert {c.classifier for c in certs} == {expected}
     assert np.all([c.radius >= 0 for c in certs])

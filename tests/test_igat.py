@@ -43,10 +43,12 @@ def test_the_roulette_is_reproducible_and_matches_eq_14():
 
 
 def test_the_misclassification_regularizer():
-    probs = torch.tensor([
-        [[0.9, 0.05, 0.05], [0.2, 0.3, 0.5]],   # member 0
-        [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1]],     # member 1
-    ])
+    probs = torch.tensor(
+        [
+            [[0.9, 0.05, 0.05], [0.2, 0.3, 0.5]],  # member 0
+            [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1]],  # member 1
+        ]
+    )
     y = torch.tensor([0, 1])
     wrong = torch.tensor([True, False])
     penalty = misclassification_penalty(probs, y, wrong, 1e-6)
@@ -55,15 +57,21 @@ def test_the_misclassification_regularizer():
     assert float(penalty[1]) == 0.0  # correctly classified: no penalty
     certain = torch.tensor([[[0.0, 1.0, 0.0]], [[0.0, 1.0, 0.0]]])
     assert float(misclassification_penalty(certain, torch.tensor([0]), torch.tensor([True]), 1e-6)[0]) == pytest.approx(
-        -torch.log(torch.tensor(1e-6)).item())  # kept finite by the clip
+        -torch.log(torch.tensor(1e-6)).item()
+    )  # kept finite by the clip
 
 
 def test_igat_composes_with_adp_and_gal_from_toml(tiny_pipeline, tmp_path):
     tiny_pipeline["certify"]["enabled"] = False
-    tiny_pipeline["train"].update(epochs=1, lr=0.01, regularizers=[
-        {"name": "adp"}, {"name": "gal"},
-        {"name": "igat", "rule": "soft", "attack": {"name": "pgd", "epsilon": 0.1, "steps": 3}, "combiner": "max"},
-    ])
+    tiny_pipeline["train"].update(
+        epochs=1,
+        lr=0.01,
+        regularizers=[
+            {"name": "adp"},
+            {"name": "gal"},
+            {"name": "igat", "rule": "soft", "attack": {"name": "pgd", "epsilon": 0.1, "steps": 3}, "combiner": "max"},
+        ],
+    )
     result = run(tiny_pipeline)
     (record,) = json.loads((result.output / "train_log.json").read_text())["epochs"]
     assert {"ce", "adp_entropy", "adp_diversity", "gal", "igat_adv", "igat_reg", "adv_error_share"} <= set(record)
@@ -72,8 +80,9 @@ def test_igat_composes_with_adp_and_gal_from_toml(tiny_pipeline, tmp_path):
     tiny_pipeline["train"]["regularizers"] = [{"name": "igat", "attack": {"name": "pgd", "epsilon": -1}}]
     with pytest.raises(ConfigError, match=r"train.regularizers\[0\].attack.epsilon: must be > 0"):
         load_pipeline(tiny_pipeline)
-    tiny_pipeline["train"]["regularizers"] = [{"name": "igat", "adversarial_weight": 5, "regularizer_weight": 10,
-                                               "examples": "misclassified", "rule": "hard"}]
+    tiny_pipeline["train"]["regularizers"] = [
+        {"name": "igat", "adversarial_weight": 5, "regularizer_weight": 10, "examples": "misclassified", "rule": "hard"}
+    ]
     pipeline, _ = load_pipeline(tiny_pipeline)
     (igat,) = pipeline.train.regularizers
     assert igat.attack.epsilon == pytest.approx(8 / 255) and igat.attack.steps == 10

@@ -45,7 +45,10 @@ skip = 6
 def start(workdir: Path, out: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ensemblecert", "run", "pipeline.toml", "--output", out, "--quiet"],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -87,8 +90,10 @@ def outcome(out: Path) -> dict:
         "evaluate": (out / "evaluate.tsv").read_text(),
         "summary": (cohen["certified_accuracy"], cohen["acr"], cohen["abstain_rate"], summary["examples"]),
         "evaluation": evaluation["accuracy"],
-        "train_log": [{k: v for k, v in r.items() if k != "seconds"}
-                      for r in json.loads((out / "train_log.json").read_text())["epochs"]],
+        "train_log": [
+            {k: v for k, v in r.items() if k != "seconds"}
+            for r in json.loads((out / "train_log.json").read_text())["epochs"]
+        ],
         "weights": weights,
     }
 

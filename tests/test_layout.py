@@ -18,7 +18,9 @@ PUBLIC = {"ensemblecert", "ensemblecert.validators", "ensemblecert.testing"}
 
 def package_of(path: Path) -> list[str]:
     rel = path.relative_to(REPO).with_suffix("")
-    return ["ensemblecert", *rel.parts[1:-1]] if rel.parts[0] == "core" else ["ensemblecert", "plugins", *rel.parts[1:-1]]
+    return (
+        ["ensemblecert", *rel.parts[1:-1]] if rel.parts[0] == "core" else ["ensemblecert", "plugins", *rel.parts[1:-1]]
+    )
 
 
 def imports(path: Path, package_parts: list[str] | None = None) -> list[tuple[str, int]]:
@@ -76,7 +78,8 @@ def test_every_builtin_plugin_module_is_an_entry_point():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = set(project["entry-points"]["ensemblecert"].values())
     modules = {
-        "ensemblecert.plugins." + ".".join(p.relative_to(REPO / "plugins").with_suffix("").parts).removesuffix(".__init__")
+        "ensemblecert.plugins."
+        + ".".join(p.relative_to(REPO / "plugins").with_suffix("").parts).removesuffix(".__init__")
         for p in (REPO / "plugins").glob("*")
         if (p.suffix == ".py" and p.name != "__init__.py") or (p.is_dir() and (p / "__init__.py").exists())
     }
@@ -102,7 +105,22 @@ def test_the_core_never_probes_components_for_undeclared_attributes():
     for path in sorted((REPO / "core").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+            ):
                 key = (path.name, node.func.id)
                 found[key] = found.get(key, 0) + 1
     assert found == allowed
+
+
+def test_ruff_lint_and_format_are_clean():
+    """The code is linted and formatted as pyproject.toml configures ruff."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    for args in (["check", "."], ["format", "--check", "."]):
+        done = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

@@ -18,13 +18,20 @@ def test_wheel_contents_and_imports(tmp_path):
     dist = tmp_path / "dist"
     build = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = dist.glob("ensemblecert-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for expected in ["ensemblecert/__init__.py", "ensemblecert/hookspecs.py", "ensemblecert/defaults/digits.toml",
-                     "ensemblecert/plugins/cohen.py", "ensemblecert/plugins/models/cifar_resnet.py"]:
+    for expected in [
+        "ensemblecert/__init__.py",
+        "ensemblecert/hookspecs.py",
+        "ensemblecert/defaults/digits.toml",
+        "ensemblecert/plugins/cohen.py",
+        "ensemblecert/plugins/models/cifar_resnet.py",
+    ]:
         assert expected in names, expected
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
@@ -33,7 +40,21 @@ def test_wheel_contents_and_imports(tmp_path):
     assert "ensemblecert = ensemblecert.cli:main" in text
 
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--target", str(site), str(wheel)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+    )
     probe = (
         "import ensemblecert, ensemblecert.plugins.cohen as c, ensemblecert.plugins.models as m;"
         "from ensemblecert.config import default_pipeline_text;"
@@ -42,7 +63,13 @@ def test_wheel_contents_and_imports(tmp_path):
         "print(ensemblecert.__file__); print(c.__file__); print(m.__file__);"
         "print(len(default_pipeline_text()) > 0, r.get('certifier', 'cohen').cls.__module__)"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={"PYTHONPATH": str(site), "PATH": ""}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(site), "PATH": ""},
+        check=True,
+    )
     lines = out.stdout.splitlines()
     assert all(line.startswith(str(site)) for line in lines[:3]), lines
     assert lines[3] == "True ensemblecert.plugins.cohen"

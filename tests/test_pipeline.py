@@ -118,8 +118,11 @@ def test_checkpoint_that_does_not_fit_the_model(tiny_pipeline, tmp_path):
     cfg["output"] = str(tmp_path / "other")
     cfg["ensemble"]["model"]["hidden"] = [16]
     cfg["ensemble"]["checkpoints"] = [str(trained.output / "checkpoints" / f"member_{i}.pt") for i in range(2)]
-    with pytest.raises(UserError, match=r"^ensemble\.checkpoints: .*member_0.pt: it was saved for the model "
-                                        r"\{'name': 'mlp', 'hidden': \[32\]\}, this pipeline's is .*\[16\]"):
+    with pytest.raises(
+        UserError,
+        match=r"^ensemble\.checkpoints: .*member_0.pt: it was saved for the model "
+        r"\{'name': 'mlp', 'hidden': \[32\]\}, this pipeline's is .*\[16\]",
+    ):
         run(cfg)
 
 
@@ -177,7 +180,7 @@ def test_a_checkpoint_with_arbitrary_objects_is_refused_without_unsafe_advice(ti
 @pytest.mark.parametrize(
     "content, expected",
     [
-        (b"{\"fingerprint\": \"abc", "stages.json: damaged (not a JSON object)"),
+        (b'{"fingerprint": "abc', "stages.json: damaged (not a JSON object)"),
         (b"[1, 2]", "stages.json: damaged (not a JSON object)"),
         (b"\xff\xfe\x00", "stages.json: damaged (not a JSON object)"),
     ],
@@ -276,7 +279,11 @@ def test_the_summary_is_what_the_rows_say(tiny_pipeline):
     largest = 0.25 * stats.norm.ppf(0.01 ** (1 / 200))
     assert all(float(row["radius"]) <= largest + 1e-12 for row in table)
     assert all((row["predict"] == "-1") == (float(row["radius"]) == 0.0) for row in table)
-    assert 0.05 < result.summary.mechanisms["cohen"].certified_accuracy[0.2] < result.summary.mechanisms["cohen"].certified_accuracy[0.0]
+    assert (
+        0.05
+        < result.summary.mechanisms["cohen"].certified_accuracy[0.2]
+        < result.summary.mechanisms["cohen"].certified_accuracy[0.0]
+    )
 
 
 def test_an_unwritable_output_is_found_before_any_work(tiny_pipeline, monkeypatch):

@@ -12,12 +12,33 @@ from ensemblecert.plugins.cohen import Cohen
 def test_builtins_cover_every_kind():
     registry = load_registry()
     names = {(c.kind, c.name): c.plugin for c in registry}
-    for key in [("dataset", "digits"), ("dataset", "mnist"), ("dataset", "cifar10"), ("dataset", "imagenet"),
-                ("model", "mlp"), ("model", "lenet"), ("model", "resnet20"), ("model", "resnet110"),
-                ("model", "resnet50"), ("aggregator", "we"), ("aggregator", "mme"), ("noise", "gaussian"),
-                ("loss", "gaussian"), ("loss", "smoothadv"), ("regularizer", "drt"), ("regularizer", "adp"),
-                ("regularizer", "gal"), ("regularizer", "igat"), ("certifier", "cohen"), ("smoothing", "ebs"), ("command", "simplex"),
-                ("attack", "pgd"), ("attack", "fgsm"), ("attack", "autoattack"), ("attack", "square")]:
+    for key in [
+        ("dataset", "digits"),
+        ("dataset", "mnist"),
+        ("dataset", "cifar10"),
+        ("dataset", "imagenet"),
+        ("model", "mlp"),
+        ("model", "lenet"),
+        ("model", "resnet20"),
+        ("model", "resnet110"),
+        ("model", "resnet50"),
+        ("aggregator", "we"),
+        ("aggregator", "mme"),
+        ("noise", "gaussian"),
+        ("loss", "gaussian"),
+        ("loss", "smoothadv"),
+        ("regularizer", "drt"),
+        ("regularizer", "adp"),
+        ("regularizer", "gal"),
+        ("regularizer", "igat"),
+        ("certifier", "cohen"),
+        ("smoothing", "ebs"),
+        ("command", "simplex"),
+        ("attack", "pgd"),
+        ("attack", "fgsm"),
+        ("attack", "autoattack"),
+        ("attack", "square"),
+    ]:
         assert key in names, key
     assert names[("certifier", "cohen")] == "cohen"
 
@@ -56,9 +77,7 @@ def test_third_party_certifier_named_in_the_pipeline(tmp_path, on_path):
         )
     )
     on_path(tmp_path)
-    pipeline, registry = load_pipeline(
-        {"plugins": ["my_plugin"], "certify": {"mechanisms": [{"name": "always-zero"}]}}
-    )
+    pipeline, registry = load_pipeline({"plugins": ["my_plugin"], "certify": {"mechanisms": [{"name": "always-zero"}]}})
     assert registry.get("certifier", "always-zero").plugin == "my_plugin"
     assert type(pipeline.certify.mechanisms[0]).__name__ == "Always"
 
@@ -102,7 +121,9 @@ class WrongBase:
     pass
 
 
-@pytest.mark.parametrize("cls,message", [(NotAttrs, "expected an attrs class"), (WrongBase, "must subclass ensemblecert.Certifier")])
+@pytest.mark.parametrize(
+    "cls,message", [(NotAttrs, "expected an attrs class"), (WrongBase, "must subclass ensemblecert.Certifier")]
+)
 def test_registrations_are_checked(cls, message):
     class Plugin:
         @staticmethod
@@ -134,7 +155,6 @@ def test_registry_can_be_built_without_entry_points():
 
 def test_the_documented_plugin_example_works_and_is_sound(tmp_path, on_path):
     from conftest import REPO
-
     from ensemblecert.plugins.noise import GaussianNoise
     from ensemblecert.testing import assert_sound
 
@@ -143,7 +163,10 @@ def test_the_documented_plugin_example_works_and_is_sound(tmp_path, on_path):
     (tmp_path / "doc_example_plugin.py").write_text(code)
     on_path(tmp_path)
     pipeline, registry = load_pipeline(
-        {"plugins": ["doc_example_plugin"], "certify": {"mechanisms": [{"name": "two-stage", "n": 200, "n0": 20, "alpha": 0.1}]}}
+        {
+            "plugins": ["doc_example_plugin"],
+            "certify": {"mechanisms": [{"name": "two-stage", "n": 200, "n0": 20, "alpha": 0.1}]},
+        }
     )
     mechanism = pipeline.certify.mechanisms[0]
     assert registry.get("certifier", "two-stage").plugin == "doc_example_plugin"

@@ -39,19 +39,26 @@ def test_tsv_round_trip_and_crash_leftovers(tmp_path):
     back = read_results(path, ["cohen"])
     assert back == RESULTS
     assert path.read_text().endswith("\n")  # the partial row was removed
-    assert path.read_text().splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tevaluations\tclassifier"
+    assert (
+        path.read_text().splitlines()[0]
+        == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tevaluations\tclassifier"
+    )
     with pytest.raises(UserError, match="do not match this pipeline's mechanisms"):
         read_results(path, ["cohen", "other"])
 
 
 def test_several_mechanisms_get_their_own_columns(tmp_path):
     path = tmp_path / "certify.tsv"
-    both = ExampleResult(7, 3, {"a": Outcome(Certificate(3, 0.4, 10), 0.1), "b": Outcome(Certificate(ABSTAIN, 0.0, 20), 0.2)})
+    both = ExampleResult(
+        7, 3, {"a": Outcome(Certificate(3, 0.4, 10), 0.1), "b": Outcome(Certificate(ABSTAIN, 0.0, 20), 0.2)}
+    )
     with ResultsWriter(path, ["a", "b"]) as writer:
         writer.write(both)
     header, row = path.read_text().splitlines()
     cols = dict(zip(header.split("\t"), row.split("\t")))
-    assert cols["predict"] == "3" and cols["a:radius"] == "0.4" and cols["b:predict"] == "-1" and cols["b:samples"] == "20"
+    assert (
+        cols["predict"] == "3" and cols["a:radius"] == "0.4" and cols["b:predict"] == "-1" and cols["b:samples"] == "20"
+    )
     assert read_results(path, ["a", "b"]) == [both]
 
 
@@ -80,8 +87,12 @@ def test_binary_content_is_a_user_error(tmp_path, content):
 
 def test_details_and_costs_become_columns_and_come_back(tmp_path):
     path = tmp_path / "certify.tsv"
-    first = ExampleResult(0, 1, {"adp": Outcome(Certificate(1, 0.25, 1100, {"stage": 2.0, "p_lower": 0.9}), 0.1, 3300, 800)})
-    second = ExampleResult(1, 2, {"adp": Outcome(Certificate(ABSTAIN, 0.0, 100, {"stage": 1.0, "p_lower": 0.4}), 0.1, 300, 50)})
+    first = ExampleResult(
+        0, 1, {"adp": Outcome(Certificate(1, 0.25, 1100, {"stage": 2.0, "p_lower": 0.9}), 0.1, 3300, 800)}
+    )
+    second = ExampleResult(
+        1, 2, {"adp": Outcome(Certificate(ABSTAIN, 0.0, 100, {"stage": 1.0, "p_lower": 0.4}), 0.1, 300, 50)}
+    )
     with ResultsWriter(path, ["adp"]) as writer:
         writer.write(first)
     with ResultsWriter(path, ["adp"]) as writer:  # a resumed run appends under the same header

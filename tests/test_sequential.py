@@ -47,8 +47,13 @@ def test_coverage_holds_uniformly_over_time_where_repeated_clopper_pearson_fails
 def test_decisions():
     target = Sequential(radius=0.25, alpha=0.01, beta=0.01)
     need = stats.norm.cdf(1.0)  # sigma = 0.25
-    for hits, draws, expected in [(1000, 1000, Stop.TARGET), (600, 1000, Stop.UNREACHABLE), (850, 1000, None),
-                                  (83_000, 100_000, Stop.UNREACHABLE), (90_000, 100_000, Stop.TARGET)]:
+    for hits, draws, expected in [
+        (1000, 1000, Stop.TARGET),
+        (600, 1000, Stop.UNREACHABLE),
+        (850, 1000, None),
+        (83_000, 100_000, Stop.UNREACHABLE),
+        (90_000, 100_000, Stop.TARGET),
+    ]:
         assert target.decide(hits, draws, 0.25) is expected, (hits, draws)
         lower, _ = confidence_sequence(hits, draws, 0.01)
         _, upper = confidence_sequence(hits, draws, 0.01)
@@ -107,8 +112,9 @@ def test_the_harness_catches_peeking_at_a_fixed_n_bound():
 def test_sequential_in_a_pipeline(tiny_pipeline):
     from ensemblecert import run
 
-    tiny_pipeline["certify"]["mechanisms"] = [{"name": "sequential", "radius": 0.25, "n0": 20, "batch": 50,
-                                               "max_samples": 1000, "alpha": 0.01}]
+    tiny_pipeline["certify"]["mechanisms"] = [
+        {"name": "sequential", "radius": 0.25, "n0": 20, "batch": 50, "max_samples": 1000, "alpha": 0.01}
+    ]
     result = run(tiny_pipeline)
     samples = [r.outcomes["sequential"].certificate.samples for r in result.results]
     assert all(70 <= s <= 1020 and (s - 20) % 50 == 0 for s in samples)  # whole batches of 50

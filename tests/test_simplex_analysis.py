@@ -66,11 +66,15 @@ def test_a_runs_inputs_and_the_gain_of_best(tiny_pipeline, tmp_path, cli):
         # each member's ACR, recomputed from the rows
         for k, entry in enumerate(record.entries):
             certs = [r.outcomes[label].certificate for r in result.results]
-            expected = np.mean([c.details[f"r_{entry}"] * (c.prediction == r.label) for c, r in zip(certs, result.results)])
+            expected = np.mean(
+                [c.details[f"r_{entry}"] * (c.prediction == r.label) for c, r in zip(certs, result.results)]
+            )
             assert record.acr(k) == pytest.approx(expected)
             assert record.acr(k) <= record.acr() + 1e-12
         assert record.acr() == pytest.approx(result.summary.mechanisms[label].acr)
-        assert record.certified_accuracy(0.25) == pytest.approx(result.summary.mechanisms[label].certified_accuracy[0.25])
+        assert record.certified_accuracy(0.25) == pytest.approx(
+            result.summary.mechanisms[label].certified_accuracy[0.25]
+        )
         assert record.labels.tolist() == labels
     proc = cli("simplex", str(result.output), "--resolution", "40", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

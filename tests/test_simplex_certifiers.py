@@ -34,7 +34,9 @@ def test_sound_on_the_linear_model(name, expectation):
 def test_best_refuses_sets_about_two_classifiers():
     # multinomial bounds certify the hard smoothed classifier, softmax bounds the soft one: a larger radius of the two
     # is a promise about neither, so the set is a configuration error at `.of` that says why
-    with pytest.raises(ConfigError, match=r"certify\.mechanisms\[0\]\.of: mixes mechanisms about two different classifiers"):
+    with pytest.raises(
+        ConfigError, match=r"certify\.mechanisms\[0\]\.of: mixes mechanisms about two different classifiers"
+    ):
         load_pipeline({"certify": {"mechanisms": [{"name": "best", "of": MIXED}]}})
     assert certifier(name="best", of=["softmax:lecuyer", "softmax:dp"]).classifier() == "soft"
     assert certifier(name="best", expectation="softmax").classifier() == "soft"
@@ -55,8 +57,13 @@ def test_sound_on_a_k_class_model(name, expectation):
     # output is one-hot, so both expectations equal the closed-form class probabilities.
     model = IntervalModel(16, [-0.5, 0.0, 0.35, 1.1], seed=0, one_hot=True)
     regions = (*DEFAULT_REGIONS, type(DEFAULT_REGIONS[0])("plurality", 0.3, 0.5))
-    report = check_soundness(certifier(name=name, n0=20, n=200, alpha=0.1, expectation=expectation), GaussianNoise(0.5), model=model,
-                             regions=regions, trials=150)
+    report = check_soundness(
+        certifier(name=name, n0=20, n=200, alpha=0.1, expectation=expectation),
+        GaussianNoise(0.5),
+        model=model,
+        regions=regions,
+        trials=150,
+    )
     assert report.sound, str(report)
     assert report.certified > 150
 
@@ -101,13 +108,19 @@ def test_cohen_under_the_expectations_of_004():
     x = model.point_at(0.4, seed=0)
     classic = certifier(name="cohen", n0=20, n=500, alpha=0.05).certify(sampler, x, input_generator(0, 0))
     for which in ("multinomial", "softmax"):
-        cert = certifier(name="cohen", expectation=which, n0=20, n=500, alpha=0.05).certify(sampler, x, input_generator(0, 0))
+        cert = certifier(name="cohen", expectation=which, n0=20, n=500, alpha=0.05).certify(
+            sampler, x, input_generator(0, 0)
+        )
         _, e0, e1 = draw_expectations(sampler, x, 20, 500, generator=input_generator(0, 0)).bounds(which, 0.05)
         assert cert.details == pytest.approx({"e0": e0, "e1": e1})
         assert cert.radius == pytest.approx(float(MECHANISMS["cohen"](e0, e1, 0.5)))
     # the classic CERTIFY spends all of alpha on p_A, so on the same draws it certifies more than Eq. 9 at alpha / 2
-    assert classic.radius > certifier(name="cohen", expectation="multinomial", n0=20, n=500, alpha=0.05).certify(
-        sampler, x, input_generator(0, 0)).radius
+    assert (
+        classic.radius
+        > certifier(name="cohen", expectation="multinomial", n0=20, n=500, alpha=0.05)
+        .certify(sampler, x, input_generator(0, 0))
+        .radius
+    )
     with pytest.raises(ConfigError, match="set expectation as well"):
         certifier(name="cohen", procedure="paper")
 

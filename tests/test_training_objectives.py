@@ -30,8 +30,17 @@ def members(count=3, dim=5, classes=4, seed=0):
 
 
 def batch_of(nets, x, y, *, copies=1, seed=0, sigma=0.3):
-    return TrainBatch(x, y, nets, GaussianNoise(sigma), WeightedEnsemble(), torch.Generator().manual_seed(seed), 0,
-                      copies=copies, shared=True)
+    return TrainBatch(
+        x,
+        y,
+        nets,
+        GaussianNoise(sigma),
+        WeightedEnsemble(),
+        torch.Generator().manual_seed(seed),
+        0,
+        copies=copies,
+        shared=True,
+    )
 
 
 def test_gd_matches_gradients_taken_by_hand():
@@ -67,11 +76,13 @@ def test_gd_matches_gradients_taken_by_hand():
 
 
 def test_valid_pairs_cm_sign_and_normalisation():
-    probs = torch.tensor([
-        [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]],   # member 0: right on input 0, wrong on input 1
-        [[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]],   # member 1: right on both
-        [[0.1, 0.8, 0.1], [0.3, 0.1, 0.6]],   # member 2: wrong on input 0, right on input 1
-    ])
+    probs = torch.tensor(
+        [
+            [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]],  # member 0: right on input 0, wrong on input 1
+            [[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]],  # member 1: right on both
+            [[0.1, 0.8, 0.1], [0.3, 0.1, 0.6]],  # member 2: wrong on input 0, right on input 1
+        ]
+    )
     y = torch.tensor([0, 2])
     margin, correct = margins(probs, y)
     assert torch.allclose(margin[:, 0], torch.tensor([0.5, 0.3, -0.7]))
@@ -82,7 +93,9 @@ def test_valid_pairs_cm_sign_and_normalisation():
     # larger margins, smaller CM
     sharper = torch.stack([probs[:, 0] ** 4 / (probs[:, 0] ** 4).sum(-1, keepdim=True), probs[:, 1]], dim=1)
     m2, c2 = margins(sharper, y)
-    assert float(reduce_pairs(confidence_margin(m2, valid_pairs(c2)), valid, "sum")) < float(reduce_pairs(cm, valid, "sum"))
+    assert float(reduce_pairs(confidence_margin(m2, valid_pairs(c2)), valid, "sum")) < float(
+        reduce_pairs(cm, valid, "sum")
+    )
     ones = torch.where(valid, torch.ones_like(cm), torch.zeros_like(cm))
     assert float(reduce_pairs(ones, valid, "sum")) == pytest.approx(2.0)  # two ordered pairs per input
     assert float(reduce_pairs(ones, valid, "mean")) == pytest.approx(1.0)
@@ -115,10 +128,18 @@ def test_adp_falls_as_the_members_diversify():
     ortho = torch.tensor([[[0.5, 0.5, 0.0, 0.0]], [[0.5, 0.0, 0.5, 0.0]]])
     assert float(log_diversity(ortho, y)) == pytest.approx(0.0, abs=1e-5)
     nets = members(2)
-    batch = TrainBatch(torch.randn(8, 5), torch.randint(0, 4, (8,)), nets, GaussianNoise(0.3), WeightedEnsemble(),
-                       torch.Generator().manual_seed(0), 0, shared=True)
+    batch = TrainBatch(
+        torch.randn(8, 5),
+        torch.randint(0, 4, (8,)),
+        nets,
+        GaussianNoise(0.3),
+        WeightedEnsemble(),
+        torch.Generator().manual_seed(0),
+        0,
+        shared=True,
+    )
     terms = regularizer(name="adp", alpha=2.0, beta=0.5).terms(batch)
-    probs = torch.stack([l.softmax(-1) for l in batch.logits()])
+    probs = torch.stack([logits.softmax(-1) for logits in batch.logits()])
     assert float(terms["adp_entropy"].detach()) == pytest.approx(-2.0 * float(ensemble_entropy(probs).mean().detach()))
 
 
@@ -146,8 +167,9 @@ def test_smoothadv_attack_raises_the_smoothed_loss():
     x, y = torch.rand(16, 5), torch.randint(0, 3, (16,))
     attack = {"name": "pgd", "norm": "l2", "epsilon": 0.5, "steps": 5, "step_size": 0.2, "random_start": False}
     loss_fn = build_component("loss", {"name": "smoothadv", "attack": attack}, REGISTRY)
-    batch = TrainBatch(x, y, nets, GaussianNoise(0.25), WeightedEnsemble(), torch.Generator().manual_seed(0), 0,
-                       copies=4)
+    batch = TrainBatch(
+        x, y, nets, GaussianNoise(0.25), WeightedEnsemble(), torch.Generator().manual_seed(0), 0, copies=4
+    )
     noise = batch.noise_draws()[0]
     adv = loss_fn.adversarial(batch, nets, noise)
     assert (adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5 and adv.min() >= 0 and adv.max() <= 1
@@ -174,7 +196,10 @@ def test_smoothadv_warm_up():
         ({"regularizers": [{"name": "drt", "rho1": -0.5}]}, "train.regularizers[0].rho1: must be >= 0, got -0.5"),
         ({"copies": 0}, "train.copies: must be >= 1, got 0"),
         ({"regularizers": [{"name": "drtt"}]}, "unknown regularizer 'drtt'; did you mean 'drt'?"),
-        ({"loss": {"name": "smoothadv", "attack": {"name": "pgd", "steps": 0}}}, "train.loss.attack.steps: must be >= 1"),
+        (
+            {"loss": {"name": "smoothadv", "attack": {"name": "pgd", "steps": 0}}},
+            "train.loss.attack.steps: must be >= 1",
+        ),
     ],
 )
 def test_bad_training_settings(train, message, tiny_pipeline):
@@ -202,8 +227,13 @@ def test_drt_fine_tunes_from_a_gaussian_run_and_records_it(tiny_pipeline, tmp_pa
     first = run(tiny_pipeline)
     tuned = copy.deepcopy(tiny_pipeline)
     tuned["output"] = str(tmp_path / "tuned")
-    tuned["train"].update(epochs=1, lr=1e-12, copies=2, start_from=[str(first.output)],
-                          regularizers=[{"name": "drt", "rho1": 0.5, "rho2": 2.0}])
+    tuned["train"].update(
+        epochs=1,
+        lr=1e-12,
+        copies=2,
+        start_from=[str(first.output)],
+        regularizers=[{"name": "drt", "rho1": 0.5, "rho2": 2.0}],
+    )
     result = run(tuned)
     for a, b in zip(first.ensemble.members, result.ensemble.members):  # started from the Gaussian weights
         for pa, pb in zip(a.parameters(), b.parameters()):
@@ -242,4 +272,5 @@ def test_cm_alone_and_gd_alone_from_toml(rho1, rho2, terms, tiny_pipeline):
     result = run(tiny_pipeline)
     (record,) = json.loads((result.output / "train_log.json").read_text())["epochs"]
     assert {"gd", "cm"} & set(record) == terms and record["loss"] == pytest.approx(
-        record["ce"] + sum(record[t] for t in terms), rel=1e-6)
+        record["ce"] + sum(record[t] for t in terms), rel=1e-6
+    )

@@ -136,12 +136,19 @@ def test_checks():
 
 def k_consensus_pipeline(tmp_path, **aggregator):
     return {
-        "seed": 1, "device": "cpu", "output": str(tmp_path / "run"), "data": {"name": "digits"},
+        "seed": 1,
+        "device": "cpu",
+        "output": str(tmp_path / "run"),
+        "data": {"name": "digits"},
         "noise": {"name": "gaussian", "sigma": 0.25},
         "ensemble": {"members": 4, "model": {"name": "mlp", "hidden": [32]}, "aggregator": aggregator},
         "train": {"epochs": 2, "batch_size": 128, "lr": 0.1},
-        "certify": {"mechanisms": [{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}], "batch_size": 100,
-                    "skip": 40, "radii": [0.0]},
+        "certify": {
+            "mechanisms": [{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}],
+            "batch_size": 100,
+            "skip": 40,
+            "radii": [0.0],
+        },
     }
 
 
@@ -160,7 +167,9 @@ def test_k_consensus_in_a_pipeline_holds_out_ranks_records_and_reuses(tmp_path):
     assert summary.evaluation_share == pytest.approx(0.5 + 0.5 * (1 - summary.details["kcr"]), rel=1e-9)
     again = run(cfg)  # resumes: the same ranking, read back, and the same results
     assert again.ensemble.aggregator == result.ensemble.aggregator
-    assert [r.outcomes["cohen"].certificate for r in again.results] == [r.outcomes["cohen"].certificate for r in result.results]
+    assert [r.outcomes["cohen"].certificate for r in again.results] == [
+        r.outcomes["cohen"].certificate for r in result.results
+    ]
 
 
 def test_fitted_soft_voting_in_a_pipeline(tmp_path):

@@ -21,7 +21,9 @@ from ..errors import UserError
 from ..seeds import generator
 
 
-def split_heldout(data: DataSplits, fraction: float, seed: int) -> tuple[DataSplits, torch.utils.data.Dataset, list[int]]:
+def split_heldout(
+    data: DataSplits, fraction: float, seed: int
+) -> tuple[DataSplits, torch.utils.data.Dataset, list[int]]:
     """Set ``fraction`` of the training data aside, chosen with ``seed``: the remaining splits, the held-out part and
     its indices."""
     size = len(data.train)
@@ -58,8 +60,10 @@ class CalibrationStage(Stage):
         held = run.heldout
         if run.world.main:
             indices = [int(i) for i in held.indices]
-            write_json(run.path(Outputs.HELDOUT), {"fraction": p.heldout.fraction, "size": len(held.dataset),
-                                                   "indices": indices})
+            write_json(
+                run.path(Outputs.HELDOUT),
+                {"fraction": p.heldout.fraction, "size": len(held.dataset), "indices": indices},
+            )
         saved = read_json(path, "the calibration")
         if isinstance(saved.get("aggregator"), dict):
             run.reporter.info(f"Reusing the calibrated aggregator in {path}")

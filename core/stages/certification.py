@@ -125,8 +125,14 @@ class CertificationStage(Stage):
             results = [r for r in read_results(tsv, labels) if r.index in wanted]
         results.sort(key=lambda r: r.index)
         run.results = results
-        run.summary = summarize(results, labels, c.radii, members=ensemble.num_members,
-                                precision=p.engine.precision, sound=not p.engine.reduced)
+        run.summary = summarize(
+            results,
+            labels,
+            c.radii,
+            members=ensemble.num_members,
+            precision=p.engine.precision,
+            sound=not p.engine.reduced,
+        )
         if world.main:
             write_json(run.path(Outputs.SUMMARY), {**run.summary.to_dict(), "tsv": str(tsv)})
             if results:
@@ -144,5 +150,6 @@ class CertificationStage(Stage):
                 "their predictions; the radii are not sound certificates of the float32 ensemble"
             )
         if world.distributed:
-            run.reporter.info(f"Certifying on {world.size} processes; each writes certify.part-<rank>.tsv, merged at the end")
-
+            run.reporter.info(
+                f"Certifying on {world.size} processes; each writes certify.part-<rank>.tsv, merged at the end"
+            )

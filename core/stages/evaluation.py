@@ -51,8 +51,16 @@ class EvaluationStage(Stage):
         with run.reporter.progress() as bar:
             task = bar.add_task("evaluate", total=len(indices), status=", ".join(attacks))
             run.evaluation = evaluate(
-                run.members, combiners, attacks, run.data.test, indices, tsv, batch_size=e.batch_size, seed=p.seed,
-                device=run.device, on_batch=lambda k: bar.advance(task, k),
+                run.members,
+                combiners,
+                attacks,
+                run.data.test,
+                indices,
+                tsv,
+                batch_size=e.batch_size,
+                seed=p.seed,
+                device=run.device,
+                on_batch=lambda k: bar.advance(task, k),
             )
         write_json(meta, {**run.evaluation.to_dict(), "tsv": str(tsv)})
         run.reporter.info(f"Accuracy under attack: {tsv}, {meta}")

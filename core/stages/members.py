@@ -137,8 +137,17 @@ class MembersStage(Stage):
                     bar.update(steps, status=train_status(record))
 
             losses = train_ensemble(
-                members, run.data, t, noise=p.train_noise, aggregator=p.ensemble.aggregator, seed=p.seed,
-                device=run.device, resume=resume, on_epoch=on_epoch, on_batch=on_batch, world=world,
+                members,
+                run.data,
+                t,
+                noise=p.train_noise,
+                aggregator=p.ensemble.aggregator,
+                seed=p.seed,
+                device=run.device,
+                resume=resume,
+                on_epoch=on_epoch,
+                on_batch=on_batch,
+                world=world,
             )
             bar.remove_task(steps)
         if not world.main:

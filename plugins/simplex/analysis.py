@@ -130,15 +130,21 @@ def read_run(run_dir: str | Path) -> tuple[list[MechanismRecord], list[float]]:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; give the output directory of `ensemblecert run`")
     if not tsv.exists() or not meta_path.exists():
-        raise UserError(f"{run_dir}: holds no certification results (certify.tsv and certify.json); run the pipeline first")
+        raise UserError(
+            f"{run_dir}: holds no certification results (certify.tsv and certify.json); run the pipeline first"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         labels = [str(m) for m in meta["mechanisms"]]
     except (ValueError, KeyError, TypeError):
-        raise UserError(f"{meta_path}: damaged (no list of mechanisms in it); run the pipeline again with --fresh") from None
+        raise UserError(
+            f"{meta_path}: damaged (no list of mechanisms in it); run the pipeline again with --fresh"
+        ) from None
     radii = [0.0, 0.25, 0.5, 0.75, 1.0]
     try:
-        radii = [float(r) for r in json.loads((run_dir / "pipeline.json").read_text(encoding="utf-8"))["certify"]["radii"]]
+        radii = [
+            float(r) for r in json.loads((run_dir / "pipeline.json").read_text(encoding="utf-8"))["certify"]["radii"]
+        ]
     except (OSError, ValueError, KeyError, TypeError):
         pass
     results = read_results(tsv, labels)
@@ -191,12 +197,22 @@ def draw(found: WinnerMap, path: str | Path, *, record: MechanismRecord | None =
     image = np.ma.masked_less(found.winner.astype(float), 0)
     step = found.e0[1] - found.e0[0] if found.e0.size > 1 else 1.0
     ax.imshow(
-        image, origin="lower", cmap=ListedColormap(colours), vmin=-0.5, vmax=len(colours) - 0.5, alpha=0.35,
-        extent=(0, found.e0[-1] + step / 2, 0, found.e1[-1] + step / 2), aspect="auto", interpolation="nearest",
+        image,
+        origin="lower",
+        cmap=ListedColormap(colours),
+        vmin=-0.5,
+        vmax=len(colours) - 0.5,
+        alpha=0.35,
+        extent=(0, found.e0[-1] + step / 2, 0, found.e1[-1] + step / 2),
+        aspect="auto",
+        interpolation="nearest",
     )
     edge = np.linspace(0, 1, 200)
     ax.plot(edge, np.minimum(edge, 1 - edge), color="black", lw=0.8)
-    handles = [Line2D([], [], marker="s", ls="", ms=9, color=c, alpha=0.5, label=f"{n} wins") for n, c in zip(found.names, colours)]
+    handles = [
+        Line2D([], [], marker="s", ls="", ms=9, color=c, alpha=0.5, label=f"{n} wins")
+        for n, c in zip(found.names, colours)
+    ]
     if record is not None and record.entries:
         certified = record.winner >= 0
         for k, entry in enumerate(record.entries):
@@ -204,10 +220,27 @@ def draw(found: WinnerMap, path: str | Path, *, record: MechanismRecord | None =
             if not at.any():
                 continue
             marker = "^" if entry.startswith("softmax:") else "o"
-            ax.scatter(record.e0[at], record.e1[at], s=16, marker=marker, color=COLOURS[mechanism_of(entry)],
-                       edgecolors="black", linewidths=0.4, zorder=3)
-            handles.append(Line2D([], [], marker=marker, ls="", color=COLOURS[mechanism_of(entry)],
-                                  markeredgecolor="black", label=f"input: {entry} ({int(at.sum())})"))
+            ax.scatter(
+                record.e0[at],
+                record.e1[at],
+                s=16,
+                marker=marker,
+                color=COLOURS[mechanism_of(entry)],
+                edgecolors="black",
+                linewidths=0.4,
+                zorder=3,
+            )
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    marker=marker,
+                    ls="",
+                    color=COLOURS[mechanism_of(entry)],
+                    markeredgecolor="black",
+                    label=f"input: {entry} ({int(at.sum())})",
+                )
+            )
         rest = ~certified
         if rest.any():
             ax.scatter(record.e0[rest], record.e1[rest], s=10, marker="x", color="black", alpha=0.5, zorder=3)

@@ -23,7 +23,9 @@ def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in MECHANISMS]
     if unknown or not names:
-        raise UserError(f"--of: unknown mechanisms {unknown or text!r}; choose from {', '.join(MECHANISMS)}, comma-separated")
+        raise UserError(
+            f"--of: unknown mechanisms {unknown or text!r}; choose from {', '.join(MECHANISMS)}, comma-separated"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -40,7 +42,9 @@ class SimplexCommand(Command):
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run's output directory (omit for the bare map)")
+        parser.add_argument(
+            "run_dir", nargs="?", metavar="RUN_DIR", help="a run's output directory (omit for the bare map)"
+        )
         parser.add_argument("--of", help="mechanisms of the bare map, comma-separated (default: cohen,li,dp)")
         parser.add_argument("--resolution", type=int, default=200, help="grid cells along E0 (default 200)")
         parser.add_argument("--output", "-o", help="where the PNG goes (default: RUN_DIR, or simplex_regions.png)")
@@ -83,8 +87,12 @@ class SimplexCommand(Command):
         for record in ranked:
             names = list(dict.fromkeys(mechanism_of(e) for e in record.entries))
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", record.label)
-            path = draw(winner_map(names, args.resolution), out_dir / f"simplex_{slug}.png", record=record,
-                        title=f"{record.label}: {len(record.labels)} inputs in the (E0, E1) triangle")
+            path = draw(
+                winner_map(names, args.resolution),
+                out_dir / f"simplex_{slug}.png",
+                record=record,
+                title=f"{record.label}: {len(record.labels)} inputs in the (E0, E1) triangle",
+            )
             rows = gain_rows(record, radii)
             table = Table(title=f"{record.label}: each member against the best of them ({len(record.labels)} inputs)")
             table.add_column("mechanism")
@@ -95,8 +103,11 @@ class SimplexCommand(Command):
             table.add_column("gain of best (ACR)", justify="right")
             for row in rows:
                 table.add_row(
-                    escape(str(row["mechanism"])), f"{row['wins']:.1%}",
-                    *[f"{row[f'{r:g}']:.1%}" for r in radii], f"{row['acr']:.3f}", f"{row['gain']:+.3f}",
+                    escape(str(row["mechanism"])),
+                    f"{row['wins']:.1%}",
+                    *[f"{row[f'{r:g}']:.1%}" for r in radii],
+                    f"{row['acr']:.3f}",
+                    f"{row['gain']:+.3f}",
                 )
             console.print(table)
             console.print(f"Picture: {escape(str(path))}")

@@ -22,7 +22,6 @@ from scipy import special, stats
 from ensemblecert import gaussian_radius
 
 
-
 def _pair(e0: ArrayLike, e1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     e0, e1 = np.broadcast_arrays(np.asarray(e0, dtype=np.float64), np.asarray(e1, dtype=np.float64))
     if np.any((e0 < 0) | (e0 > 1) | (e1 < 0) | (e1 > 1)):
@@ -78,7 +77,8 @@ def li_limit(e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
 
 
 def _logcosh(x: np.ndarray) -> np.ndarray:
-    """``log cosh x`` to full relative precision: ``log1p(2 sinh^2(x/2))`` near 0, ``|x| + log1p(e^{-2|x|}) - log 2`` beyond."""
+    """``log cosh x`` to full relative precision: ``log1p(2 sinh^2(x/2))`` near 0,
+    ``|x| + log1p(e^{-2|x|}) - log 2`` beyond."""
     ax = np.abs(x)
     with np.errstate(over="ignore", invalid="ignore"):
         small = np.log1p(2.0 * np.square(np.sinh(np.minimum(ax, 1.0) / 2.0)))
@@ -90,7 +90,8 @@ def li_at(omega: ArrayLike, e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.nd
     """Eq. 8's radius at one ``omega > 1``, without overflow or cancellation; 0 where the bracket is not below 1.
 
     With ``p = 1 - omega``, ``h = (ln E0 - ln E1) / 2`` and ``A = (E0 + E1) / 2``, the power mean is
-    ``M = A exp(logcosh(p h) / p - logcosh(h))``, so the bracket minus 1 is ``2 A expm1(logcosh(p h) / p - logcosh(h))``:
+    ``M = A exp(logcosh(p h) / p - logcosh(h))``, so the bracket minus 1 is
+    ``2 A expm1(logcosh(p h) / p - logcosh(h))``:
     both terms are computed to relative precision, for omega near 1, near ties and large omega alike.
     """
     omega, e0, e1 = np.broadcast_arrays(np.asarray(omega, np.float64), *_pair(e0, e1))
@@ -116,8 +117,8 @@ def li(e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
 
 
 def lecuyer_at(epsilon: ArrayLike, e0: ArrayLike, e1: ArrayLike, sigma: float) -> np.ndarray:
-    """Eq. 5's radius at one ``epsilon`` (sensitivity 1): ``sigma eps / sqrt(2 ln(1.25 (1 + e^eps) / (E0 - e^{2 eps} E1)))``,
-    0 where ``E0 <= e^{2 eps} E1``."""
+    """Eq. 5's radius at one ``epsilon`` (sensitivity 1):
+    ``sigma eps / sqrt(2 ln(1.25 (1 + e^eps) / (E0 - e^{2 eps} E1)))``, 0 where ``E0 <= e^{2 eps} E1``."""
     epsilon, e0, e1 = np.broadcast_arrays(np.asarray(epsilon, np.float64), *_pair(e0, e1))
     margin = e0 - np.exp(2.0 * epsilon) * e1
     with np.errstate(divide="ignore", invalid="ignore"):
