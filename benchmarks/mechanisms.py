@@ -1,4 +1,4 @@
-"""The cost of the mechanisms of "It's Simplex!" (004) against the cost of the draws they certify from.
+"""The cost of the mechanisms of "It's Simplex!" (Cullen24) against the cost of the draws they certify from.
 
     python benchmarks/mechanisms.py [--pairs 10000] [--n 10000]
 

@@ -6,7 +6,7 @@ For Gaussian augmentation, DRT + Gaussian, SmoothAdv and DRT + SmoothAdv (and GA
 MLPs (8x8 inputs) and on CIFAR-shaped inputs through ResNet-20 members, times one full training step (noise,
 forward, the objective's terms, backward, SGD step), the median of ``--steps`` after one warm-up step, and prints
 seconds per step and the ratio to the Gaussian step with the same members. Every objective sees 2 noisy copies of
-each input (m = 2, 000 App. F). SmoothAdv uses 10 PGD steps (000 App. F); 000 App. F.2 reports 3.82 s for a
+each input (m = 2, Yang22 App. F). SmoothAdv uses 10 PGD steps (Yang22 App. F); Yang22 App. F.2 reports 3.82 s for a
 DRT + Gaussian step and 6.39 s for a SmoothAdv step on CIFAR-10 (GPU), so DRT + Gaussian should cost less.
 """
 

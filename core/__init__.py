@@ -1,6 +1,15 @@
 """ensemblecert: certify (L2) and train robust ensembles with randomized smoothing.
 
-The public API. Plugins import only from here (and ``ensemblecert.validators`` for field checks).
+The public API, in two groups (docs/api.md lists both, and a test keeps the list and ``__all__`` equal):
+
+* for running pipelines and certifying: ``run``, ``load_pipeline``, ``run_pipeline``, ``certify``,
+  ``load_registry``, ``build_component``, the results (``RunResult``, ``ExampleResult``, ``Summary``,
+  ``read_results``) and the errors;
+* for plugin authors: the base class of every component kind (``Certifier``, ``Aggregator``, ``Stage``, ...), the
+  ``hookimpl`` decorator, and the sampling and statistics a component builds on; with ``ensemblecert.validators``
+  (field checks), ``ensemblecert.testing`` (the soundness harness) and ``ensemblecert.context`` (for run stages).
+
+Plugins import only these. Every other module is internal.
 """
 
 from .certification import certify, input_generator
@@ -31,7 +40,7 @@ from .components import (
 from .config import Pipeline, build_component, describe, load_pipeline
 from .config import component as component_field
 from .engine import Engine, Members
-from .ensemble import Ensemble, Normalize, build_member
+from .ensemble import Ensemble, build_member
 from .errors import ConfigError, UserError
 from .evaluation import probability_model
 from .expectations import (
@@ -44,10 +53,10 @@ from .expectations import (
     softmax_bounds,
 )
 from .hookspecs import hookimpl
-from .manager import load_registry, make_plugin_manager
+from .manager import load_registry
 from .objectives import TrainBatch
 from .pipeline import RunResult, run, run_pipeline
-from .registry import KINDS, Component, Registry
+from .registry import Component, Registry
 from .results import ExampleResult, Summary, read_results, summarize
 from .sampling import MonteCarloSampler, SharedTallies, SmoothedClassifier, Tally, Usage, evaluation_mode
 from .stats import (
@@ -68,33 +77,31 @@ __all__ = [
     "Certificate",
     "Certifier",
     "CertifyPlan",
-    "HARD",
-    "SMOOTHED_CLASSIFIERS",
-    "SOFT",
     "Command",
     "Component",
     "ConfigError",
-    "EXPECTATIONS",
-    "ExpectationDraws",
     "DataInfo",
     "DataSplits",
     "Dataset",
-    "Ensemble",
-    "HeldOut",
-    "ExampleResult",
-    "KINDS",
-    "Members",
+    "EXPECTATIONS",
     "Engine",
+    "Ensemble",
+    "ExampleResult",
+    "ExpectationDraws",
+    "HARD",
+    "HeldOut",
+    "Members",
     "Model",
     "MonteCarloSampler",
     "NoiseSampler",
-    "Normalize",
     "PROCEDURES",
     "Pipeline",
     "ProbabilityModel",
     "Registry",
     "Regularizer",
     "RunResult",
+    "SMOOTHED_CLASSIFIERS",
+    "SOFT",
     "SharedTallies",
     "SmoothedClassifier",
     "SmoothingStrategy",
@@ -122,11 +129,10 @@ __all__ = [
     "input_generator",
     "load_pipeline",
     "load_registry",
-    "make_plugin_manager",
     "multinomial_bounds",
     "probability_model",
-    "run",
     "read_results",
+    "run",
     "run_pipeline",
     "softmax_bounds",
     "summarize",

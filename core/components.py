@@ -317,7 +317,7 @@ class Attack(ABC):
     """An adversarial attack: inputs within a norm ball around ``x``, in pixel space, clipped to [0, 1].
 
     The model is seen through a combiner (an aggregator's ``combine``: the average or the elementwise maximum
-    of the members' probabilities, 003 Eq. 12), so one attack serves single models and ensembles alike.
+    of the members' probabilities, Deng23 Eq. 12), so one attack serves single models and ensembles alike.
     """
 
     #: The norm of the ball (``"linf"`` or ``"l2"``) and its radius, for reports.

@@ -114,7 +114,7 @@ class TrainConfig:
     #: Terms over the whole ensemble added to the base loss (``drt``, ``adp``, ``gal``); with any, the members
     #: share one noise draw per batch.
     regularizers: list[Regularizer] = component_list("regularizer", [], empty=True)
-    #: Noisy copies of each training input per batch (m; 000 App. F uses 2).
+    #: Noisy copies of each training input per batch (m; Yang22 App. F uses 2).
     copies: int = attrs.field(default=1, validator=in_range(1))
     #: Fine-tune: start from these member checkpoints (one file per member), or from the checkpoints/ of the one
     #: run directory named; empty: from the seeded initialisation.

@@ -1,5 +1,5 @@
 """The evaluation stage: empirical robustness, i.e. accuracy on clean test inputs and under each attack, for each
-combiner through which the attacks see the ensemble (003, Eq. 12 and Section 6: the average or the maximum).
+combiner through which the attacks see the ensemble (Deng23, Eq. 12 and Section 6: the average or the maximum).
 
 Inputs are attacked a batch at a time. ``evaluate.tsv`` gets one row per input as each batch finishes:
 ``idx``, ``label``, then for every combiner ``<combiner>:natural`` and ``<combiner>:<attack>``, the predicted

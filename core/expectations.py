@@ -1,4 +1,4 @@
-"""Bounds on a smoothed classifier's expectations (004, Section 2.1 and Eq. 4): ``E0`` below the top class,
+"""Bounds on a smoothed classifier's expectations (Cullen24, Section 2.1 and Eq. 4): ``E0`` below the top class,
 ``E1`` above the runner-up, from one tally.
 
 Two expectations of the same noisy draws: *multinomial* (how often each class is predicted) and *softmax* (the

@@ -3,7 +3,7 @@
 The training objective is a base loss (each member's own loss) plus any number of regularizers over the
 ensemble. They all read one :class:`TrainBatch`, which draws the noise and runs the members once, on first
 request, and hands the same tensors to every term that asks, so that DRT's gradient diversity and confidence
-margin are evaluated at exactly the noisy inputs the base loss trains on (000, App. F) and nothing is recomputed.
+margin are evaluated at exactly the noisy inputs the base loss trains on (Yang22, App. F) and nothing is recomputed.
 """
 
 from __future__ import annotations

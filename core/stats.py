@@ -50,7 +50,7 @@ def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float)
     """One-sided Clopper-Pearson lower bound: ``P(p < bound) <= alpha`` for ``successes ~ Bin(trials, p)``.
 
     The ``alpha`` quantile of ``Beta(k, n - k + 1)``, and 0 when ``k = 0`` (Clopper & Pearson, 1934;
-    LOWERCONFBND of Algorithm 1 in 001_94e5826843c1fbd1.txt). Near 1 prefer
+    LOWERCONFBND of Algorithm 1 in Horvath22). Near 1 prefer
     :func:`clopper_pearson_lower_gap`.
     """
     k, n = _check(successes, trials, alpha)

@@ -1,4 +1,4 @@
-"""The DRT experiment on digits (000_aea2a03b72c2b28c.txt, Table 1's setting at digits scale), one command:
+"""The DRT experiment on digits (Yang22, Table 1's setting at digits scale), one command:
 
     python examples/drt_digits.py [--sigmas 0.25 0.5] [--out runs/drt]
 

@@ -1,4 +1,4 @@
-"""The iGAT experiment on digits (003_51d3d49bce38662a.txt, Table 2's setting at digits scale), one command:
+"""The iGAT experiment on digits (Deng23, Table 2's setting at digits scale), one command:
 
     python examples/igat_digits.py [--out runs/igat]
 

@@ -1,5 +1,5 @@
-"""Adaptive Diversity Promoting (ADP) regularizer of Pang et al. (2019), as 000_aea2a03b72c2b28c.txt App. G.4 and
-003_51d3d49bce38662a.txt's supplement (Sec. 1.1) adapt it to smoothed ensembles.
+"""Adaptive Diversity Promoting (ADP) regularizer of Pang et al. (2019), as Yang22 App. G.4 and
+Deng23's supplement (Sec. 1.1) adapt it to smoothed ensembles.
 
 ADP *maximises* the entropy of the ensemble's prediction and the diversity of the members' non-true-class
 predictions; the printed formulas in both papers garble the sign, so here, with the members' cross-entropy as the
@@ -40,7 +40,7 @@ def log_diversity(probs: Tensor, y: Tensor, delta: float = 1e-6) -> Tensor:
 
 @attrs.frozen
 class ADP(Regularizer):
-    """ADP (Pang et al., 2019; 000 App. G.4): ``- alpha * H(ensemble) - beta * log det`` of the normalised
+    """ADP (Pang et al., 2019; Yang22 App. G.4): ``- alpha * H(ensemble) - beta * log det`` of the normalised
     non-true-class predictions, maximising entropy and diversity."""
 
     alpha: float = attrs.field(default=2.0, validator=in_range(0))

@@ -1,4 +1,4 @@
-"""Ensemble protocols of Yang et al. (000_aea2a03b72c2b28c.txt): Weighted Ensemble and Max-Margin Ensemble."""
+"""Ensemble protocols of Yang et al. (Yang22): Weighted Ensemble and Max-Margin Ensemble."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """White-box attacks for empirical robustness: projected gradient descent (PGD, Madry et al., 2018) in the
 L-infinity or L2 ball, with the cross-entropy or the Carlini-Wagner margin as the loss, and FGSM (one signed
-gradient step). 003_51d3d49bce38662a.txt reports PGD-20 and CW (PGD on the CW margin) at L-infinity epsilon 8/255.
+gradient step). Deng23 reports PGD-20 and CW (PGD on the CW margin) at L-infinity epsilon 8/255.
 
 Every attack works on a batch at once and returns inputs within its ball around ``x`` and in [0, 1]. The model it
 sees maps inputs to class probabilities (an ensemble through its combiner), so the losses are written on

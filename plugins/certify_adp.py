@@ -1,4 +1,4 @@
-"""CERTIFYADP: adaptive sampling for a target radius (Horvath et al., 001_94e5826843c1fbd1.txt, Section 6).
+"""CERTIFYADP: adaptive sampling for a target radius (Horvath et al., Horvath22, Section 6).
 
 One selection draw of ``n0`` samples picks the class ``c_A``; stage ``i`` then draws ``n_i`` fresh samples
 and bounds ``c_A``'s probability with one-sided Clopper-Pearson bounds. A stage certifies the target
@@ -75,7 +75,7 @@ def _increasing(_instance, _attribute, value: list[int]) -> None:
 
 @attrs.frozen
 class CertifyAdp(Certifier):
-    """CERTIFYADP (Algorithm 2 of 001): certify one target radius with stages that may stop early."""
+    """CERTIFYADP (Algorithm 2 of Horvath22): certify one target radius with stages that may stop early."""
 
     radius: float = attrs.field(validator=in_range(0))
     n0: int = attrs.field(default=100, validator=in_range(1))

@@ -1,12 +1,12 @@
 """Randomized smoothing's PREDICT and CERTIFY (Cohen et al., 2019).
 
-CERTIFY as Algorithm 1 of 001_94e5826843c1fbd1.txt: ``n0`` draws select the top class, ``n`` fresh
+CERTIFY as Algorithm 1 of Horvath22: ``n0`` draws select the top class, ``n`` fresh
 draws give a one-sided Clopper-Pearson lower bound on its probability at level ``1 - alpha``; above
 one half it certifies ``sigma * Phi^-1(p_lower)`` (Theorem 3.1 with ``p_B = 1 - p_A``), else abstains.
 The radius is computed from ``1 - p_lower`` directly, so it stays exact (and finite) as ``p_lower -> 1``.
 
 With ``expectation = "multinomial"`` or ``"softmax"`` it is instead Eq. 9 of "It's Simplex!"
-(004_7daf5597198d4c39.txt): ``sigma PhiInv(E0)`` with ``E0`` and ``E1`` bounded at ``alpha / 2`` each as that
+(Cullen24): ``sigma PhiInv(E0)`` with ``E0`` and ``E1`` bounded at ``alpha / 2`` each as that
 paper does (Section 2.1: Clopper-Pearson on the class counts, or Hoeffding on the mean softmax output), so its
 certificates line up with the other mechanisms of that paper on the same draws.
 """
@@ -46,9 +46,9 @@ def cohen_radius(p_lower: float, sigma: float) -> float:
 
 @attrs.frozen
 class Cohen(Certifier):
-    """CERTIFY of randomized smoothing (Algorithm 1 of 001_94e5826843c1fbd1.txt), isotropic Gaussian noise.
+    """CERTIFY of randomized smoothing (Algorithm 1 of Horvath22), isotropic Gaussian noise.
 
-    ``expectation`` (unset by default) switches to Eq. 9 of 004 under multinomial or softmax expectations;
+    ``expectation`` (unset by default) switches to Eq. 9 of Cullen24 under multinomial or softmax expectations;
     ``procedure`` then chooses between the sound selection and the paper's (see ``ensemblecert.expectations``).
     """
 
@@ -61,7 +61,7 @@ class Cohen(Certifier):
     def __attrs_post_init__(self) -> None:
         if self.procedure != "sound" and self.expectation is None:
             raise ValueError(
-                f"procedure {self.procedure!r} applies to the expectations of 004 only; set expectation as well"
+                f"procedure {self.procedure!r} applies to the expectations of Cullen24 only; set expectation as well"
             )
 
     noise_families = ("gaussian",)
@@ -74,7 +74,7 @@ class Cohen(Certifier):
         return SOFT if self.expectation == "softmax" else HARD
 
     def certify_plan(self) -> CertifyPlan | None:
-        """CERTIFY's plan, so EAS can run it per member (not under 004's expectations: that is Eq. 9)."""
+        """CERTIFY's plan, so EAS can run it per member (not under Cullen24's expectations: that is Eq. 9)."""
         return CertifyPlan(self.n0, self.n, self.alpha) if self.expectation is None else None
 
     def radius(self, count: int, n: int, sigma: float) -> tuple[float, float]:
@@ -96,7 +96,7 @@ class Cohen(Certifier):
     def _certify_expectation(
         self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None
     ) -> Certificate:
-        """Eq. 9 of 004: ``sigma PhiInv(E0)`` when ``E0 > 1/2``, the bounds at ``alpha / 2`` each."""
+        """Eq. 9 of Cullen24: ``sigma PhiInv(E0)`` when ``E0 > 1/2``, the bounds at ``alpha / 2`` each."""
         draws = draw_expectations(smoothed, x, self.n0, self.n, procedure=self.procedure, generator=generator)
         top, e0, e1 = draws.bounds(self.expectation, self.alpha, self.procedure)
         radius = float(gaussian_radius(1.0 - e0, smoothed.noise.sigma))

@@ -1,4 +1,4 @@
-"""Diversity-Regularized Training (DRT) of 000_aea2a03b72c2b28c.txt, Section 3 and App. F.
+"""Diversity-Regularized Training (DRT) of Yang22, Section 3 and App. F.
 
 Every term is evaluated at the noisy inputs ``x0 + eps`` all members share (App. F). Members ``i`` and ``j`` form
 a *valid pair* there when both predict the true class ``y0``. With ``f`` the members' softmax outputs and
@@ -76,9 +76,9 @@ def reduce_pairs(values: Tensor, valid: Tensor, how: str) -> Tensor:
 
 @attrs.frozen
 class DRT(Regularizer):
-    """Diversity-Regularized Training (000 Eqs. 9-10): ``rho1 * GD + rho2 * CM`` over valid member pairs.
+    """Diversity-Regularized Training (Yang22 Eqs. 9-10): ``rho1 * GD + rho2 * CM`` over valid member pairs.
 
-    ``rho1 = 0`` is CM alone and ``rho2 = 0`` GD alone (the ablation of 000 App. G.1). ``pairs`` says how the
+    ``rho1 = 0`` is CM alone and ``rho2 = 0`` GD alone (the ablation of Yang22 App. G.1). ``pairs`` says how the
     terms are averaged (see the module docstring); ``squared`` uses ``||.||^2`` in GD.
     """
 

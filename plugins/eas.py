@@ -1,4 +1,4 @@
-"""Ensemble-after-Smoothing (Yang et al., 000_aea2a03b72c2b28c.txt, Definition 6 and Theorem 5).
+"""Ensemble-after-Smoothing (Yang et al., Yang22, Definition 6 and Theorem 5).
 
 Each member is smoothed on its own, from the same noise draws; the EAS ensemble follows the member whose
 smoothed top class is most probable (Definition 6, Eq. 37). Member ``i``'s radius term is
@@ -93,11 +93,11 @@ def sampled_terms(
 
 @attrs.frozen
 class EnsembleAfterSmoothing(SmoothingStrategy):
-    """Ensemble-after-Smoothing (EAS, Definition 6 of 000): smooth each member, follow the most confident one.
+    """Ensemble-after-Smoothing (EAS, Definition 6 of Yang22): smooth each member, follow the most confident one.
 
     Certifies with the mechanism's CERTIFY plan (``n0``, ``n`` and ``alpha``: CERTIFY's two steps, per member, on
     shared draws) and the sound form of Theorem 5's radius; see the module docstring. Only a mechanism that
-    declares a CERTIFY plan (``cohen`` without 004's expectations) is accepted.
+    declares a CERTIFY plan (``cohen`` without Cullen24's expectations) is accepted.
     """
 
     needs_member_counts = True

@@ -1,4 +1,4 @@
-"""Ensemble-before-Smoothing (Yang et al., 000_aea2a03b72c2b28c.txt, Definition 5 and Proposition C.1)."""
+"""Ensemble-before-Smoothing (Yang et al., Yang22, Definition 5 and Proposition C.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient Alignment Loss (GAL) of Kariyappa and Qureshi (2019), a baseline of 000_aea2a03b72c2b28c.txt (App. G.4).
+"""Gradient Alignment Loss (GAL) of Kariyappa and Qureshi (2019), a baseline of Yang22 (App. G.4).
 
 GAL pushes the members' input gradients of their losses apart: ``weight * log sum_{i < j} exp(cos(g_i, g_j))``,
 where ``g_i`` is the gradient of member ``i``'s cross-entropy with respect to the input. Here the cosine is taken

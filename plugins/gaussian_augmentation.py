@@ -15,7 +15,7 @@ class GaussianAugmentation(BaseLoss):
 
     Each term is a mean over the batch's noisy inputs. Alone, each member sees its own noise draw, so each
     member's gradient is exactly that of training it alone; with regularizers, all members share the draw
-    (000, App. F).
+    (Yang22, App. F).
     """
 
     def terms(self, batch: TrainBatch) -> dict[str, torch.Tensor]:

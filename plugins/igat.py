@@ -1,4 +1,4 @@
-"""Interactive global adversarial training (iGAT) of 003_51d3d49bce38662a.txt, Section 5 (Eqs. 12 to 16).
+"""Interactive global adversarial training (iGAT) of Deng23, Section 5 (Eqs. 12 to 16).
 
 Each batch, an attack against the whole ensemble seen through a combiner (Eq. 12: the average or the maximum of
 the members' probabilities) makes *global* adversarial examples. Each example is given to one member, the one
@@ -7,7 +7,7 @@ Eq. 14: rank ``r`` is drawn with probability ``2^(N - r) / (2^N - 1)``), and tra
 regularizer (Eq. 15) pushes down, on inputs the ensemble misclassifies, the largest probability any member gives
 to a wrong class. The enhanced loss (Eq. 16) adds, to the base method's loss, ``adversarial_weight`` times the
 members' cross-entropy on their examples and ``regularizer_weight`` times Eq. 15 over natural and adversarial
-inputs together (003 uses 5 and 10 for ADP; named so as not to clash with ADP's own ``alpha`` and ``beta``).
+inputs together (Deng23 uses 5 and 10 for ADP; named so as not to clash with ADP's own ``alpha`` and ``beta``).
 
 Deliberate readings of the paper, as documented in docs/methods/igat.md: Eq. 15's maximum excludes the true class
 (the text means the most wrongly predicted class; as printed, a confident correct member would be penalised), and
@@ -63,7 +63,7 @@ def roulette(probabilities: Tensor, q: Tensor) -> Tensor:
 
 def distribute(scores: Tensor, rule: str, generator: torch.Generator | None) -> Tensor:
     """The member ``[B]`` each example goes to: ``soft`` (Eq. 14), ``hard`` (Eq. 13: the highest true-class
-    probability), or the ablations of 003 Table 3, ``opposite`` (the lowest) and ``random`` (uniform)."""
+    probability), or the ablations of Deng23 Table 3, ``opposite`` (the lowest) and ``random`` (uniform)."""
     if rule == "hard":
         return ranks(scores).argmin(dim=1)
     if rule == "opposite":
@@ -85,7 +85,7 @@ def misclassification_penalty(member_probs: Tensor, y: Tensor, wrong: Tensor, cl
 
 @attrs.frozen
 class IGAT(Regularizer):
-    """iGAT (003 Eq. 16): members trained on global adversarial examples distributed to them (Eqs. 12-14), plus
+    """iGAT (Deng23 Eq. 16): members trained on global adversarial examples distributed to them (Eqs. 12-14), plus
     the misclassification regularizer (Eq. 15)."""
 
     attack: Attack = component_field(

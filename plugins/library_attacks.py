@@ -1,6 +1,6 @@
 """AutoAttack (Croce and Hein, 2020) and the black-box Square attack (Andriushchenko et al., 2020) through
 torchattacks, a maintained implementation: both are long, carefully tuned algorithms that are better reused
-than rewritten. 003_51d3d49bce38662a.txt reports AutoAttack and the black-box SignHunter at L-infinity 8/255;
+than rewritten. Deng23 reports AutoAttack and the black-box SignHunter at L-infinity 8/255;
 Square, a score-based black-box attack in the same family, stands in for SignHunter here.
 
 torchattacks is an optional dependency (``pip install "ensemblecert[attacks]"``): it pins an old ``requests``,
@@ -83,7 +83,7 @@ class AutoAttack(Attack):
 @attrs.frozen
 class Square(Attack):
     """The Square attack (Andriushchenko et al., 2020; via torchattacks): score-based black-box random search
-    with at most ``queries`` queries per input; stands in for 003's SignHunter."""
+    with at most ``queries`` queries per input; stands in for Deng23's SignHunter."""
 
     norm: str = attrs.field(default="linf", validator=one_of(["linf", "l2"]))
     epsilon: float = attrs.field(default=8 / 255, validator=in_range(0, low_open=True))

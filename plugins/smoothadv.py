@@ -1,4 +1,4 @@
-"""SmoothAdv (Salman et al., 2019) as 000_aea2a03b72c2b28c.txt, App. F configures it: adversarial training of the
+"""SmoothAdv (Salman et al., 2019) as Yang22, App. F configures it: adversarial training of the
 smoothed classifier.
 
 For each clean input ``x`` an attack (an attack component; L2 PGD by default) looks for ``x' = x + delta``,
@@ -14,7 +14,7 @@ noisy adversarial inputs ``x' + eps`` the cross-entropy trains on.
 
 The paper gives neither the step size nor a warm-up: the default attack takes steps of ``2 epsilon / steps`` = 0.2
 (so it can cross the ball), and ``warmup`` epochs (default 0) ramp epsilon (and the step) linearly from
-``epsilon / warmup`` (001_94e5826843c1fbd1.txt trains with epsilon 512/255 and 10 warm-up epochs; set them so to
+``epsilon / warmup`` (Horvath22 trains with epsilon 512/255 and 10 warm-up epochs; set them so to
 follow it). The attack's cross-entropy on the smoothed probabilities is exactly the loss above. Members are
 attacked in evaluation mode (batch-norm on running statistics), then trained in training mode.
 """
@@ -48,7 +48,7 @@ def smoothed_probabilities(
 
 @attrs.frozen
 class SmoothAdv(BaseLoss):
-    """SmoothAdv (Salman et al., 2019; 000 App. F): cross-entropy at noisy adversarial examples of the soft
+    """SmoothAdv (Salman et al., 2019; Yang22 App. F): cross-entropy at noisy adversarial examples of the soft
     smoothed classifier, found by ``attack`` (L2 PGD, epsilon 1.0, 10 steps of 0.2, no random start), summed over
     members."""
 

@@ -1,5 +1,5 @@
-"""Aggregation variants and K-consensus (Horvath et al., 001_94e5826843c1fbd1.txt, Section 4 and App. E.3.1;
-the max combiner of Deng & Mu, 003_51d3d49bce38662a.txt, Section 5).
+"""Aggregation variants and K-consensus (Horvath et al., Horvath22, Section 4 and App. E.3.1;
+the max combiner of Deng & Mu, Deng23, Section 5).
 
 Every combiner maps member logits ``[N, B, C]`` to class probabilities ``[B, C]``; the predicted class is
 the argmax. Soft voting after softmax is the ``we`` aggregator (Yang et al.'s Weighted Ensemble).
@@ -25,7 +25,8 @@ def weighted_sum(values: Tensor, weights: Sequence[float]) -> Tensor:
 
 
 def soft_vote(member_logits: Tensor, weights: Sequence[float] | None = None) -> Tensor:
-    """Soft voting on logits (001 Eq. 2; App. E.3.1): ``softmax((1/k) sum_l w_l f^l(x))``, ``w_l = 1`` unweighted."""
+    """Soft voting on logits (Horvath22 Eq. 2; App. E.3.1): ``softmax((1/k) sum_l w_l f^l(x))``, ``w_l = 1``
+    unweighted."""
     if weights is None:
         mean = member_logits.mean(dim=0)
     else:
@@ -34,12 +35,12 @@ def soft_vote(member_logits: Tensor, weights: Sequence[float] | None = None) -> 
 
 
 def softmax_vote(member_logits: Tensor) -> Tensor:
-    """Soft voting after softmax (001 App. E.3.1): ``(1/k) sum_l softmax(f^l(x))``."""
+    """Soft voting after softmax (Horvath22 App. E.3.1): ``(1/k) sum_l softmax(f^l(x))``."""
     return member_logits.softmax(dim=-1).mean(dim=0)
 
 
 def hard_vote(member_logits: Tensor) -> Tensor:
-    """Hard (majority) voting (001 App. E.3.1): the share of members voting for each class.
+    """Hard (majority) voting (Horvath22 App. E.3.1): the share of members voting for each class.
 
     Ties go to the lowest class index (the argmax of the shares returns the first maximum).
     """
@@ -50,7 +51,7 @@ def hard_vote(member_logits: Tensor) -> Tensor:
 
 
 def max_combine(member_logits: Tensor) -> Tensor:
-    """The max combiner (003, Section 5): ``h_j(x) = max_i h^i_j(x)`` over the members' probabilities,
+    """The max combiner (Deng23, Section 5): ``h_j(x) = max_i h^i_j(x)`` over the members' probabilities,
     renormalised to sum to 1 (which keeps the argmax)."""
     top = member_logits.softmax(dim=-1).amax(dim=0)
     return top / top.sum(dim=-1, keepdim=True)
@@ -93,7 +94,7 @@ def heldout_logits(members: Members, heldout: HeldOut) -> tuple[Tensor, Tensor]:
 
 @attrs.frozen
 class SoftVoting(Aggregator):
-    """Soft voting on logits (001 Eq. 2): the members' mean logits; optionally weighted (App. E.3.1).
+    """Soft voting on logits (Horvath22 Eq. 2): the members' mean logits; optionally weighted (App. E.3.1).
 
     ``weights`` gives one weight per member; ``fit = true`` learns them on the held-out split instead
     (non-negative, minimising the cross-entropy under the run's noise).
@@ -123,7 +124,7 @@ class SoftVoting(Aggregator):
 
 @attrs.frozen
 class HardVoting(Aggregator):
-    """Hard (majority) voting (001 App. E.3.1): each member votes its top class; ties go to the lowest class."""
+    """Hard (majority) voting (Horvath22 App. E.3.1): each member votes its top class; ties go to the lowest class."""
 
     def combine(self, member_logits: Tensor) -> Tensor:
         return hard_vote(member_logits)
@@ -131,7 +132,7 @@ class HardVoting(Aggregator):
 
 @attrs.frozen
 class MaxCombiner(Aggregator):
-    """The max combiner (003, Section 5): the elementwise maximum of the members' probabilities."""
+    """The max combiner (Deng23, Section 5): the elementwise maximum of the members' probabilities."""
 
     def combine(self, member_logits: Tensor) -> Tensor:
         return max_combine(member_logits)
@@ -144,7 +145,7 @@ def _permutation(_instance, _attribute, value: list[int] | None) -> None:
 
 @attrs.frozen
 class KConsensus(Aggregator):
-    """K-consensus aggregation (001, Section 4): the first K members (best first) decide where they agree.
+    """K-consensus aggregation (Horvath22, Section 4): the first K members (best first) decide where they agree.
 
     Per noisy sample: the K best members run on the whole batch; where they all predict the same class their
     ``vote`` is the answer; only the other samples go on to the remaining members, and get the whole

@@ -1,4 +1,5 @@
-"""CERTIFYADP (001, Algorithm 2, Theorem 6.1): decisions on given counts, n_s, stages, soundness, early abstention."""
+"""CERTIFYADP (Horvath22, Algorithm 2, Theorem 6.1): decisions on given counts, n_s, stages, soundness, early
+abstention."""
 
 import math
 

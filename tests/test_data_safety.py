@@ -266,7 +266,9 @@ def test_a_hook_function_pluggy_would_ignore_is_refused():
 
 # -------------------------------------------------------------------------- checks that kill planted bugs
 def test_normalisation_subtracts_the_mean_and_divides_by_the_std():
-    layer = ensemblecert.Normalize([0.3, 0.1], [0.5, 0.2])
+    from ensemblecert.ensemble import Normalize
+
+    layer = Normalize([0.3, 0.1], [0.5, 0.2])
     x = torch.tensor([[0.9, 0.7]]).view(1, 2, 1, 1)
     assert layer(x).flatten().tolist() == pytest.approx([(0.9 - 0.3) / 0.5, (0.7 - 0.1) / 0.2])  # 1.2, 3.0
 

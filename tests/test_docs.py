@@ -38,3 +38,58 @@ def test_the_readme_table_is_the_default_runs_output(tmp_path, cli):
     proc = cli("run", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert table_row(proc.stdout) == table_row((REPO / "README.md").read_text())
+
+
+def test_papers_are_cited_by_the_keys_of_references_md():
+    """Code and docs cite the papers by short keys (``Yang22, Eq. 9``), never by the file names of their copies."""
+    keys = set(re.findall(r"^\| (\w+) \|", (REPO / "docs" / "references.md").read_text(), flags=re.M)) - {"key"}
+    assert {"Yang22", "Horvath22", "Deng23", "Cullen24"} <= keys
+    sources = [
+        p
+        for d in ("core", "plugins", "docs", "examples", "benchmarks", "tests")
+        for p in (REPO / d).rglob("*")
+        if p.suffix in (".py", ".md", ".toml")
+    ] + [REPO / "README.md"]
+    file_name = re.compile(r"\b\d{3}_[0-9a-f]{16}\.txt\b")
+    for path in sources:
+        assert not file_name.search(path.read_text(encoding="utf-8")), path
+
+
+def documented_api() -> dict[str, list[str]]:
+    """The names docs/api.md documents, by the module its section says they come from: the backticked names a
+    bullet starts with (``- `run(...)`, `load_pipeline`: ...``)."""
+    found: dict[str, list[str]] = {}
+    module = None
+    bullets: list[str] = []
+    for line in (REPO / "docs" / "api.md").read_text().splitlines():
+        heading = re.match(r"#+ .*`from ([\w.]+) import \.\.\.`", line)
+        if line.startswith("#"):
+            module = heading.group(1) if heading else None
+        elif line.startswith("- ") and module:
+            bullets.append(module + "\0" + line)
+        elif line.startswith("  ") and bullets:
+            bullets[-1] += " " + line.strip()
+    for bullet in bullets:
+        module, text = bullet.split("\0")
+        leading = re.match(r"- ((?:`[^`]+`(?:,\s*|\s+and\s+)?)+)", text)
+        for token in re.findall(r"`([^`]+)`", leading.group(1)):
+            found.setdefault(module, []).append(re.match(r"[\w.]+", token).group(0))
+    return found
+
+
+def test_the_api_page_documents_exactly_the_public_names_and_they_import():
+    import importlib
+
+    import ensemblecert
+
+    documented = documented_api()
+    assert ensemblecert.__all__ == sorted(ensemblecert.__all__)
+    assert sorted(set(documented["ensemblecert"])) == ensemblecert.__all__
+    for module, names in documented.items():
+        for name in names:
+            path = name.split(".")
+            if path[0] == "ensemblecert" and len(path) > 1:  # a fully qualified name
+                *mod, attr = path
+                assert hasattr(importlib.import_module(".".join(mod)), attr), name
+            else:
+                assert hasattr(importlib.import_module(module), name), f"{name} from {module}"

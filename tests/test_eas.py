@@ -1,4 +1,4 @@
-"""Ensemble-after-Smoothing (000, Definition 6, Theorem 5): formulas, sampled bounds, soundness, pipeline."""
+"""Ensemble-after-Smoothing (Yang22, Definition 6, Theorem 5): formulas, sampled bounds, soundness, pipeline."""
 
 from pathlib import Path
 

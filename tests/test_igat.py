@@ -1,4 +1,4 @@
-"""iGAT (003 Section 5): the distribution rules (Eqs. 13-14), the roulette, the regularizer (Eq. 15), and the
+"""iGAT (Deng23 Section 5): the distribution rules (Eqs. 13-14), the roulette, the regularizer (Eq. 15), and the
 enhanced loss composed with ADP and GAL from TOML."""
 
 import json

@@ -1,4 +1,4 @@
-"""The simplex analysis (004 Fig. 3): the map of winning regions, a run's inputs on it, and the command."""
+"""The simplex analysis (Cullen24 Fig. 3): the map of winning regions, a run's inputs on it, and the command."""
 
 import json
 

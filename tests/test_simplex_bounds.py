@@ -1,4 +1,4 @@
-"""Bounds on the expectations (004, Section 2.1): formulas, and the joint level by simulation with many classes."""
+"""Bounds on the expectations (Cullen24, Section 2.1): formulas, and the joint level by simulation with many classes."""
 
 import math
 

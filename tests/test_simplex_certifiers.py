@@ -1,4 +1,5 @@
-"""Certifiers for the mechanisms of "It's Simplex!" (004): soundness per mechanism and expectation, best, pipeline."""
+"""Certifiers for the mechanisms of "It's Simplex!" (Cullen24): soundness per mechanism and expectation, best,
+pipeline."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The mechanisms of "It's Simplex!" (004) as pure functions of (E0, E1, sigma), against independent references.
+"""The mechanisms of "It's Simplex!" (Cullen24) as pure functions of (E0, E1, sigma), against independent references.
 
 References are written separately from the implementation: closed forms in mpmath at 50 digits, and brute-force
 searches over each mechanism's free parameter with scipy's plain normal functions.

@@ -1,4 +1,4 @@
-"""Aggregation variants (001 App. E.3.1, 003 Sec. 5) and K-consensus (001 Sec. 4)."""
+"""Aggregation variants (Horvath22 App. E.3.1, Deng23 Sec. 5) and K-consensus (Horvath22 Sec. 4)."""
 
 import json
 

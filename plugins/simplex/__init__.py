@@ -1,4 +1,4 @@
-"""The certificate mechanisms of Cullen et al., "It's Simplex!" (004_7daf5597198d4c39.txt).
+"""The certificate mechanisms of Cullen et al., "It's Simplex!" (Cullen24).
 
 :mod:`.mechanisms` turns ``(E0, E1, sigma)`` into radii, and :mod:`.certifiers` wires them into the
 registered certifiers; :mod:`.analysis` and :mod:`.command` draw where each mechanism wins

@@ -1,4 +1,4 @@
-"""Per-input simplex analysis (004, Fig. 3 and Section 4): where in the (E0, E1) triangle each mechanism wins.
+"""Per-input simplex analysis (Cullen24, Fig. 3 and Section 4): where in the (E0, E1) triangle each mechanism wins.
 
 All radii are linear in sigma, so which mechanism wins at ``(E0, E1)`` does not depend on sigma: the regions
 are computed once on a grid at ``sigma = 1``. A run's inputs are placed in the same triangle from the bounds
@@ -183,7 +183,7 @@ def _record(label: str, results: list[ExampleResult]) -> MechanismRecord | None:
 
 
 def draw(found: WinnerMap, path: str | Path, *, record: MechanismRecord | None = None, title: str = "") -> Path:
-    """Save the picture of 004 Fig. 3: the regions where each mechanism wins, and (with ``record``) each certified
+    """Save the picture of Cullen24 Fig. 3: the regions where each mechanism wins, and (with ``record``) each certified
     input at its ``(E0, E1)``, coloured by the mechanism that won for it."""
     import matplotlib
 

@@ -1,4 +1,4 @@
-"""Certifier components for the mechanisms of "It's Simplex!" (004): one tally per input, bounds, a radius.
+"""Certifier components for the mechanisms of "It's Simplex!" (Cullen24): one tally per input, bounds, a radius.
 
 Each certifier draws ``n0`` selection samples (the sound procedure; the paper's procedure draws none) and ``n``
 estimation samples (:func:`ensemblecert.draw_expectations`, which keeps both the class counts and the softmax
@@ -30,7 +30,7 @@ from ensemblecert.validators import FieldError, in_range, one_of, probability
 
 from .mechanisms import MECHANISMS
 
-#: Which mechanisms hold for which expectation (Li et al.'s bound needs multinomial outputs, 004 Sec. 2.2).
+#: Which mechanisms hold for which expectation (Li et al.'s bound needs multinomial outputs, Cullen24 Sec. 2.2).
 APPLIES = {
     "multinomial": ("cohen", "cohen_two_sided", "li", "lecuyer", "dp"),
     "softmax": ("cohen", "cohen_two_sided", "lecuyer", "dp"),
@@ -116,28 +116,28 @@ class SimplexCertifier(Certifier):
 
 @attrs.frozen
 class TwoSidedCohen(SimplexCertifier):
-    """Cohen et al.'s two-sided bound ``sigma / 2 (PhiInv(E0) - PhiInv(E1))``: the Neyman-Pearson ceiling (004)."""
+    """Cohen et al.'s two-sided bound ``sigma / 2 (PhiInv(E0) - PhiInv(E1))``: the Neyman-Pearson ceiling (Cullen24)."""
 
     mechanism: ClassVar[str] = "cohen_two_sided"
 
 
 @attrs.frozen
 class Li(SimplexCertifier):
-    """Li et al.'s Renyi-divergence radius (004 Eq. 8); multinomial expectations only."""
+    """Li et al.'s Renyi-divergence radius (Cullen24 Eq. 8); multinomial expectations only."""
 
     mechanism: ClassVar[str] = "li"
 
 
 @attrs.frozen
 class Lecuyer(SimplexCertifier):
-    """Lecuyer et al.'s differential-privacy radius (004 Eq. 5), sensitivity 1."""
+    """Lecuyer et al.'s differential-privacy radius (Cullen24 Eq. 5), sensitivity 1."""
 
     mechanism: ClassVar[str] = "lecuyer"
 
 
 @attrs.frozen
 class DifferentialPrivacy(SimplexCertifier):
-    """The improved differential-privacy radius (004 Eqs. 16-18): the analytic Gaussian mechanism, optimised."""
+    """The improved differential-privacy radius (Cullen24 Eqs. 16-18): the analytic Gaussian mechanism, optimised."""
 
     mechanism: ClassVar[str] = "dp"
 
@@ -170,7 +170,7 @@ def check_set(entries: list[str], expectation: str) -> list[tuple[str, str]]:
 
 @attrs.frozen
 class Best(SimplexCertifier):
-    """The ensemble of mechanisms (004 Corollary 4.3, Algorithms 1-2): the largest radius over ``of``.
+    """The ensemble of mechanisms (Cullen24 Corollary 4.3, Algorithms 1-2): the largest radius over ``of``.
 
     Members share one pair of bounds, so they need no further alpha correction (Section 4.1). ``of`` defaults to
     the paper's sets (cohen, li and dp for multinomial expectations; lecuyer and dp for softmax); an entry may

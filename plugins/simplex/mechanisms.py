@@ -1,4 +1,4 @@
-"""Certification mechanisms of Cullen et al., "It's Simplex!" (004_7daf5597198d4c39.txt, Sections 2-4).
+"""Certification mechanisms of Cullen et al., "It's Simplex!" (Cullen24, Sections 2-4).
 
 Each mechanism maps a lower bound ``E0`` on the top class's expectation, an upper bound ``E1`` on the
 runner-up's and the noise scale ``sigma`` to a certified L2 radius. All are pure, vectorized over arrays of
