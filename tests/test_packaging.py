@@ -34,6 +34,10 @@ def test_wheel_contents_and_imports(tmp_path):
     ]:
         assert expected in names, expected
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
+    # every module of the source tree is in the wheel (an installed package must not lean on the checkout)
+    for root, package in (("core", "ensemblecert"), ("plugins", "ensemblecert/plugins")):
+        for module in (REPO / root).rglob("*.py"):
+            assert f"{package}/{module.relative_to(REPO / root).as_posix()}" in names, module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[ensemblecert]" in text and "cohen = ensemblecert.plugins.cohen" in text
@@ -61,7 +65,9 @@ def test_wheel_contents_and_imports(tmp_path):
         "from ensemblecert import load_registry;"
         "r = load_registry();"
         "print(ensemblecert.__file__); print(c.__file__); print(m.__file__);"
-        "print(len(default_pipeline_text()) > 0, r.get('certifier', 'cohen').cls.__module__)"
+        "print(len(default_pipeline_text()) > 0, r.get('certifier', 'cohen').cls.__module__);"
+        "import sys; print(sorted(n for n, m in sys.modules.items() if n.startswith('ensemblecert') and "
+        "not (getattr(m, '__file__', None) or '').startswith(sys.path[1])))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
@@ -73,3 +79,4 @@ def test_wheel_contents_and_imports(tmp_path):
     lines = out.stdout.splitlines()
     assert all(line.startswith(str(site)) for line in lines[:3]), lines
     assert lines[3] == "True ensemblecert.plugins.cohen"
+    assert lines[4] == "[]", f"modules imported from outside the installed wheel: {lines[4]}"
