@@ -32,34 +32,12 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
-import attrs
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
+from .config.schema import Engine
 from .fusion import FusionError, fuse
-from .validators import one_of
-
-LAYOUTS = ("auto", "loop", "vmap", "fused")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-
-
-@attrs.frozen(kw_only=True)
-class Engine:
-    """``[engine]``: how members are evaluated (see the module docstring)."""
-
-    #: ``auto``, ``loop``, ``vmap`` or ``fused``.
-    layout: str = attrs.field(default="auto", validator=one_of(LAYOUTS))
-    #: ``torch.compile`` the member evaluation; absent: members with convolutions.
-    compile: bool | None = None
-    #: Channels-last weights and inputs for convolutional members; absent: on a GPU at a reduced precision.
-    channels_last: bool | None = None
-    #: ``fp32`` (sound); ``tf32``, ``bf16``, ``fp16`` trade the soundness of the counts for speed.
-    precision: str = attrs.field(default="fp32", validator=one_of(PRECISIONS))
-
-    @property
-    def reduced(self) -> bool:
-        return self.precision != "fp32"
 
 
 def _signature(module: nn.Module) -> tuple:

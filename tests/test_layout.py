@@ -95,7 +95,7 @@ def test_the_core_never_probes_components_for_undeclared_attributes():
     they read something that is not a component (attrs fields, torch, nn.Module parameters, a plugin module's
     hook functions)."""
     allowed = {
-        ("config.py", "getattr"): 2,  # a cattrs type's name; describe() reads the attrs fields it lists
+        ("structure.py", "getattr"): 2,  # a cattrs type's name; describe() reads the attrs fields it lists
         ("fusion.py", "getattr"): 1,  # the same parameter of several nn.Modules
         ("manager.py", "getattr"): 4,  # hook collection: hookspecs, a plugin module, its name, pluggy's hook relay
         ("manager.py", "hasattr"): 1,  # whether a plugin module's register_* function carries @hookimpl

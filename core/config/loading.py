@@ -1,0 +1,166 @@
+"""Reading a pipeline: the TOML file (or the built-in default), ``--set`` overrides, then the structured pipeline."""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigError, UserError
+from ..registry import Registry
+from .schema import Pipeline
+from .structure import structure
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning a missing file or a syntax error into a :class:`UserError`."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text.removeprefix("\ufeff"))  # editors may start UTF-8 files with a byte-order mark
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such pipeline file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a pipeline TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the pipeline file: {exc.strerror or exc}") from None
+
+
+def default_pipeline_text() -> str:
+    """The built-in default pipeline (``examples/digits.toml``) as TOML text."""
+    return resources.files("ensemblecert").joinpath("defaults", "digits.toml").read_text("utf-8")
+
+
+def default_pipeline_data() -> dict[str, Any]:
+    return tomllib.loads(default_pipeline_text())
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parse_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    pos = 0
+    for m in _PATH_PART.finditer(path):
+        if m.start() != pos and (path[pos : m.start()] != "." or pos == 0):
+            break
+        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    if pos != len(path) or not parts or isinstance(parts[0], int):
+        raise UserError(f"--set {path!r}: not a setting path like 'train.epochs' or 'certify.mechanisms[0].n'")
+    return parts
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string: --set device=cpu
+
+
+def _schema_default(parts: Sequence[str | int]) -> Any:
+    """The default spec the schema uses for the value at ``parts``, if any (to index into defaults)."""
+    cls: Any = Pipeline
+    value: Any = None
+    for part in parts:
+        if cls is not None and isinstance(part, str) and attrs.has(cls):
+            attrs.resolve_types(cls)
+            f = next((f for f in attrs.fields(cls) if f.alias == part), None)
+            if f is None:
+                return None
+            if f.metadata.get("section"):
+                cls, value = f.type, {}
+                continue
+            value = copy.deepcopy(f.metadata.get("default_spec"))
+            cls = None
+        elif isinstance(value, (dict, list)):
+            try:
+                value = value[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+        else:
+            return None
+    return value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``path=value`` overrides applied (values parsed as TOML)."""
+    result = copy.deepcopy(dict(data))
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected PATH=VALUE, e.g. --set train.epochs=5")
+        parts = _parse_path(path.strip())
+        node: Any = result
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            try:
+                child = node[part]
+            except (KeyError, IndexError, TypeError):
+                child = _schema_default(parts[: i + 1])
+                if child is None:
+                    child = [] if isinstance(nxt, int) else {}
+                try:
+                    node[part] = child
+                except (IndexError, TypeError):
+                    raise UserError(f"--set {item!r}: {path.strip()} does not exist in this pipeline") from None
+            node = child
+        try:
+            node[parts[-1]] = _parse_value(text.strip())
+        except (IndexError, TypeError):
+            raise UserError(f"--set {item!r}: {path.strip()} does not exist in this pipeline") from None
+    return result
+
+
+def load_pipeline(
+    source: str | Path | Mapping[str, Any] | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    plugins: Sequence[object] = (),
+    entry_points: bool = True,
+) -> tuple[Pipeline, Registry]:
+    """Read a pipeline (a TOML path, a dict, or ``None`` for the built-in default) and resolve it.
+
+    Plugin modules listed under ``plugins`` in the pipeline are loaded before its components are
+    resolved; ``plugins`` here adds already-imported plugin objects. Returns the pipeline and the
+    registry its components came from.
+    """
+    from ..manager import load_registry
+
+    label = None
+    if source is None:
+        data = default_pipeline_data()
+        label = "the built-in default pipeline"
+    elif isinstance(source, Mapping):
+        data = copy.deepcopy(dict(source))
+    else:
+        data = read_toml(source)
+        label = str(source)
+    data = apply_overrides(data, overrides)
+    modules = data.get("plugins", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError([f"plugins: expected a list of module names, got {modules!r}"], label)
+    try:
+        registry = load_registry(modules, plugins=plugins, entry_points=entry_points)
+    except UserError as exc:
+        raise UserError(f"{label}: {exc}" if label else str(exc)) from None
+    try:
+        pipeline = structure(Pipeline, data, registry)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, label) from None
+    return attrs.evolve(pipeline, source=data, label=label), registry

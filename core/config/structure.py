@@ -1,0 +1,226 @@
+"""Building components and pipelines from plain data: a strict cattrs converter for leaf values (``2.5`` is not an
+integer) and a structurer that checks every field with its validators and collects every problem with its TOML path;
+and the way back, :func:`describe`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from ..errors import ConfigError
+from ..registry import Registry, UnknownComponentError
+from ..validators import FieldError
+
+_INVALID = object()
+
+
+def _strict(kind: type, accept: tuple[type, ...], word: str):
+    def hook(value: Any, _type: Any) -> Any:
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, accept):
+            raise TypeError(f"expected {word}, got {value!r}")
+        return kind(value)
+
+    return hook
+
+
+def _finite(value: Any, _type: Any) -> float:
+    number = _strict(float, (int, float), "a number")(value, float)
+    if not math.isfinite(number):
+        raise TypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def make_converter() -> cattrs.Converter:
+    """A cattrs converter that refuses lossy conversions (``"3"`` -> 3, ``2.5`` -> 2) and non-finite numbers."""
+    conv = cattrs.Converter(detailed_validation=True)
+    conv.register_structure_hook(int, _strict(int, (int,), "an integer"))
+    conv.register_structure_hook(float, _finite)
+    conv.register_structure_hook(bool, _strict(bool, (bool,), "true or false"))
+    conv.register_structure_hook(str, _strict(str, (str,), "a string"))
+    conv.register_structure_hook(Path, lambda v, _: Path(_strict(str, (str,), "a path string")(v, str)))
+    return conv
+
+
+def _list_only(tp: Any) -> bool:
+    """Whether values of type ``tp`` are lists (or lists or None): a string must not pass as a list of letters."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (list, Sequence, tuple):
+        return True
+    return bool(args) and all(_list_only(a) or a is type(None) for a in args) and type(None) in args
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+class _Structurer:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.converter = make_converter()
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path or '(top level)'}: {message}")
+
+    def table(self, cls: type, data: Any, path: str) -> Any:
+        if not isinstance(data, Mapping):
+            self.problem(path, f"expected a table, got {data!r}")
+            return _INVALID
+        try:
+            attrs.resolve_types(cls)
+        except Exception:  # unresolvable annotations: values are then taken as written
+            pass
+        fields = [f for f in attrs.fields(cls) if f.init and not f.metadata.get("internal")]
+        names = [f.alias for f in fields]
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                allowed = ", ".join(names) if names else "none"
+                self.problem(_join(path, key), f"unknown setting; {hint}allowed here: {allowed}")
+        values: dict[str, Any] = {}
+        ok = True
+        for f in fields:
+            where = _join(path, f.alias)
+            if f.alias in data:
+                raw = data[f.alias]
+            elif "default_spec" in f.metadata:
+                raw = copy.deepcopy(f.metadata["default_spec"])
+            elif f.metadata.get("section"):
+                raw = {}
+            elif f.default is attrs.NOTHING:
+                self.problem(where, "missing required value")
+                ok = False
+                continue
+            else:
+                continue
+            value = self.value(f, raw, where)
+            if value is _INVALID:
+                ok = False
+                continue
+            if f.validator is not None:
+                try:
+                    f.validator(None, f, value)
+                except (ValueError, TypeError) as exc:
+                    self.problem(where, str(exc))
+                    ok = False
+                    continue
+            values[f.alias] = value
+        if not ok:
+            return _INVALID
+        try:
+            return cls(**values)
+        except FieldError as exc:
+            self.problem(_join(path, exc.field), exc.message)
+            return _INVALID
+        except (ValueError, TypeError) as exc:
+            self.problem(path, str(exc))
+            return _INVALID
+
+    def value(self, f: attrs.Attribute, raw: Any, path: str) -> Any:
+        kind = f.metadata.get("kind")
+        if kind and f.metadata.get("many"):
+            if f.metadata.get("single") and isinstance(raw, (str, Mapping)):
+                raw = [raw]
+            if not isinstance(raw, list):
+                self.problem(path, f"expected a list of {kind} tables, got {raw!r}")
+                return _INVALID
+            items = [self.component(kind, item, _join(path, i), None) for i, item in enumerate(raw)]
+            return _INVALID if _INVALID in items else items
+        if kind:
+            return self.component(kind, raw, path, f.metadata.get("default_spec"))
+        if f.metadata.get("section"):
+            return self.table(f.type, raw, path)
+        if f.type is None or isinstance(f.type, str):
+            return raw
+        if _list_only(f.type) and not (raw is None or isinstance(raw, list)):
+            self.problem(path, f"expected a list, got {raw!r}")
+            return _INVALID
+        try:
+            return self.converter.structure(raw, f.type)
+        except Exception as exc:
+            for line in cattrs.transform_error(exc, path=path, format_exception=_format_leaf):
+                message, _, where = line.rpartition(" @ ")
+                self.problems.append(f"{where}: {message}")
+            return _INVALID
+
+    def component(self, kind: str, raw: Any, path: str, default: Mapping[str, Any] | None) -> Any:
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        if not isinstance(raw, Mapping):
+            self.problem(path, f'expected a {kind} table like {{ name = "..." }}, got {raw!r}')
+            return _INVALID
+        if "name" not in raw:
+            if default is None:
+                self.problem(_join(path, "name"), f"missing: which {kind} to use")
+                return _INVALID
+            raw = {**default, **raw}
+        name = raw["name"]
+        if not isinstance(name, str):
+            self.problem(_join(path, "name"), f"expected a string, got {name!r}")
+            return _INVALID
+        try:
+            comp = self.registry.get(kind, name)
+        except UnknownComponentError as exc:
+            self.problem(_join(path, "name"), str(exc))
+            return _INVALID
+        return self.table(comp.cls, {k: v for k, v in raw.items() if k != "name"}, path)
+
+
+def _format_leaf(exc: BaseException, _type: Any) -> str:
+    if isinstance(exc, (TypeError, ValueError)) and str(exc).startswith("expected"):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return "missing required value"
+    name = getattr(_type, "__name__", None) or str(_type)
+    return f"expected {name}"
+
+
+def structure(cls: type, data: Mapping[str, Any], registry: Registry, *, path: str = "") -> Any:
+    """Build ``cls`` from ``data`` (components resolved in ``registry``); raise ConfigError listing all problems."""
+    s = _Structurer(registry)
+    result = s.table(cls, data, path)
+    if s.problems or result is _INVALID:
+        raise ConfigError(s.problems or ["invalid configuration"])
+    return result
+
+
+def build_component(kind: str, spec: Mapping[str, Any] | str, registry: Registry) -> Any:
+    """Build one component from ``{ name = ..., ...params }``, validated as in a pipeline file."""
+    s = _Structurer(registry)
+    result = s.component(kind, spec, kind, None)
+    if s.problems or result is _INVALID:
+        raise ConfigError(s.problems or ["invalid component"])
+    return result
+
+
+# -------------------------------------------------------------------------------- reading
+def describe(obj: Any, registry: Registry) -> Any:
+    """The resolved configuration as plain data: components become ``{name = ..., params...}`` tables."""
+    if attrs.has(type(obj)):
+        out: dict[str, Any] = {}
+        name = registry.name_of(type(obj))
+        if name is not None:
+            out["name"] = name
+        for f in attrs.fields(type(obj)):
+            if not f.metadata.get("internal"):
+                out[f.alias] = describe(getattr(obj, f.name), registry)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [describe(v, registry) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): describe(v, registry) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
