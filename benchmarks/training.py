@@ -19,8 +19,8 @@ import time
 import torch
 
 from ensemblecert import DataInfo, build_component, build_member, load_pipeline, load_registry
-from ensemblecert.objectives import TrainBatch, total
-from ensemblecert.training import batch_terms
+from ensemblecert.training.loop import batch_terms
+from ensemblecert.training.objectives import TrainBatch, total
 
 OBJECTIVES = {
     "gaussian": {},

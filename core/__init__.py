@@ -12,7 +12,6 @@ The public API, in two groups (docs/api.md lists both, and a test keeps the list
 Plugins import only these. Every other module is internal.
 """
 
-from .certification import certify, input_generator
 from .components import (
     ABSTAIN,
     HARD,
@@ -39,11 +38,16 @@ from .components import (
 )
 from .config import Pipeline, build_component, describe, load_pipeline
 from .config import component as component_field
-from .engine import Engine, Members
-from .ensemble import Ensemble, build_member
+from .ensemble.assembly import Ensemble, build_member
+from .ensemble.engine import Engine, Members
 from .errors import ConfigError, UserError
-from .evaluation import probability_model
-from .expectations import (
+from .hookspecs import hookimpl
+from .manager import load_registry
+from .registry import Component, Registry
+from .running.evaluation import probability_model
+from .running.pipeline import RunResult, run, run_pipeline
+from .smoothing.certification import certify, input_generator
+from .smoothing.expectations import (
     EXPECTATIONS,
     PROCEDURES,
     ExpectationDraws,
@@ -52,14 +56,9 @@ from .expectations import (
     multinomial_bounds,
     softmax_bounds,
 )
-from .hookspecs import hookimpl
-from .manager import load_registry
-from .objectives import TrainBatch
-from .pipeline import RunResult, run, run_pipeline
-from .registry import Component, Registry
-from .results import ExampleResult, Summary, read_results, summarize
-from .sampling import MonteCarloSampler, SharedTallies, SmoothedClassifier, Tally, Usage, evaluation_mode
-from .stats import (
+from .smoothing.results import ExampleResult, Summary, read_results, summarize
+from .smoothing.sampling import MonteCarloSampler, SharedTallies, SmoothedClassifier, Tally, Usage, evaluation_mode
+from .smoothing.stats import (
     clopper_pearson_interval,
     clopper_pearson_lower,
     clopper_pearson_lower_gap,
@@ -67,6 +66,7 @@ from .stats import (
     clopper_pearson_upper_gap,
     gaussian_radius,
 )
+from .training.objectives import TrainBatch
 
 __all__ = [
     "ABSTAIN",

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from rich.console import Console
 
-    from .context import RunContext
-    from .ensemble import Ensemble, Members
-    from .objectives import TrainBatch
-    from .sampling import SmoothedClassifier
+    from .ensemble.assembly import Ensemble, Members
+    from .running.context import RunContext
+    from .smoothing.sampling import SmoothedClassifier
+    from .training.objectives import TrainBatch
 
 #: The prediction a certifier reports when it abstains.
 ABSTAIN = -1

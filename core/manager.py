@@ -35,7 +35,9 @@ def make_plugin_manager(
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    _register(pm, importlib.import_module(f"{__package__}.stages"), "ensemblecert.stages")  # the core's own stages
+    _register(
+        pm, importlib.import_module(f"{__package__}.running.stages"), "ensemblecert.running.stages"
+    )  # the core's own stages
     if entry_points:
         for ep in _entry_points():
             if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):

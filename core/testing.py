@@ -29,10 +29,10 @@ import torch
 from scipy import optimize, stats
 from torch import Tensor, nn
 
-from .certification import DirectSmoothing, Planned, certify_inputs
 from .components import ABSTAIN, HARD, SOFT, Certificate, Certifier, NoiseSampler, SmoothingStrategy
-from .ensemble import Ensemble
-from .sampling import MonteCarloSampler, SharedTallies
+from .ensemble.assembly import Ensemble
+from .smoothing.certification import DirectSmoothing, Planned, certify_inputs
+from .smoothing.sampling import MonteCarloSampler, SharedTallies
 
 
 class ReferenceModel(Protocol):

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from ensemblecert import run
-from ensemblecert.report import Reporter
+from ensemblecert.running.report import Reporter
 
 HERE = Path(__file__).resolve().parent
 

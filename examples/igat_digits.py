@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from ensemblecert import run
-from ensemblecert.report import Reporter
+from ensemblecert.running.report import Reporter
 
 HERE = Path(__file__).resolve().parent
 

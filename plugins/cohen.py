@@ -49,7 +49,8 @@ class Cohen(Certifier):
     """CERTIFY of randomized smoothing (Algorithm 1 of Horvath22), isotropic Gaussian noise.
 
     ``expectation`` (unset by default) switches to Eq. 9 of Cullen24 under multinomial or softmax expectations;
-    ``procedure`` then chooses between the sound selection and the paper's (see ``ensemblecert.expectations``).
+    ``procedure`` then chooses between the sound selection and the paper's (see
+    ``ensemblecert.smoothing.expectations``).
     """
 
     n0: int = attrs.field(default=100, validator=in_range(1))

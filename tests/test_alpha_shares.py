@@ -20,7 +20,7 @@ from ensemblecert.plugins.sequential import (
     log_mixture,
 )
 from ensemblecert.plugins.simplex.mechanisms import dp
-from ensemblecert.results import ExampleResult, Outcome, summarize
+from ensemblecert.smoothing.results import ExampleResult, Outcome, summarize
 
 REGISTRY = load_registry()
 SIGMA = 0.5

@@ -194,7 +194,7 @@ def test_an_attack_that_cannot_run_on_the_data_stops_before_training(tiny_pipeli
     assert build_component("attack", {"name": "autoattack"}, REGISTRY).check_classes(10) is None
     with pytest.raises(ConfigError, match="evaluate.attacks\\[0\\]: standard AutoAttack's targeted attacks need"):
         from ensemblecert import load_pipeline
-        from ensemblecert.pipeline import run_pipeline
+        from ensemblecert.running.pipeline import run_pipeline
 
         pipeline, registry = load_pipeline(tiny_pipeline)
         small = attrs.evolve(pipeline, data=ThreeClasses())

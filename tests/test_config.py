@@ -86,7 +86,7 @@ def test_list_component_needs_a_name():
 
 
 def test_cross_component_checks(tmp_path):
-    from ensemblecert.pipeline import check_pipeline
+    from ensemblecert.running.pipeline import check_pipeline
 
     pipeline, _ = load_pipeline(
         {"ensemble": {"members": 2, "aggregator": {"name": "we", "weights": [1.0]}, "checkpoints": ["a.pt"]}}
@@ -240,7 +240,7 @@ def test_the_largest_seed_derives_valid_generators():
 
 
 def test_cross_setting_problems_name_the_pipeline_file(tmp_path):
-    from ensemblecert.pipeline import check_pipeline
+    from ensemblecert.running.pipeline import check_pipeline
 
     path = tmp_path / "p.toml"
     path.write_text('[ensemble]\nmembers = 2\naggregator = { name = "we", weights = [1.0] }\n')

@@ -27,10 +27,10 @@ from ensemblecert import (
     run,
 )
 from ensemblecert.checkpoints import save_checkpoint
-from ensemblecert.lock import OutputLock
-from ensemblecert.pipeline import CHECKPOINT_FORMAT, check_pipeline
-from ensemblecert.report import Reporter, summary_table
-from ensemblecert.results import (
+from ensemblecert.running.lock import OutputLock
+from ensemblecert.running.pipeline import CHECKPOINT_FORMAT, check_pipeline
+from ensemblecert.running.report import Reporter, summary_table
+from ensemblecert.smoothing.results import (
     ExampleResult,
     Outcome,
     ResultsWriter,
@@ -66,7 +66,7 @@ def test_the_command_line_refuses_a_held_directory_with_exit_2(tmp_path, cli):
             "-c",
             textwrap.dedent(f"""
             import time
-            from ensemblecert.lock import OutputLock
+            from ensemblecert.running.lock import OutputLock
             lock = OutputLock({str(out)!r}).acquire()
             print("held", flush=True)
             time.sleep(120)

@@ -18,7 +18,7 @@ import torch
 
 from ensemblecert import Certificate
 from ensemblecert.distributed import SINGLE, World, join
-from ensemblecert.results import ExampleResult, Outcome, merge_results, read_results
+from ensemblecert.smoothing.results import ExampleResult, Outcome, merge_results, read_results
 
 PIPELINE = """
 seed = 5
@@ -125,7 +125,7 @@ def result(index: int, radius: float) -> ExampleResult:
 
 
 def test_merge_keeps_every_record_once_in_index_order(tmp_path):
-    from ensemblecert.results import ResultsWriter
+    from ensemblecert.smoothing.results import ResultsWriter
 
     def write(name, results):
         with ResultsWriter(tmp_path / name, ["cohen"]) as writer:

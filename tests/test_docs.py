@@ -93,3 +93,14 @@ def test_the_api_page_documents_exactly_the_public_names_and_they_import():
                 assert hasattr(importlib.import_module(".".join(mod)), attr), name
             else:
                 assert hasattr(importlib.import_module(module), name), f"{name} from {module}"
+
+
+def test_the_architecture_page_lists_every_module_of_the_core():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = text.split("core/  (import package ensemblecert)", 1)[1].split("plugins/ (ensemblecert.plugins;", 1)[0]
+    core = REPO / "core"
+    modules = {p.name for p in core.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    listed = set(re.findall(r"\b(\w+\.py)\b", block))
+    assert listed == modules, (sorted(modules - listed), sorted(listed - modules))
+    packages = {p.parent.relative_to(core).parts[0] for p in core.rglob("__init__.py") if p.parent != core}
+    assert all(re.search(rf"^  {name}/", block, flags=re.M) for name in packages), packages

@@ -221,7 +221,7 @@ def test_eas_pipeline_compares_with_ebs_on_the_same_draws(tiny_pipeline):
 
 def test_eas_refuses_a_mechanism_without_n0_n_alpha():
     from ensemblecert import ConfigError, load_pipeline
-    from ensemblecert.pipeline import check_pipeline
+    from ensemblecert.running.pipeline import check_pipeline
 
     pipeline, _ = load_pipeline(
         {"ensemble": {"smoothing": "eas"}, "certify": {"mechanisms": [{"name": "certify_adp", "radius": 0.25}]}}

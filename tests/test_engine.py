@@ -19,7 +19,7 @@ from ensemblecert import (
     build_member,
     input_generator,
 )
-from ensemblecert.fusion import FusionError, fuse
+from ensemblecert.ensemble.fusion import FusionError, fuse
 from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.models import MLP, LeNet, ResNet20
 from ensemblecert.plugins.noise import GaussianNoise

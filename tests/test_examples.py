@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO
 from ensemblecert import ConfigError, load_pipeline
-from ensemblecert.pipeline import check_pipeline
+from ensemblecert.running.pipeline import check_pipeline
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -67,10 +67,12 @@ def test_plugins_use_only_the_public_api():
 def test_the_checker_resolves_private_and_relative_imports(tmp_path):
     # The rules above must be able to fail: direct and relative imports of private modules are seen.
     bad = tmp_path / "bad.py"
-    bad.write_text("from ensemblecert.sampling import Tally\nfrom ... import pipeline\nfrom . import plugins\n")
+    bad.write_text(
+        "from ensemblecert.smoothing.sampling import Tally\nfrom ... import pipeline\nfrom . import plugins\n"
+    )
     mods = [m for m, _ in imports(bad, ["ensemblecert", "plugins", "sub"])]
-    assert "ensemblecert.sampling" in mods
-    assert "ensemblecert.pipeline" in mods
+    assert "ensemblecert.smoothing.sampling" in mods
+    assert "ensemblecert.pipeline" in mods  # resolved, whether or not such a module exists
     assert "ensemblecert.plugins.sub.plugins" in mods
 
 
@@ -124,3 +126,43 @@ def test_ruff_lint_and_format_are_clean():
     for args in (["check", "."], ["format", "--check", "."]):
         done = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+#: The layers of core/, lowest first: top-level modules are the contract and its infrastructure (layer 0), except
+#: the public soundness harness, which sits on the smoothing layer.
+LAYERS = {"config": 1, "ensemble": 2, "smoothing": 3, "training": 4, "running": 5}
+TOP_LEVEL = {"testing": 3}
+
+
+def layer_of(module: str) -> int:
+    first = module.split(".")[1]
+    return LAYERS.get(first, TOP_LEVEL.get(first, 0))
+
+
+def runtime_imports(path: Path) -> list[tuple[str, int]]:
+    """``imports(path)`` without those under ``if TYPE_CHECKING:`` (annotations only)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    hidden = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for n in ast.walk(node)
+    }
+    lines = {n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in hidden}
+    return [(m, line) for m, line in imports(path) if line in lines]
+
+
+def test_a_lower_layer_never_imports_a_higher_one():
+    offenders = []
+    for path in sorted((REPO / "core").rglob("*.py")):
+        rel = path.relative_to(REPO / "core")
+        if rel.parts in (("__init__.py",), ("__main__.py",)):
+            continue  # the package root re-exports the public API from every layer
+        own = ["ensemblecert", *rel.with_suffix("").parts]
+        mine = layer_of(".".join(own))
+        for module, line in runtime_imports(path):
+            if module.startswith("ensemblecert.") and not module.startswith("ensemblecert.plugins"):
+                if layer_of(module) > mine:
+                    offenders.append(f"{rel}:{line} (layer {mine}) imports {module} (layer {layer_of(module)})")
+    assert not offenders, offenders
+    assert {p.name for p in (REPO / "core").iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {*LAYERS}

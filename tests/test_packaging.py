@@ -41,7 +41,7 @@ def test_wheel_contents_and_imports(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[ensemblecert]" in text and "cohen = ensemblecert.plugins.cohen" in text
-    assert "ensemblecert = ensemblecert.cli:main" in text
+    assert "ensemblecert = ensemblecert.running.cli:main" in text
 
     site = tmp_path / "site"
     subprocess.run(

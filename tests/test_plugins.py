@@ -148,7 +148,9 @@ def test_broken_entry_point_is_reported(tmp_path, on_path):
 
 def test_registry_can_be_built_without_entry_points():
     registry = load_registry(entry_points=False)
-    assert [(c.kind, c.plugin) for c in registry] == [("stage", "ensemblecert.stages")] * 4  # the core's own stages
+    assert [(c.kind, c.plugin) for c in registry] == [
+        ("stage", "ensemblecert.running.stages")
+    ] * 4  # the core's own stages
     with pytest.raises(UserError, match="known certificate mechanisms: none"):
         registry.get("certifier", "cohen")
 

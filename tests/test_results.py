@@ -3,7 +3,7 @@
 import pytest
 
 from ensemblecert import ABSTAIN, Certificate, ExampleResult, UserError, summarize
-from ensemblecert.results import Outcome, ResultsWriter, read_results
+from ensemblecert.smoothing.results import Outcome, ResultsWriter, read_results
 
 
 def result(index, label, prediction, radius, samples=100, seconds=0.5, name="cohen"):

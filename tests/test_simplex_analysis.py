@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from ensemblecert import Command, UserError, hookimpl, load_registry, run
-from ensemblecert.cli import build_parser, plugin_commands
 from ensemblecert.plugins.simplex.analysis import ceiling_ratios, read_run, winner_map
 from ensemblecert.plugins.simplex.mechanisms import MECHANISMS
+from ensemblecert.running.cli import build_parser, plugin_commands
 
 
 def test_the_map_is_the_argmax_of_the_mechanisms_at_every_cell():

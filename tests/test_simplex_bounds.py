@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ensemblecert.expectations import hoeffding_width, multinomial_bounds, softmax_bounds
+from ensemblecert.smoothing.expectations import hoeffding_width, multinomial_bounds, softmax_bounds
 
 
 def test_multinomial_bounds_formulas():

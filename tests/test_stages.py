@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from ensemblecert import Stage, UserError, hookimpl, load_pipeline, load_registry, run
-from ensemblecert.pipeline import stages_of
+from ensemblecert.running.pipeline import stages_of
 
 
 @attrs.frozen
@@ -67,7 +67,9 @@ def test_the_run_is_the_built_in_stages_then_the_pipelines_own():
     names = [name for name, _ in stages_of(pipeline, registry)]
     assert names == ["members", "calibration", "certification", "evaluation", "toy#1", "toy#2"]
     registered = {c.name: c.plugin for c in load_registry(entry_points=False) if c.kind == "stage"}
-    assert registered == dict.fromkeys(["members", "calibration", "certification", "evaluation"], "ensemblecert.stages")
+    assert registered == dict.fromkeys(
+        ["members", "calibration", "certification", "evaluation"], "ensemblecert.running.stages"
+    )
 
 
 def test_a_misspelt_stage_is_a_configuration_error():
@@ -76,6 +78,6 @@ def test_a_misspelt_stage_is_a_configuration_error():
 
 
 def test_the_run_modules_stay_small():
-    assert len((REPO / "core" / "pipeline.py").read_text().splitlines()) < 200
-    for module in (REPO / "core" / "stages").glob("*.py"):
+    assert len((REPO / "core" / "running" / "pipeline.py").read_text().splitlines()) < 200
+    for module in (REPO / "core" / "running" / "stages").glob("*.py"):
         assert len(module.read_text().splitlines()) <= 250, module.name

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ensemblecert import ConfigError, TrainBatch, build_component, load_pipeline, load_registry, run
-from ensemblecert.pipeline import check_pipeline
 from ensemblecert.plugins.adp import ensemble_entropy, log_diversity
 from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.drt import confidence_margin, margins, reduce_pairs, safe_sqrt, valid_pairs
 from ensemblecert.plugins.gal import gradient_alignment
 from ensemblecert.plugins.noise import GaussianNoise
+from ensemblecert.running.pipeline import check_pipeline
 
 REGISTRY = load_registry()
 

@@ -2,7 +2,7 @@
 
 :mod:`.mechanisms` turns ``(E0, E1, sigma)`` into radii, and :mod:`.certifiers` wires them into the
 registered certifiers; :mod:`.analysis` and :mod:`.command` draw where each mechanism wins
-(``ensemblecert simplex``). The bounds themselves are the core's (:mod:`ensemblecert.expectations`), which the
+(``ensemblecert simplex``). The bounds themselves are the core's (:mod:`ensemblecert.smoothing.expectations`), which the
 ``cohen`` certifier also uses for Eq. 9 under these expectations.
 """
 

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .components import Aggregator, DataSplits, NoiseSampler
-from .config import TrainConfig
-from .distributed import SINGLE, World
+from ..components import Aggregator, DataSplits, NoiseSampler
+from ..config import TrainConfig
+from ..distributed import SINGLE, World
+from ..seeds import generator
 from .objectives import TrainBatch, total
-from .seeds import generator
 
 
 def batch_terms(config: TrainConfig, batch: TrainBatch) -> dict[str, torch.Tensor]:

@@ -25,8 +25,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from .components import NoiseSampler
-from .ensemble import Ensemble
+from ..components import NoiseSampler
+from ..ensemble.assembly import Ensemble
 
 
 @attrs.frozen

@@ -11,8 +11,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from .checkpoints import write_json
-from .errors import UserError
+from ..checkpoints import write_json
+from ..errors import UserError
 
 #: Columns that are bookkeeping, not terms.
 _META = ("epoch", "lr", "seconds")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import remove_temporaries
-from .config import Pipeline
-from .errors import ConfigError, UserError
+from ..checkpoints import remove_temporaries
+from ..config import Pipeline
+from ..errors import ConfigError, UserError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import UserError
+from ..errors import UserError
 
 try:  # POSIX only
     import fcntl

@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .components import Command
-from .config import default_pipeline_text, describe, load_pipeline
-from .errors import UserError
-from .manager import load_registry
+from ..components import Command
+from ..config import default_pipeline_text, describe, load_pipeline
+from ..errors import UserError
+from ..manager import load_registry
+from ..registry import KINDS, Registry
 from .pipeline import check_pipeline, run_pipeline
-from .registry import KINDS, Registry
 from .report import Reporter
 
 EPILOG = """\

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .components import Aggregator, NoiseSampler
+from ..components import Aggregator, NoiseSampler
 
 
 class TrainBatch:

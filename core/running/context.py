@@ -19,16 +19,16 @@ import attrs
 import torch
 from torch import nn
 
-from .checkpoints import plain, write_json
-from .components import Aggregator, DataSplits, Stage
-from .config import Pipeline
-from .distributed import World
-from .ensemble import Ensemble
-from .errors import UserError
+from ..checkpoints import plain, write_json
+from ..components import Aggregator, DataSplits, Stage
+from ..config import Pipeline
+from ..distributed import World
+from ..ensemble.assembly import Ensemble
+from ..errors import UserError
+from ..registry import Registry
+from ..smoothing.results import ExampleResult, Summary
 from .evaluation import EvaluationSummary
-from .registry import Registry
 from .report import Reporter
-from .results import ExampleResult, Summary
 
 
 class Outputs:

@@ -15,11 +15,11 @@ import attrs
 import torch
 from torch import Tensor
 
-from .components import Certificate, Certifier, NoiseSampler, SmoothingStrategy
-from .ensemble import Ensemble
+from ..components import Certificate, Certifier, NoiseSampler, SmoothingStrategy
+from ..ensemble.assembly import Ensemble
+from ..seeds import generator
 from .results import Outcome
 from .sampling import Classifier, MonteCarloSampler, SharedTallies, SmoothedClassifier
-from .seeds import generator
 
 
 def input_generator(seed: int, index: int, slot: int = 0, device: torch.device | str = "cpu") -> torch.Generator:

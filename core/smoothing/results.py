@@ -19,8 +19,8 @@ from pathlib import Path
 
 import attrs
 
-from .components import ABSTAIN, HARD, SMOOTHED_CLASSIFIERS, Certificate
-from .errors import UserError
+from ..components import ABSTAIN, HARD, SMOOTHED_CLASSIFIERS, Certificate
+from ..errors import UserError
 
 #: The leading columns, as in the original randomized-smoothing tooling, then the costs.
 BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "samples", "evaluations", "classifier")

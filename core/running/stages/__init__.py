@@ -6,7 +6,7 @@ A run is ``members -> calibration -> certification -> evaluation``, then the sta
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl
+from ...hookspecs import hookimpl
 from .calibration import CalibrationStage
 from .certification import CertificationStage
 from .evaluation import EvaluationStage

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import attrs
 
-from ..checkpoints import write_json
-from ..components import Stage
+from ...checkpoints import write_json
+from ...components import Stage
 from ..context import Outputs, RunContext, weights_digest
 from ..evaluation import evaluate
 

@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..smoothing.results import Summary
 from .evaluation import EvaluationSummary
-from .results import Summary
 
 
 class Reporter:

@@ -19,10 +19,10 @@ import attrs
 import torch
 from torch import Tensor
 
-from .components import Aggregator, Attack
-from .ensemble import Ensemble
-from .errors import UserError
-from .seeds import generator
+from ..components import Aggregator, Attack
+from ..ensemble.assembly import Ensemble
+from ..errors import UserError
+from ..seeds import generator
 
 
 @attrs.frozen

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .components import Aggregate, Aggregator, DataInfo, Model
+from ..components import Aggregate, Aggregator, DataInfo, Model
 from .engine import Engine, Members
 
 

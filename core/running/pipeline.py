@@ -17,20 +17,20 @@ from typing import Any
 import attrs
 from rich.console import Console
 
-from .checkpoints import write_json
-from .components import DataInfo, Stage
-from .config import Pipeline, describe, load_pipeline
+from ..checkpoints import write_json
+from ..components import DataInfo, Stage
+from ..config import Pipeline, describe, load_pipeline
+from ..distributed import World, join, leave
+from ..ensemble.assembly import Ensemble
+from ..errors import ConfigError, UserError
+from ..registry import Registry
+from ..smoothing.results import ExampleResult, Summary
 from .context import Outputs, RunContext, owned, remove, resume_or_refuse
-from .distributed import World, join, leave
-from .ensemble import Ensemble
-from .errors import ConfigError, UserError
 from .evaluation import EvaluationSummary
 from .lock import OutputLock
 from .member_checkpoints import CHECKPOINT_FORMAT
 from .preflight import check_pipeline, prepare_output, resolve_device, start_checkpoints
-from .registry import Registry
 from .report import Reporter
-from .results import ExampleResult, Summary
 from .stages import BUILT_IN
 from .stages.calibration import split_heldout
 

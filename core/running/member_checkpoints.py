@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoints import load_checkpoint
-from .components import DataInfo
-from .errors import UserError
+from ..checkpoints import load_checkpoint
+from ..components import DataInfo
+from ..errors import UserError
 
 CHECKPOINT_FORMAT = "ensemblecert.member/1"
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import attrs
 
-from ..certification import Planned, certify_inputs
-from ..checkpoints import plain, write_json
-from ..components import Stage
-from ..config import describe
-from ..context import Outputs, RunContext, weights_digest
-from ..results import (
+from ...checkpoints import plain, write_json
+from ...components import Stage
+from ...config import describe
+from ...smoothing.certification import Planned, certify_inputs
+from ...smoothing.results import (
     ExampleResult,
     ResultsWriter,
     merge_results,
@@ -24,7 +23,8 @@ from ..results import (
     rewrite_results,
     summarize,
 )
-from ..sampling import SharedTallies
+from ...smoothing.sampling import SharedTallies
+from ..context import Outputs, RunContext, weights_digest
 
 
 def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:

@@ -14,16 +14,16 @@ from typing import Any
 import attrs
 from torch import nn
 
-from ..checkpoints import load_checkpoint, plain, save_checkpoint
-from ..components import Stage
+from ...checkpoints import load_checkpoint, plain, save_checkpoint
+from ...components import Stage
+from ...ensemble.assembly import build_member
+from ...errors import UserError
+from ...training.log import TrainLog
+from ...training.log import status as train_status
+from ...training.loop import train_ensemble
 from ..context import Outputs, RunContext, file_digest, fingerprint
-from ..ensemble import build_member
-from ..errors import UserError
 from ..member_checkpoints import CHECKPOINT_FORMAT, load_member
 from ..preflight import start_checkpoints
-from ..train_log import TrainLog
-from ..train_log import status as train_status
-from ..training import train_ensemble
 
 
 def training_setup(run: RunContext) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import attrs
 import torch
 
-from ..checkpoints import plain, write_json
-from ..components import DataSplits, HeldOut, Stage
-from ..config import build_component, describe
+from ...checkpoints import plain, write_json
+from ...components import DataSplits, HeldOut, Stage
+from ...config import build_component, describe
+from ...ensemble.engine import Members
+from ...errors import UserError
+from ...seeds import generator
 from ..context import Outputs, RunContext, read_json, weights_digest
-from ..engine import Members
-from ..errors import UserError
-from ..seeds import generator
 
 
 def split_heldout(

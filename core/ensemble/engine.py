@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
-from .config.schema import Engine
+from ..config.schema import Engine
 from .fusion import FusionError, fuse
 
 
