@@ -117,7 +117,7 @@ class LinearModel(nn.Module):
         return int(float(self.margin(x[None])[0]) > 0)
 
 
-class HardSoftModel(nn.Module):
+class HardSoftModel(LinearModel):
     """Two classes whose hard and soft smoothed classifiers differ: class 1 is predicted iff ``m = w . x + b > 0``
     (``||w|| = 1``), with softmax output ``high`` for class 1 there and ``low`` (below 1/2) elsewhere.
 
@@ -129,21 +129,11 @@ class HardSoftModel(nn.Module):
     exceeds ``high`` (class 1) or ``1 - low`` (class 0).
     """
 
-    num_classes = 2
-    soft_known = True
-
     def __init__(self, dim: int, seed: int = 0, *, high: float = 0.99, low: float = 0.45) -> None:
-        super().__init__()
+        super().__init__(dim, seed)  # the hyperplane, its margin and the placement of inputs are the linear model's
         if not 0.0 < low < 0.5 < high < 1.0:
             raise ValueError(f"need 0 < low < 1/2 < high < 1, got low = {low}, high = {high}")
         self.high, self.low = float(high), float(low)
-        gen = torch.Generator().manual_seed(seed)
-        w = torch.randn(dim, generator=gen, dtype=torch.float64)
-        self.register_buffer("w", w / w.norm())
-        self.register_buffer("b", torch.randn((), generator=gen, dtype=torch.float64))
-
-    def margin(self, x: Tensor) -> Tensor:
-        return x.to(self.w.dtype).flatten(1) @ self.w + self.b
 
     def forward(self, x: Tensor) -> Tensor:
         m = self.margin(x)
@@ -155,18 +145,13 @@ class HardSoftModel(nn.Module):
         """``m*``: where the soft smoothed classifier's class-1 output is exactly 1/2."""
         return float(sigma * stats.norm.ppf((0.5 - self.low) / (self.high - self.low)))
 
-    def point_at(self, margin: float, seed: int) -> Tensor:
-        """An input whose signed distance to the hyperplane is ``margin``."""
-        return _place(self.w, self.margin, margin, seed)
-
     def _m(self, x: Tensor) -> float:
         return float(self.margin(x[None])[0])
 
     def point_with_top_probability(self, p: float, sigma: float, seed: int, classifier: str = HARD) -> Tensor:
         _known(classifier, self)
         if classifier == HARD:
-            sign = 1 if seed % 2 else -1
-            return self.point_at(sign * sigma * float(stats.norm.ppf(p)), seed)
+            return super().point_with_top_probability(p, sigma, seed)
         span = self.high - self.low
         options = [
             q for q, ok in (((p - self.low) / span, p < self.high), ((1 - p - self.low) / span, p < 1 - self.low)) if ok
