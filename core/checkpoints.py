@@ -75,10 +75,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8), atomically."""
+    _atomic(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
-    _atomic(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def plain(obj: Any) -> Any:

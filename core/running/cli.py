@@ -164,9 +164,8 @@ def _fail(err: Console, exc: UserError) -> int:
 
 
 def _torchrun(processes: int) -> None:
-    """Start this same command under ``torchrun`` with ``processes`` processes (replaces this process)."""
-    if processes < 1:
-        raise UserError(f"--processes: must be at least 1, got {processes}")
+    """Start this same command under ``torchrun`` with ``processes`` processes (replaces this process); the count
+    was checked by :func:`_check_processes`."""
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,25 +148,23 @@ def resume_or_refuse(run: RunContext, stage: Stage, name: str) -> None:
     if current is None:
         return
     digest = fingerprint(current)
-    path = run.path(Outputs.STAGES)
-    recorded = stage.recorded(run, name)
     existing = owned(run.out, stage)
-    if existing and recorded != digest:
-        if stage.on_change != "redo":
-            raise UserError(f"{existing[0]}: {stage.refusal}")
-        run.world.barrier()
-        if run.world.main:
+    stale = bool(existing) and stage.recorded(run, name) != digest
+    if stale and stage.on_change != "redo":
+        raise UserError(f"{existing[0]}: {stage.refusal}")
+    run.world.barrier()  # every rank has looked before rank 0 changes anything
+    if run.world.main:
+        path = run.path(Outputs.STAGES)
+        record = read_json(path, "the run")
+        if stale:  # on_change = "redo": start the stage over
             remove(existing)
-    run.world.barrier()  # every rank has looked before rank 0 records
-    if run.world.main and run.recorded(name) != digest:
-        write_json(path, {**read_json(path, "the run"), name: digest})
+        if record.get(name) != digest:
+            write_json(path, {**record, name: digest})
     run.world.barrier()
 
 
 def remove(paths: Iterable[Path]) -> None:
     """Delete files and directory trees (what ``--fresh`` and a redone stage do)."""
-    import shutil
-
     for p in paths:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

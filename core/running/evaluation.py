@@ -11,7 +11,6 @@ exactly the rows an uninterrupted one would have. ``evaluation.json`` holds the 
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -19,10 +18,12 @@ import attrs
 import torch
 from torch import Tensor
 
+from ..checkpoints import write_text
 from ..components import Aggregator, Attack
 from ..ensemble.assembly import Ensemble
 from ..errors import UserError
 from ..seeds import generator
+from ..smoothing.results import cut_partial_line
 
 
 @attrs.frozen
@@ -44,12 +45,8 @@ def read_rows(path: Path, header: list[str]) -> dict[int, list[int]]:
     """The complete rows of an earlier run's ``evaluate.tsv`` by input index; a truncated last line is dropped."""
     if not path.exists():
         return {}
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    if len(complete) != len(raw):  # a crash mid-write: cut the partial line before appending
-        with path.open("r+b") as fh:
-            fh.truncate(len(complete))
-    lines = [ln for ln in complete.decode("utf-8", errors="replace").split("\n") if ln]
+    cut_partial_line(path)  # a crash mid-write: the partial line goes before anything is appended
+    lines = [ln for ln in path.read_bytes().decode("utf-8", errors="replace").split("\n") if ln]
     if not lines:
         return {}
     rows = list(csv.reader(lines, delimiter="\t"))
@@ -72,10 +69,8 @@ def read_rows(path: Path, header: list[str]) -> dict[int, list[int]]:
 
 def _rewrite(path: Path, header: list[str], rows: Mapping[int, list[int]]) -> None:
     """Replace ``path`` atomically with ``header`` and ``rows``."""
-    tmp = path.with_name(f".{path.name}.rewrite.tmp")
     lines = ["\t".join(header)] + ["\t".join(map(str, [i, *row])) for i, row in rows.items()]
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def probability_model(members: Sequence[torch.nn.Module], combiner: Aggregator) -> Callable[[Tensor], Tensor]:

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import UserError
+from .preflight import OUTPUT_FIX as _FIX
+from .preflight import make_directory
 
 try:  # POSIX only
     import fcntl
@@ -25,7 +27,6 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".ensemblecert.lock"
-_FIX = "choose another directory with --output or the pipeline's `output`"
 
 
 class OutputLock:
@@ -39,10 +40,8 @@ class OutputLock:
 
     def acquire(self) -> OutputLock:
         d = self.directory
+        make_directory(d)
         try:
-            if d.exists() and not d.is_dir():
-                raise UserError(f"output: {d} exists and is not a directory; remove it or {_FIX}")
-            d.mkdir(parents=True, exist_ok=True)
             fh = self.path.open("a+", encoding="utf-8")
         except OSError as exc:
             raise UserError(f"output: cannot write to {d}: {exc.strerror or exc}; {_FIX}") from None

@@ -90,7 +90,7 @@ def _start(
     out = Path(pipeline.output)
     if world.main:
         if fresh:  # everything is checked before anything is deleted
-            doomed = [p for _, stage in stages for p in owned(out, stage)] + owned_record(out)
+            doomed = [p for _, stage in stages for p in owned(out, stage)] + [out / Outputs.STAGES]
             _refuse_deleting_inputs(pipeline, out, doomed)
             remove(doomed)
         prepare_output(out, checkpoints=not pipeline.ensemble.checkpoints)
@@ -106,7 +106,7 @@ def _start(
     )
     heldout = None
     if pipeline.ensemble.aggregator.needs_heldout():
-        data, heldout, _ = split_heldout(data, pipeline.heldout.fraction, pipeline.seed)
+        data, heldout = split_heldout(data, pipeline.heldout.fraction, pipeline.seed)
         reporter.info(f"Held out {len(heldout)} training inputs to calibrate the aggregator (heldout.json)")
     if world.distributed:
         reporter.info(f"Running on {world.size} processes (rank 0 reports)")
@@ -121,11 +121,6 @@ def _start(
         data=data,
         heldout=heldout,
     )
-
-
-def owned_record(out: Path) -> list[Path]:
-    """The run's record of stage fingerprints, if there is one."""
-    return [p for p in [out / Outputs.STAGES] if p.exists()]
 
 
 def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: Reporter, world: World) -> RunResult:

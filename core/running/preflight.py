@@ -108,19 +108,29 @@ def start_checkpoints(pipeline: Pipeline) -> list[Path]:
     return paths
 
 
+OUTPUT_FIX = "choose another directory with --output or the pipeline's `output`"
+
+
+def make_directory(d: Path) -> None:
+    """Create the output directory ``d`` (with its parents); a UserError naming it when that cannot be done."""
+    try:
+        if d.exists() and not d.is_dir():
+            raise UserError(f"output: {d} exists and is not a directory; remove it or {OUTPUT_FIX}")
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"output: cannot write to {d}: {exc.strerror or exc}; {OUTPUT_FIX}") from None
+
+
 def prepare_output(out: Path, *, checkpoints: bool) -> None:
     """Create the output directory (and ``checkpoints/`` when members will be saved) and make sure both are
     writable, before any work; remove temporary files that a killed run's atomic writes left behind."""
     dirs = [out, out / "checkpoints"] if checkpoints else [out]
-    fix = "choose another directory with --output or the pipeline's `output`"
     for d in dirs:
+        make_directory(d)
         try:
-            if d.exists() and not d.is_dir():
-                raise UserError(f"output: {d} exists and is not a directory; remove it or {fix}")
-            d.mkdir(parents=True, exist_ok=True)
             remove_temporaries(d)
             probe = d / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise UserError(f"output: cannot write to {d}: {exc.strerror or exc}; {fix}") from None
+            raise UserError(f"output: cannot write to {d}: {exc.strerror or exc}; {OUTPUT_FIX}") from None

@@ -67,26 +67,32 @@ def certify_inputs(
     """
     samplers = list(dict.fromkeys(entry.smoothed for entry in plan))
     ahead = {id(s): 0 for s in samplers}  # per sampler: the position in indices up to which first draws are drawn
+    classifiers = [entry.strategy.classifier(entry.mechanism) for entry in plan]
+    fetched: dict[int, Tensor] = {}  # inputs read ahead for a prefetch, each read once
+
+    def get(i: int) -> Tensor:
+        if i not in fetched:
+            fetched[i] = torch.as_tensor(fetch(i))
+        return fetched[i]
+
     for pos, index in enumerate(indices):
-        x = torch.as_tensor(fetch(index))
+        x = get(index)
         for shared in samplers:
             shared.clear()
             k = shared.inputs_per_pass()
             if k > 1 and pos >= ahead[id(shared)]:
                 upcoming = list(indices[pos : pos + k])
-                shared.prefetch(
-                    [torch.as_tensor(fetch(j)) for j in upcoming],
-                    [input_generator(seed, j, 0, device) for j in upcoming],
-                )
+                shared.prefetch([get(j) for j in upcoming], [input_generator(seed, j, 0, device) for j in upcoming])
                 ahead[id(shared)] = pos + k
+        del fetched[index]
         outcomes = {}
-        for entry in plan:
+        for entry, classifier in zip(plan, classifiers):
             usage = entry.smoothed.usage
             before = usage.snapshot() if usage is not None else None
             start = time.perf_counter()
             cert = entry.strategy.certify(entry.mechanism, entry.smoothed, x, input_generator(seed, index, 0, device))
             seconds = time.perf_counter() - start
-            cert = attrs.evolve(cert, classifier=entry.strategy.classifier(entry.mechanism))
+            cert = attrs.evolve(cert, classifier=classifier)
             spent = usage - before if usage is not None else None
             outcomes[entry.label] = Outcome(
                 cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None

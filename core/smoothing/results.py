@@ -308,9 +308,7 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
             results.append(_parse_row(row, at, mechanisms))
         except ValueError as exc:
             raise UserError(f"{path}, line {line}: {exc}; {_FIX}") from None
-    if not text.endswith("\n") and lines[-1]:
-        with path.open("w", encoding="utf-8", newline="") as fh:  # drop the partial line before appending
-            fh.write("\n".join(complete) + ("\n" if complete else ""))
+    cut_partial_line(path)  # before anything is appended
     return results
 
 
@@ -325,14 +323,7 @@ def merge_results(paths: Sequence[str | Path], into: str | Path, mechanisms: Seq
             for result in read_results(path, mechanisms):
                 found.setdefault(result.index, result)
     merged = [found[i] for i in sorted(found)]
-    tmp = into.with_name(f".{into.name}.merge.tmp")
-    tmp.unlink(missing_ok=True)
-    with ResultsWriter(tmp, mechanisms) as writer:
-        for result in merged:
-            writer.write(result)
-    if not merged:
-        tmp.write_text("", encoding="utf-8")
-    os.replace(tmp, into)
+    rewrite_results(into, merged, mechanisms)
     for path in paths:
         if Path(path) != into:
             Path(path).unlink(missing_ok=True)

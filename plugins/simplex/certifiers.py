@@ -97,7 +97,7 @@ class SimplexCertifier(Certifier):
         draws = draw_expectations(smoothed, x, self.n0, self.n, procedure=self.procedure, generator=generator)
         members = self.members()
         # Section 4.1: members sharing one pair of bounds need no further alpha correction
-        top, e0, e1 = draws.bounds(self.bounded(), self.alpha, self.procedure)
+        top, e0, e1 = draws.bounds(members[0][0], self.alpha, self.procedure)
         sigma = smoothed.noise.sigma
         radii = [float(MECHANISMS[name](e0, e1, sigma)) for _, name in members]
         winner = max(range(len(radii)), key=radii.__getitem__)

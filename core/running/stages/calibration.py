@@ -21,11 +21,9 @@ from ...seeds import generator
 from ..context import Outputs, RunContext, read_json, weights_digest
 
 
-def split_heldout(
-    data: DataSplits, fraction: float, seed: int
-) -> tuple[DataSplits, torch.utils.data.Dataset, list[int]]:
-    """Set ``fraction`` of the training data aside, chosen with ``seed``: the remaining splits, the held-out part and
-    its indices."""
+def split_heldout(data: DataSplits, fraction: float, seed: int) -> tuple[DataSplits, torch.utils.data.Subset]:
+    """Set ``fraction`` of the training data aside, chosen with ``seed``: the remaining splits and the held-out part
+    (its ``indices`` say which inputs)."""
     size = len(data.train)
     count = max(1, round(fraction * size))
     if count >= size:
@@ -33,7 +31,7 @@ def split_heldout(
     order = torch.randperm(size, generator=generator(seed, "heldout")).tolist()
     held, kept = sorted(order[:count]), sorted(order[count:])
     subset = torch.utils.data.Subset
-    return attrs.evolve(data, train=subset(data.train, kept)), subset(data.train, held), held
+    return attrs.evolve(data, train=subset(data.train, kept)), subset(data.train, held)
 
 
 @attrs.frozen

@@ -80,9 +80,10 @@ class CertificationStage(Stage):
         labels = [label for label, _, _ in certification_plan(run)]
         tsv = run.path(Outputs.CERTIFY_TSV)
         files = [path for path in [tsv, *sorted(run.out.glob(Outputs.CERTIFY_PARTS))] if path.exists()]
+        records = {path: read_results(path, labels) for path in files}
         found: dict[int, ExampleResult] = {}
-        for path in files:
-            for result in read_results(path, labels):
+        for rows in records.values():
+            for result in rows:
                 found.setdefault(result.index, result)
         indices = selected(run)
         wanted = set(indices)
@@ -90,9 +91,9 @@ class CertificationStage(Stage):
         if world.main:
             engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe(), "processes": world.size}
             write_json(run.path(Outputs.CERTIFY_META), {"mechanisms": labels, "engine": engine})
-            for path in files:  # rows of inputs this configuration no longer selects are dropped
-                if any(r.index not in wanted for r in read_results(path, labels)):
-                    rewrite_results(path, [r for r in read_results(path, labels) if r.index in wanted], labels)
+            for path, rows in records.items():  # rows of inputs this configuration no longer selects are dropped
+                if any(r.index not in wanted for r in rows):
+                    rewrite_results(path, [r for r in rows if r.index in wanted], labels)
         world.barrier()  # no rank appends before the files hold only this configuration's rows
         self._announce(run)
         results = [found[i] for i in sorted(found) if i in wanted]
