@@ -30,15 +30,15 @@ def train(output: str) -> ec.RunResult:
         "output": output,
         "device": "cpu",
         "ensemble": {**cfg["ensemble"], "members": 5, "aggregator": {"name": "k_consensus", "k": 2}},
-        "certify": {"enabled": False},
+        "certification": {"enabled": False},
     }
     return ec.run(cfg)
 
 
-def certify_all(name, mechanism, ensemble, noise, inputs, labels, indices, batch_size):
+def certify_all(name, certifier, ensemble, noise, inputs, labels, indices, batch_size):
     sampler = ec.MonteCarloSampler(ensemble, noise, num_classes=10, batch_size=batch_size)
     start = time.perf_counter()
-    certs = ec.certify(mechanism, sampler, inputs, indices=indices)
+    certs = ec.certify(certifier, sampler, inputs, indices=indices)
     seconds = time.perf_counter() - start
     return {
         "name": name,

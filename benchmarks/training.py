@@ -33,7 +33,7 @@ OBJECTIVES = {
 
 
 def step_time(registry, model_spec, info, members: int, train: dict, batch: int, steps: int) -> float:
-    config = load_pipeline({"train": {"copies": 2, **train}})[0].train
+    config = load_pipeline({"training": {"copies": 2, **train}})[0].training
     nets = [build_member(build_component("model", model_spec, registry), info, s).train() for s in range(members)]
     params = [p for m in nets for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)

@@ -2,7 +2,7 @@
 
 The public API, in two groups (docs/api.md lists both, and a test keeps the list and ``__all__`` equal):
 
-* for running pipelines and certifying: ``run``, ``load_pipeline``, ``run_pipeline``, ``certify``,
+* for running pipelines and certifying: ``run``, ``load_pipeline``, ``run_pipeline``, ``certify_inputs``,
   ``load_registry``, ``build_component``, the results (``RunResult``, ``ExampleResult``, ``Summary``,
   ``read_results``) and the errors;
 * for plugin authors: the base class of every component kind (``Certifier``, ``Aggregator``, ``Stage``, ...), the
@@ -46,7 +46,7 @@ from .manager import load_registry
 from .registry import Component, Registry
 from .running.evaluation import probability_model
 from .running.pipeline import RunResult, run, run_pipeline
-from .smoothing.certification import certify, input_generator
+from .smoothing.certification import certify_inputs, input_generator
 from .smoothing.expectations import (
     EXPECTATIONS,
     PROCEDURES,
@@ -113,7 +113,7 @@ __all__ = [
     "UserError",
     "build_component",
     "build_member",
-    "certify",
+    "certify_inputs",
     "clopper_pearson_interval",
     "clopper_pearson_lower",
     "clopper_pearson_lower_gap",

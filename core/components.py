@@ -87,8 +87,8 @@ class Aggregate:
     """An aggregator's answer for one batch.
 
     ``probs``: ensemble class probabilities ``[B, C]``. ``member_logits``: the members' logits
-    ``[N, B, C]`` when every member was evaluated (``None`` when the protocol skipped some).
-    ``evaluations``: member forward passes spent, summed over the batch. ``settled``: for protocols that
+    ``[N, B, C]`` when every member was evaluated (``None`` when the aggregator skipped some).
+    ``evaluations``: member forward passes spent, summed over the batch. ``settled``: for aggregators that
     stop early (K-consensus), how many of the batch's samples were decided before the last member.
     """
 
@@ -99,10 +99,10 @@ class Aggregate:
 
 
 class Aggregator(ABC):
-    """An ensemble protocol: how the members' outputs become one prediction.
+    """An aggregator (the papers' "ensemble protocol"): how the members' outputs become one prediction.
 
-    Override :meth:`combine` for protocols that need every member's output; override :meth:`forward`
-    for protocols that decide which members to evaluate (K-consensus evaluates members one by one and
+    Override :meth:`combine` for aggregators that need every member's output; override :meth:`forward`
+    for aggregators that decide which members to evaluate (K-consensus evaluates members one by one and
     stops once K agree), and then declare :attr:`skips_members`.
     """
 
@@ -119,7 +119,7 @@ class Aggregator(ABC):
         """Map member logits ``[N, B, C]`` to ensemble class probabilities ``[B, C]`` (rows sum to 1)."""
 
     def check_members(self, count: int) -> str | None:
-        """Return why this protocol cannot combine ``count`` members, or ``None``. Called once per run."""
+        """Return why this aggregator cannot combine ``count`` members, or ``None``. Called once per run."""
         return None
 
     def needs_heldout(self) -> bool:
@@ -127,7 +127,7 @@ class Aggregator(ABC):
         return False
 
     def calibrate(self, members: Members, heldout: HeldOut) -> Aggregator:
-        """Return this protocol fitted to held-out data (member ranking, weights). Called once per run after
+        """Return this aggregator fitted to held-out data (member ranking, weights). Called once per run after
         training when :meth:`needs_heldout`; the returned component's fields are saved with the run and it is
         rebuilt from them when the run resumes, so put everything fitted into fields."""
         return self
@@ -135,7 +135,7 @@ class Aggregator(ABC):
 
 @attrs.frozen
 class HeldOut:
-    """Held-out labelled data for calibrating a protocol, never certified: a split of the training data.
+    """Held-out labelled data for calibrating an aggregator, never certified: a split of the training data.
 
     :meth:`noisy_batches` yields ``(x + noise, y)`` on ``device`` with noise from ``generator``.
     """
@@ -209,9 +209,9 @@ class Certificate:
 
     ``prediction`` is the smoothed classifier's class or :data:`ABSTAIN`; ``radius`` the certified L2
     radius (0 when abstaining); ``samples`` the number of noise draws spent (selection included);
-    ``details`` mechanism-specific numbers (bounds, counts) that end up in the results table;
+    ``details`` certifier-specific numbers (bounds, counts) that end up in the results table;
     ``classifier`` the smoothed classifier the promise is about (:data:`HARD` or :data:`SOFT`), filled in by
-    the certification loop from the mechanism's declaration (:meth:`Certifier.classifier`).
+    the certification loop from the certifier's declaration (:meth:`Certifier.classifier`).
     """
 
     prediction: int
@@ -228,7 +228,7 @@ class Certificate:
 @attrs.frozen
 class CertifyPlan:
     """CERTIFY's sampling plan: ``n0`` selection draws, ``n`` estimation draws, a lower bound at level ``alpha``.
-    Strategies that run CERTIFY themselves (EAS runs it per member) take it from the mechanism."""
+    Strategies that run CERTIFY themselves (EAS runs it per member) take it from the certifier."""
 
     n0: int
     n: int
@@ -236,7 +236,7 @@ class CertifyPlan:
 
 
 class Certifier(ABC):
-    """A certificate mechanism. ``certify`` is called once per test input.
+    """A certifier. ``certify`` is called once per test input.
 
     It draws whatever it needs from ``smoothed`` (in one go, or in stages that stop early) and is the
     only place where statistics become a promise; see ``ensemblecert.testing`` for the soundness
@@ -244,7 +244,7 @@ class Certifier(ABC):
     :attr:`noise_families`, :meth:`classifier`, :meth:`certify_plan` and :meth:`failure_probability`.
     """
 
-    #: The noise families (``NoiseSampler.family``) the mechanism's theorem covers; ``None``: any.
+    #: The noise families (``NoiseSampler.family``) the certifier's theorem covers; ``None``: any.
     noise_families: ClassVar[tuple[str, ...] | None] = None
 
     def classifier(self) -> str:
@@ -253,12 +253,12 @@ class Certifier(ABC):
         return HARD
 
     def certify_plan(self) -> CertifyPlan | None:
-        """CERTIFY's plan when this mechanism is CERTIFY (so a strategy may run it per member), else ``None``."""
+        """CERTIFY's plan when this certifier is CERTIFY (so a strategy may run it per member), else ``None``."""
         return None
 
     def failure_probability(self) -> float | None:
         """The probability (``alpha``) with which a certificate may be wrong, which the soundness harness tests
-        against; ``None`` when the mechanism does not say (then the harness must be told)."""
+        against; ``None`` when the certifier does not say (then the harness must be told)."""
         return None
 
     @abstractmethod
@@ -266,14 +266,14 @@ class Certifier(ABC):
         """Certify the single input ``x`` (no batch dimension) against ``smoothed``."""
 
     def check_noise(self, noise: NoiseSampler) -> str | None:
-        """Return why ``noise`` is unsupported by this mechanism, or ``None`` if it is fine (by default: whether
+        """Return why ``noise`` is unsupported by this certifier, or ``None`` if it is fine (by default: whether
         its family is among :attr:`noise_families`)."""
         families = self.noise_families
         if families is None or noise.family in families:
             return None
         return (
-            f"this mechanism certifies {' or '.join(families)} noise only, got {noise.family!r} noise; "
-            'use noise.name = "gaussian" or another mechanism'
+            f"this certifier certifies {' or '.join(families)} noise only, got {noise.family!r} noise; "
+            'use noise.name = "gaussian" or another certifier'
         )
 
 
@@ -289,23 +289,24 @@ class SmoothingStrategy(ABC):
     def smooth(self, ensemble: Ensemble, noise: NoiseSampler, *, batch_size: int) -> SmoothedClassifier:
         """Return the smoothed classifier that certifiers sample from. Called once per run."""
 
-    def certify(
+    def certificate(
         self,
-        mechanism: Certifier,
+        certifier: Certifier,
         smoothed: SmoothedClassifier,
         x: Tensor,
         generator: torch.Generator | None = None,
     ) -> Certificate:
-        """Certify ``x`` with ``mechanism``; strategies whose certificate combines per-member ones override this."""
-        return mechanism.certify(smoothed, x, generator)
+        """The certificate of ``x`` by ``certifier`` under this strategy (by default: the certifier's own on
+        ``smoothed``); strategies whose certificate combines per-member ones override this."""
+        return certifier.certify(smoothed, x, generator)
 
-    def check_mechanism(self, mechanism: Certifier) -> str | None:
-        """Return why this strategy cannot certify with ``mechanism``, or ``None``. Called once per run."""
+    def check_certifier(self, certifier: Certifier) -> str | None:
+        """Return why this strategy cannot certify with ``certifier``, or ``None``. Called once per run."""
         return None
 
-    def classifier(self, mechanism: Certifier) -> str:
-        """The smoothed classifier this strategy's certificates with ``mechanism`` are about (the mechanism's)."""
-        return mechanism.classifier()
+    def classifier(self, certifier: Certifier) -> str:
+        """The smoothed classifier this strategy's certificates with ``certifier`` are about (the certifier's)."""
+        return certifier.classifier()
 
 
 # -------------------------------------------------------------------------------------- attacks
@@ -316,7 +317,7 @@ ProbabilityModel = Callable[[Tensor], Tensor]
 class Attack(ABC):
     """An adversarial attack: inputs within a norm ball around ``x``, in pixel space, clipped to [0, 1].
 
-    The model is seen through a combiner (an aggregator's ``combine``: the average or the elementwise maximum
+    The model is seen through an aggregator (an aggregator's ``combine``: the average or the elementwise maximum
     of the members' probabilities, Deng23 Eq. 12), so one attack serves single models and ensembles alike.
     """
 

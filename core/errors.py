@@ -19,7 +19,7 @@ class UserError(Exception):
 class ConfigError(UserError):
     """One or more problems in a pipeline configuration, all reported together.
 
-    Each problem is a line ``path: message`` where ``path`` is the TOML path (``certify.mechanisms[0].alpha``).
+    Each problem is a line ``path: message`` where ``path`` is the TOML path (``certification.certifiers[0].alpha``).
     """
 
     def __init__(self, problems: Iterable[str], source: str | None = None) -> None:

@@ -23,7 +23,7 @@ silently doing nothing).
 
 How the pipeline uses each kind, in order:
 data set -> base models (one per member) -> base loss + regularizers with noise ->
-aggregator (ensemble protocol) -> smoothing strategy -> certificate mechanisms -> results; attacks for
+aggregator -> smoothing strategy -> certifiers -> results; attacks for
 empirical robustness; the stages a run is made of; and commands that work on a run's results from the command
 line.
 """
@@ -65,7 +65,7 @@ def register_models(register: Register) -> None:
 
 @hookspec
 def register_aggregators(register: Register) -> None:
-    """Register ensemble protocols: subclasses of :class:`ensemblecert.Aggregator`.
+    """Register aggregators: subclasses of :class:`ensemblecert.Aggregator`.
 
     ``Aggregator.forward(members, x)`` is called on every (noisy) batch during certification and
     prediction. It returns an :class:`~ensemblecert.Aggregate` holding class probabilities, the member
@@ -110,13 +110,13 @@ def register_noise_samplers(register: Register) -> None:
 
 @hookspec
 def register_certifiers(register: Register) -> None:
-    """Register certificate mechanisms: subclasses of :class:`ensemblecert.Certifier`.
+    """Register certifiers: subclasses of :class:`ensemblecert.Certifier`.
 
     ``Certifier.certify(smoothed, x, generator)`` is called once per test input. It draws samples
     from the :class:`~ensemblecert.SmoothedClassifier` (``smoothed.tally(x, n, ...)`` returns class
     counts, and on request softmax sums and per-member counts), as many times as it likes, and
     returns a :class:`~ensemblecert.Certificate`. ``check_noise`` is called once per run before any
-    work, so a mechanism can refuse a noise distribution its theorem does not cover.
+    work, so a certifier can refuse a noise distribution its theorem does not cover.
     """
 
 
@@ -125,8 +125,8 @@ def register_smoothing_strategies(register: Register) -> None:
     """Register smoothing strategies: subclasses of :class:`ensemblecert.SmoothingStrategy`.
 
     ``SmoothingStrategy.smooth(ensemble, noise, batch_size=...)`` is called once per run and returns
-    the smoothed classifier certifiers sample from; ``SmoothingStrategy.certify(mechanism, ...)`` is
-    called once per input and mechanism, so a strategy can combine per-member certificates.
+    the smoothed classifier certifiers sample from; ``SmoothingStrategy.certificate(certifier, ...)`` is
+    called once per input and certifier, so a strategy can combine per-member certificates.
     """
 
 
@@ -136,7 +136,7 @@ def register_attacks(register: Register) -> None:
 
     ``Attack.perturb(model, x, y, generator=...)`` is called on batches of test inputs by the evaluation stage
     and by training objectives that train on adversarial examples (iGAT). ``model`` maps inputs to class
-    probabilities and is differentiable: a single network's softmax, or an ensemble seen through a combiner
+    probabilities and is differentiable: a single network's softmax, or an ensemble seen through an aggregator
     (the average or the elementwise maximum of its members' probabilities). It returns inputs within the
     attack's norm ball around ``x``, clipped to [0, 1].
     """

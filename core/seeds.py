@@ -1,7 +1,7 @@
 """Derived seeds: every random stream of a run is seeded from the pipeline seed and what it is for.
 
 Hashing ``(seed, *parts)`` gives independent streams for every purpose (shuffling of epoch 3, noise of
-input 17 for mechanism 0, ...) that depend on nothing else, so resumed, reordered or sharded work draws
+input 17 for certifier 0, ...) that depend on nothing else, so resumed, reordered or sharded work draws
 exactly what an uninterrupted run would have drawn, for any seed in ``[0, 2**63)``.
 """
 

@@ -1,6 +1,6 @@
 """Statistical soundness checks for certifiers.
 
-A certificate is a promise about one smoothed classifier (the hard or the soft one, as the mechanism declares):
+A certificate is a promise about one smoothed classifier (the hard or the soft one, as the certifier declares):
 with probability at least ``1 - alpha`` over the noise, the certified class is that classifier's class and the
 certified radius does not exceed its true robust radius. :func:`check_soundness` tests that promise against a
 reference model whose smoothed class probabilities and exact robust radii are known in closed form: two classes
@@ -9,12 +9,12 @@ differ (:class:`HardSoftModel`), so a certificate checked against the wrong clas
 
 Errors live in particular places, so inputs are not spread evenly: each :class:`Region` is a band of
 the true top-class probability (the decision boundary, where a biased class selection over-claims;
-moderate and confident inputs; and, for mechanisms that certify a target radius, inputs whose exact
+moderate and confident inputs; and, for certifiers that certify a target radius, inputs whose exact
 radius lies just below that target), and each region gets its own one-sided binomial test of
 "over-claims happen with probability at most alpha", Bonferroni-corrected over the regions. A
 certifier that over-claims at twice its alpha in any one region is caught (``tests/test_testing.py``
-checks this power). Where a mechanism's certificate on two classes rests on one bound at a share of alpha (the
-Simplex mechanisms bound ``E0`` at ``alpha / 2``), pass that share as ``rate`` to test the accounting itself.
+checks this power). Where a certifier's certificate on two classes rests on one bound at a share of alpha (the
+Simplex certifiers bound ``E0`` at ``alpha / 2``), pass that share as ``rate`` to test the accounting itself.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .components import ABSTAIN, HARD, SOFT, Certificate, Certifier, NoiseSampler, SmoothingStrategy
 from .ensemble.assembly import Ensemble
-from .smoothing.certification import DirectSmoothing, Planned, certify_inputs
+from .smoothing.certification import DirectSmoothing, Planned, certification_loop
 from .smoothing.sampling import MonteCarloSampler, SharedTallies
 
 
@@ -324,7 +324,7 @@ class Region:
 
     @classmethod
     def below_radius(cls, radius: float, sigma: float, width: float = 0.02) -> Region:
-        """Inputs whose exact radius lies in ``[radius - width * sigma, radius)``: where a mechanism that
+        """Inputs whose exact radius lies in ``[radius - width * sigma, radius)``: where a certifier that
         certifies ``radius`` as a target must abstain, yet may be tempted not to. The band is narrow
         because errors concentrate at the threshold (a CERTIFYADP without Bonferroni over its stages
         over-claims 15% of the time in a band 0.02 sigma wide at alpha = 0.1, but 7.5% in one 0.15 wide)."""
@@ -354,7 +354,7 @@ class RegionReport:
 
 @attrs.frozen
 class SoundnessReport:
-    """How often a mechanism over-claimed in each region, and whether that is compatible with its ``alpha``."""
+    """How often a certifier over-claimed in each region, and whether that is compatible with its ``alpha``."""
 
     regions: tuple[RegionReport, ...]
     alpha: float
@@ -406,7 +406,7 @@ def overclaims(cert: Certificate, model: ReferenceModel, x: Tensor, sigma: float
 
 
 def _run_region(
-    mechanism: Certifier,
+    certifier: Certifier,
     strategy: SmoothingStrategy,
     smoothed: MonteCarloSampler,
     model: ReferenceModel,
@@ -419,10 +419,10 @@ def _run_region(
     failed: Callable[[Certificate, Tensor], bool],
 ) -> RegionReport:
     """Certify ``trials`` inputs sweeping ``region``'s probability band (low-discrepancy, alternating classes) of the
-    classifier the mechanism certifies, through the certification loop of the API and the pipeline; count those
+    classifier the certifier certifies, through the certification loop of the API and the pipeline; count those
     where ``failed(certificate, x)``, and test the count against ``rate`` (one-sided binomial)."""
     sigma = float(smoothed.noise.sigma)
-    classifier = strategy.classifier(mechanism)
+    classifier = strategy.classifier(certifier)
     points: dict[int, Tensor] = {}
 
     def point(index: int) -> Tensor:
@@ -431,9 +431,9 @@ def _run_region(
             points[index] = model.point_with_top_probability(p, sigma, seed * 1_000_003 + index, classifier)
         return points[index]
 
-    plan = [Planned("certificate", strategy, mechanism, SharedTallies(smoothed))]
+    plan = [Planned("certificate", strategy, certifier, SharedTallies(smoothed))]
     bad = certified = 0
-    for index, outcomes in certify_inputs(plan, range(offset, offset + trials), point, seed=seed):
+    for index, outcomes in certification_loop(plan, range(offset, offset + trials), point, seed=seed):
         cert = outcomes["certificate"].certificate
         certified += cert.prediction != ABSTAIN
         bad += bool(failed(cert, points.pop(index)))
@@ -446,7 +446,7 @@ def _smoothed(model: ReferenceModel, noise: NoiseSampler, batch_size: int) -> Mo
 
 
 def check_soundness(
-    mechanism: Certifier,
+    certifier: Certifier,
     noise: NoiseSampler,
     *,
     alpha: float | None = None,
@@ -462,18 +462,18 @@ def check_soundness(
     significance: float = 1e-3,
 ) -> SoundnessReport:
     """Certify ``trials`` inputs in each region and test each region's over-claim count against the exact radius
-    of the smoothed classifier the mechanism declares (:meth:`~ensemblecert.Certifier.classifier`).
+    of the smoothed classifier the certifier declares (:meth:`~ensemblecert.Certifier.classifier`).
 
-    ``alpha`` is the mechanism's promised failure rate; ``rate``, the over-claim rate tested against, is ``alpha``
-    unless given (pass a mechanism's share of alpha to test its accounting). ``strategy`` certifies through a
-    smoothing strategy (default: the mechanism alone). ``target_radii`` adds a :meth:`Region.below_radius` region
-    for each radius a mechanism certifies as a target. ``model`` is the reference model (a :class:`LinearModel`
+    ``alpha`` is the certifier's promised failure rate; ``rate``, the over-claim rate tested against, is ``alpha``
+    unless given (pass a certifier's share of alpha to test its accounting). ``strategy`` certifies through a
+    smoothing strategy (default: the certifier alone). ``target_radii`` adds a :meth:`Region.below_radius` region
+    for each radius a certifier certifies as a target. ``model`` is the reference model (a :class:`LinearModel`
     of dimension ``dim`` by default). Inputs within a region sweep the band of the declared classifier's top
     probability with a low-discrepancy sequence, alternating classes.
     """
-    alpha = alpha if alpha is not None else mechanism.failure_probability()
+    alpha = alpha if alpha is not None else certifier.failure_probability()
     if alpha is None:
-        raise ValueError(f"{type(mechanism).__name__} declares no failure probability; pass alpha=")
+        raise ValueError(f"{type(certifier).__name__} declares no failure probability; pass alpha=")
     alpha = float(alpha)
     rate = float(rate if rate is not None else alpha)
     strategy = strategy if strategy is not None else DirectSmoothing()
@@ -486,7 +486,7 @@ def check_soundness(
     all_regions = [*regions, *(Region.below_radius(r, sigma) for r in target_radii)]
     reports = tuple(
         _run_region(
-            mechanism,
+            certifier,
             strategy,
             smoothed,
             model,
@@ -503,7 +503,7 @@ def check_soundness(
 
 
 def check_early_abstentions(
-    mechanism: Certifier,
+    certifier: Certifier,
     noise: NoiseSampler,
     *,
     radius: float,
@@ -519,7 +519,7 @@ def check_early_abstentions(
 ) -> SoundnessReport:
     """Count wrong early abstentions: ``early(certificate)`` on inputs whose exact radius is at least ``radius``.
 
-    For a mechanism that promises to give up early on a robust input with probability at most ``rate``
+    For a certifier that promises to give up early on a robust input with probability at most ``rate``
     (CERTIFYADP's ``beta``): inputs have exact radius in ``[radius, radius + width * sigma]``, where the
     early test is most tempted, and the count is tested against ``rate`` as in :func:`check_soundness`.
     """
@@ -528,7 +528,7 @@ def check_early_abstentions(
     low, high = stats.norm.cdf(radius / sigma), stats.norm.cdf(radius / sigma + width)
     region = Region(f"just above r = {radius:g}", float(low), float(high))
     report = _run_region(
-        mechanism,
+        certifier,
         DirectSmoothing(),
         _smoothed(model, noise, batch_size),
         model,
@@ -542,11 +542,11 @@ def check_early_abstentions(
     return SoundnessReport((report,), rate, significance)
 
 
-def assert_sound(mechanism: Certifier, noise: NoiseSampler, **kwargs: object) -> SoundnessReport:
-    """:func:`check_soundness`, raising ``AssertionError`` with the report when the mechanism over-claims."""
-    report = check_soundness(mechanism, noise, **kwargs)  # type: ignore[arg-type]
+def assert_sound(certifier: Certifier, noise: NoiseSampler, **kwargs: object) -> SoundnessReport:
+    """:func:`check_soundness`, raising ``AssertionError`` with the report when the certifier over-claims."""
+    report = check_soundness(certifier, noise, **kwargs)  # type: ignore[arg-type]
     if math.isnan(report.p_value):  # pragma: no cover - defensive
         raise AssertionError("soundness test produced no p-value")
     if not report.sound:
-        raise AssertionError(f"{type(mechanism).__name__} over-claims:\n{report}")
+        raise AssertionError(f"{type(certifier).__name__} over-claims:\n{report}")
     return report

@@ -15,7 +15,7 @@ Validator = Callable[[Any, Any, Any], None]
 
 class FieldError(ValueError):
     """A check of several fields at once (raised from ``__attrs_post_init__``) that blames one field: the
-    configuration loader reports it at that field's TOML path (``certify.mechanisms[0].of: ...``)."""
+    configuration loader reports it at that field's TOML path (``certification.certifiers[0].of: ...``)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

@@ -39,14 +39,14 @@ def main() -> None:
                 overrides=[
                     noise,
                     f'output="{where / "gaussian_ft"}"',
-                    f'train.start_from=["{base.output}"]',
-                    "train.regularizers=[]",
+                    f'training.start_from=["{base.output}"]',
+                    "training.regularizers=[]",
                 ],
             ),
             "Gaussian, +15 epochs DRT": run(
                 HERE / "drt.toml",
                 reporter=Reporter(),
-                overrides=[noise, f'output="{where / "drt"}"', f'train.start_from=["{base.output}"]'],
+                overrides=[noise, f'output="{where / "drt"}"', f'training.start_from=["{base.output}"]'],
             ),
         }
         for label, result in {"Gaussian, 30 epochs": base, **tuned}.items():
@@ -58,12 +58,12 @@ def main() -> None:
                     noise,
                     f'output="{result.output}_mme"',
                     'ensemble.aggregator="mme"',
-                    "train.enabled=false",
+                    "training.enabled=false",
                     f"ensemble.checkpoints={json.dumps(members)}",
                 ],
             )
             for aggregator, r in (("WE", result), ("MME", mme)):
-                s = r.summary.mechanisms["cohen"]
+                s = r.summary.certifiers["cohen"]
                 rows.append(
                     {
                         "sigma": sigma,

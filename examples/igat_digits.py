@@ -5,7 +5,7 @@
 Trains an ADP ensemble (examples/igat_adp.toml, 30 epochs), then fine-tunes it for 10 more epochs twice from the
 same weights with the same budget: with ADP alone (the control) and with ADP + iGAT (examples/igat.toml). Each
 ensemble is evaluated on all 360 test digits, clean and under L-infinity PGD-20 and AutoAttack at epsilon 0.1,
-through the average and the max combiner. Prints one markdown table and writes it to OUT/results.md.
+through the average and the max aggregator. Prints one markdown table and writes it to OUT/results.md.
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     base = run(HERE / "igat_adp.toml", overrides=[f'output="{out / "adp"}"'], reporter=Reporter())
-    start = f'train.start_from=["{base.output}"]'
+    start = f'training.start_from=["{base.output}"]'
     control = run(
         HERE / "igat.toml",
         reporter=Reporter(),
-        overrides=[f'output="{out / "adp_ft"}"', start, 'train.regularizers=[{ name = "adp" }]'],
+        overrides=[f'output="{out / "adp_ft"}"', start, 'training.regularizers=[{ name = "adp" }]'],
     )
     igat = run(HERE / "igat.toml", reporter=Reporter(), overrides=[f'output="{out / "igat"}"', start])
     runs = {"ADP, 30 epochs": base, "ADP, +10 epochs ADP": control, "ADP, +10 epochs ADP + iGAT": igat}
-    lines = ["| training | combiner | natural | PGD-20 | AutoAttack |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| training | aggregator | natural | PGD-20 | AutoAttack |", "| --- | --- | --- | --- | --- |"]
     for label, result in runs.items():
-        for combiner, acc in result.evaluation.accuracy.items():
-            name = {"we": "average", "max": "max"}[combiner]
+        for aggregator, acc in result.evaluation.accuracy.items():
+            name = {"we": "average", "max": "max"}[aggregator]
             lines.append(f"| {label} | {name} | {acc['natural']:.1%} | {acc['pgd']:.1%} | {acc['autoattack']:.1%} |")
     table = "\n".join(lines)
     print(table)

@@ -1,4 +1,4 @@
-"""Ensemble protocols of Yang et al. (Yang22): Weighted Ensemble and Max-Margin Ensemble."""
+"""Aggregators of Yang et al. (Yang22, "ensemble protocols" there): Weighted Ensemble and Max-Margin Ensemble."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ L-infinity or L2 ball, with the cross-entropy or the Carlini-Wagner margin as th
 gradient step). Deng23 reports PGD-20 and CW (PGD on the CW margin) at L-infinity epsilon 8/255.
 
 Every attack works on a batch at once and returns inputs within its ball around ``x`` and in [0, 1]. The model it
-sees maps inputs to class probabilities (an ensemble through its combiner), so the losses are written on
+sees maps inputs to class probabilities (an ensemble through its aggregator), so the losses are written on
 log-probabilities: for a softmax model they equal those on logits up to a per-input constant.
 """
 

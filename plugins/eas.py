@@ -95,8 +95,8 @@ def sampled_terms(
 class EnsembleAfterSmoothing(SmoothingStrategy):
     """Ensemble-after-Smoothing (EAS, Definition 6 of Yang22): smooth each member, follow the most confident one.
 
-    Certifies with the mechanism's CERTIFY plan (``n0``, ``n`` and ``alpha``: CERTIFY's two steps, per member, on
-    shared draws) and the sound form of Theorem 5's radius; see the module docstring. Only a mechanism that
+    Certifies with the certifier's CERTIFY plan (``n0``, ``n`` and ``alpha``: CERTIFY's two steps, per member, on
+    shared draws) and the sound form of Theorem 5's radius; see the module docstring. Only a certifier that
     declares a CERTIFY plan (``cohen`` without Cullen24's expectations) is accepted.
     """
 
@@ -105,25 +105,25 @@ class EnsembleAfterSmoothing(SmoothingStrategy):
     def smooth(self, ensemble: Ensemble, noise: NoiseSampler, *, batch_size: int) -> MonteCarloSampler:
         return MonteCarloSampler(ensemble, noise, batch_size=batch_size)
 
-    def check_mechanism(self, mechanism: Certifier) -> str | None:
-        if mechanism.certify_plan() is None:
+    def check_certifier(self, certifier: Certifier) -> str | None:
+        if certifier.certify_plan() is None:
             return (
                 "eas runs CERTIFY's selection and estimation on every member and certifies only with CERTIFY "
-                f"(cohen without an expectation); {type(mechanism).__name__} is another mechanism, which eas would "
+                f"(cohen without an expectation); {type(certifier).__name__} is another certifier, which eas would "
                 "not run; certify it with ebs instead"
             )
         return None
 
-    def classifier(self, mechanism: Certifier) -> str:
+    def classifier(self, certifier: Certifier) -> str:
         """The EAS classifier, built from each member's hard smoothed classifier."""
         return HARD
 
-    def certify(
-        self, mechanism: Certifier, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None
+    def certificate(
+        self, certifier: Certifier, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None
     ) -> Certificate:
-        plan = mechanism.certify_plan()
+        plan = certifier.certify_plan()
         if plan is None:
-            raise UserError(f"ensemble.smoothing: {self.check_mechanism(mechanism)}")
+            raise UserError(f"ensemble.smoothing: {self.check_certifier(certifier)}")
         n0, n, alpha = plan.n0, plan.n, plan.alpha
         try:
             selection = smoothed.tally(x, n0, generator=generator, members=True).member_counts.numpy()

@@ -1,6 +1,6 @@
 """Interactive global adversarial training (iGAT) of Deng23, Section 5 (Eqs. 12 to 16).
 
-Each batch, an attack against the whole ensemble seen through a combiner (Eq. 12: the average or the maximum of
+Each batch, an attack against the whole ensemble seen through an aggregator (Eq. 12: the average or the maximum of
 the members' probabilities) makes *global* adversarial examples. Each example is given to one member, the one
 best at it (hard rule, Eq. 13) or by roulette over the members ranked by their true-class probability (soft rule,
 Eq. 14: rank ``r`` is drawn with probability ``2^(N - r) / (2^N - 1)``), and trains that member alone. A
@@ -91,7 +91,7 @@ class IGAT(Regularizer):
     attack: Attack = component_field(
         "attack", {"name": "pgd", "norm": "linf", "epsilon": 8 / 255, "steps": 10, "step_size": 2 / 255}
     )
-    combiner: Aggregator = component_field("aggregator", {"name": "we"})
+    aggregator: Aggregator = component_field("aggregator", {"name": "we"})
     rule: str = attrs.field(default="soft", validator=one_of(RULES))
     #: Distribute every adversarial example (the paper), or only those the ensemble misclassifies.
     examples: str = attrs.field(default="all", validator=one_of(["all", "misclassified"]))
@@ -108,14 +108,14 @@ class IGAT(Regularizer):
         x, y, members = batch.x, batch.y, batch.members
         with evaluation_mode(nn.ModuleList(members)):
             adversarial = self.attack.perturb(
-                probability_model(members, self.combiner), x, y, generator=batch.generator
+                probability_model(members, self.aggregator), x, y, generator=batch.generator
             )
         both = torch.cat([x, adversarial])
         logits = torch.stack([m(both) for m in members])  # [N, 2B, C], with the graph
         probs = logits.softmax(dim=-1)
         labels = torch.cat([y, y])
         with torch.no_grad():
-            wrong = self.combiner.combine(logits.detach()).argmax(dim=-1) != labels
+            wrong = self.aggregator.combine(logits.detach()).argmax(dim=-1) != labels
         b = x.shape[0]
         adv_logits, adv_wrong = logits[:, b:], wrong[b:]
         owner = distribute(

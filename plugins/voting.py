@@ -1,7 +1,7 @@
 """Aggregation variants and K-consensus (Horvath et al., Horvath22, Section 4 and App. E.3.1;
-the max combiner of Deng & Mu, Deng23, Section 5).
+the max aggregator of Deng & Mu, Deng23, Section 5).
 
-Every combiner maps member logits ``[N, B, C]`` to class probabilities ``[B, C]``; the predicted class is
+Every aggregator maps member logits ``[N, B, C]`` to class probabilities ``[B, C]``; the predicted class is
 the argmax. Soft voting after softmax is the ``we`` aggregator (Yang et al.'s Weighted Ensemble).
 """
 
@@ -51,7 +51,7 @@ def hard_vote(member_logits: Tensor) -> Tensor:
 
 
 def max_combine(member_logits: Tensor) -> Tensor:
-    """The max combiner (Deng23, Section 5): ``h_j(x) = max_i h^i_j(x)`` over the members' probabilities,
+    """The max aggregator (Deng23, Section 5): ``h_j(x) = max_i h^i_j(x)`` over the members' probabilities,
     renormalised to sum to 1 (which keeps the argmax)."""
     top = member_logits.softmax(dim=-1).amax(dim=0)
     return top / top.sum(dim=-1, keepdim=True)
@@ -132,7 +132,7 @@ class HardVoting(Aggregator):
 
 @attrs.frozen
 class MaxCombiner(Aggregator):
-    """The max combiner (Deng23, Section 5): the elementwise maximum of the members' probabilities."""
+    """The max aggregator (Deng23, Section 5): the elementwise maximum of the members' probabilities."""
 
     def combine(self, member_logits: Tensor) -> Tensor:
         return max_combine(member_logits)

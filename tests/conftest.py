@@ -111,9 +111,9 @@ def tiny_pipeline(tmp_path) -> dict:
         "data": {"name": "digits"},
         "noise": {"name": "gaussian", "sigma": 0.25},
         "ensemble": {"members": 2, "model": {"name": "mlp", "hidden": [32]}},
-        "train": {"epochs": 2, "batch_size": 128, "lr": 0.1},
-        "certify": {
-            "mechanisms": [{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}],
+        "training": {"epochs": 2, "batch_size": 128, "lr": 0.1},
+        "certification": {
+            "certifiers": [{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}],
             "batch_size": 100,
             "skip": 30,
             "radii": [0.0, 0.25],

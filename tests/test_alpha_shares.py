@@ -226,7 +226,7 @@ def test_certified_accuracy_counts_radii_equal_to_r(radius):
         ExampleResult(0, 1, {"m": Outcome(Certificate(1, radius, 10), 0.1)}),
         ExampleResult(1, 1, {"m": Outcome(Certificate(1, 0.1, 10), 0.1)}),
     ]
-    summary = summarize(results, ["m"], [radius]).mechanisms["m"]
+    summary = summarize(results, ["m"], [radius]).certifiers["m"]
     assert summary.certified_accuracy[radius] == (1.0 if radius == 0.0 else 0.5)
 
 

@@ -1,5 +1,5 @@
 """Attacks: PGD and FGSM stay in their ball and in [0, 1] and raise the loss; ours agrees with torchattacks' PGD;
-AutoAttack and Square run through the library; attacks see an ensemble through a combiner."""
+AutoAttack and Square run through the library; attacks see an ensemble through an aggregator."""
 
 import json
 from pathlib import Path
@@ -118,8 +118,8 @@ def test_autoattack_and_square_through_the_library():
 def test_an_ensemble_is_attacked_through_a_combiner():
     nets = [model_and_data(seed=s)[0] for s in range(3)]
     _, x, _ = model_and_data(seed=9)
-    for combiner in ("we", "max"):
-        ensemble = Ensemble(nets, build_component("aggregator", combiner, REGISTRY))
+    for aggregator in ("we", "max"):
+        ensemble = Ensemble(nets, build_component("aggregator", aggregator, REGISTRY))
         model = lambda inp: ensemble.evaluate(inp).probs  # noqa: E731
         with torch.no_grad():
             y = model(x).argmax(1)
@@ -137,7 +137,7 @@ def test_bad_attack_settings():
 
 EVALUATE = {
     "attacks": [{"name": "pgd", "epsilon": 0.1, "steps": 10}, {"name": "fgsm", "epsilon": 0.1}],
-    "combiners": ["we", "max"],
+    "aggregators": ["we", "max"],
     "batch_size": 16,
 }
 
@@ -145,18 +145,18 @@ EVALUATE = {
 def test_the_evaluation_stage_reports_what_its_rows_say(tiny_pipeline):
     from ensemblecert import run
 
-    tiny_pipeline["certify"]["enabled"] = False
-    tiny_pipeline["evaluate"] = dict(EVALUATE, skip=5)
+    tiny_pipeline["certification"]["enabled"] = False
+    tiny_pipeline["evaluation"] = dict(EVALUATE, skip=5)
     result = run(tiny_pipeline)
-    rows = [line.split("\t") for line in (result.output / "evaluate.tsv").read_text().splitlines()]
+    rows = [line.split("\t") for line in (result.output / "evaluation.tsv").read_text().splitlines()]
     assert rows[0] == ["idx", "label", "we:natural", "we:pgd", "we:fgsm", "max:natural", "max:pgd", "max:fgsm"]
     assert [int(r[0]) for r in rows[1:]] == list(range(0, 360, 5))
     saved = json.loads((result.output / "evaluation.json").read_text())
     for k, column in enumerate(rows[0][2:], start=2):
-        combiner, _, attack = column.partition(":")
+        aggregator, _, attack = column.partition(":")
         expected = sum(r[k] == r[1] for r in rows[1:]) / (len(rows) - 1)
-        assert saved["accuracy"][combiner][attack] == pytest.approx(expected)
-        assert result.evaluation.accuracy[combiner][attack] == pytest.approx(expected)
+        assert saved["accuracy"][aggregator][attack] == pytest.approx(expected)
+        assert result.evaluation.accuracy[aggregator][attack] == pytest.approx(expected)
     # natural accuracy is the ensemble's own prediction on clean inputs
     from ensemblecert.plugins.datasets import Digits
 
@@ -164,24 +164,24 @@ def test_the_evaluation_stage_reports_what_its_rows_say(tiny_pipeline):
     with torch.no_grad():
         clean = float((result.ensemble(x[::5]).argmax(1) == y[::5]).float().mean())
     assert saved["accuracy"]["we"]["natural"] == pytest.approx(clean)
-    for combiner in ("we", "max"):
-        acc = saved["accuracy"][combiner]
+    for aggregator in ("we", "max"):
+        acc = saved["accuracy"][aggregator]
         assert acc["pgd"] < acc["natural"] and acc["fgsm"] < acc["natural"]
 
 
 def test_an_interrupted_evaluation_resumes_to_the_same_rows(tiny_pipeline, tmp_path):
     from ensemblecert import run
 
-    tiny_pipeline["certify"]["enabled"] = False
-    tiny_pipeline["evaluate"] = dict(EVALUATE, skip=5)
+    tiny_pipeline["certification"]["enabled"] = False
+    tiny_pipeline["evaluation"] = dict(EVALUATE, skip=5)
     whole = run(tiny_pipeline)
-    text = (whole.output / "evaluate.tsv").read_text()
+    text = (whole.output / "evaluation.tsv").read_text()
     lines = text.splitlines(keepends=True)
-    (whole.output / "evaluate.tsv").write_text("".join(lines[:20]) + lines[20][:5])  # a crash mid-row
+    (whole.output / "evaluation.tsv").write_text("".join(lines[:20]) + lines[20][:5])  # a crash mid-row
     again = run(tiny_pipeline)
-    assert (again.output / "evaluate.tsv").read_text() == text
-    tiny_pipeline["evaluate"]["attacks"][0]["epsilon"] = 0.2
-    with pytest.raises(UserError, match="evaluate.tsv: holds results of a different model or evaluation setup"):
+    assert (again.output / "evaluation.tsv").read_text() == text
+    tiny_pipeline["evaluation"]["attacks"][0]["epsilon"] = 0.2
+    with pytest.raises(UserError, match="evaluation.tsv: holds results of a different model or evaluation setup"):
         run(tiny_pipeline)
 
 
@@ -189,10 +189,10 @@ def test_an_attack_that_cannot_run_on_the_data_stops_before_training(tiny_pipeli
 
     pytest.importorskip("torchattacks")
     tiny_pipeline["data"] = {"name": "digits"}
-    tiny_pipeline["evaluate"] = {"attacks": [{"name": "autoattack"}]}
+    tiny_pipeline["evaluation"] = {"attacks": [{"name": "autoattack"}]}
     # digits has 10 classes, so this is fine; a 3-class check is what refuses
     assert build_component("attack", {"name": "autoattack"}, REGISTRY).check_classes(10) is None
-    with pytest.raises(ConfigError, match="evaluate.attacks\\[0\\]: standard AutoAttack's targeted attacks need"):
+    with pytest.raises(ConfigError, match="evaluation.attacks\\[0\\]: standard AutoAttack's targeted attacks need"):
         from ensemblecert import load_pipeline
         from ensemblecert.running.pipeline import run_pipeline
 

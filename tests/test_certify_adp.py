@@ -127,12 +127,12 @@ def test_false_early_abstentions_stay_within_beta():
 def test_certify_adp_in_a_pipeline(tiny_pipeline):
     from ensemblecert import run
 
-    tiny_pipeline["certify"]["mechanisms"] = [
+    tiny_pipeline["certification"]["certifiers"] = [
         {"name": "certify_adp", "radius": 0.25, "n0": 20, "stages": [100, 400], "alpha": 0.01},
         {"name": "certify_adp", "radius": 0.5, "n0": 20, "stages": [100, 400], "alpha": 0.01},
     ]
     result = run(tiny_pipeline)
-    assert set(result.summary.mechanisms) == {"certify_adp#1", "certify_adp#2"}
+    assert set(result.summary.certifiers) == {"certify_adp#1", "certify_adp#2"}
     for r in result.results:
         for label, target in (("certify_adp#1", 0.25), ("certify_adp#2", 0.5)):
             cert = r.outcomes[label].certificate
@@ -143,5 +143,5 @@ def test_certify_adp_in_a_pipeline(tiny_pipeline):
 def test_stages_must_increase(stages):
     from ensemblecert import ConfigError, load_pipeline
 
-    with pytest.raises(ConfigError, match=r"certify.mechanisms\[0\].stages: must"):
-        load_pipeline({"certify": {"mechanisms": [{"name": "certify_adp", "radius": 0.25, "stages": stages}]}})
+    with pytest.raises(ConfigError, match=r"certification.certifiers\[0\].stages: must"):
+        load_pipeline({"certification": {"certifiers": [{"name": "certify_adp", "radius": 0.25, "stages": stages}]}})

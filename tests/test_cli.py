@@ -11,16 +11,15 @@ MALFORMED = {
     "bad TOML": ("[train\nepochs = 3\n", "not valid TOML"),
     "unknown name": (
         '[ensemble]\naggregator = { name = "avg" }\n',
-        "unknown aggregator 'avg'; known aggregators (ensemble protocols): "
-        "'hard', 'k_consensus', 'max', 'mme', 'soft', 'we'",
+        "unknown aggregator 'avg'; known aggregators: 'hard', 'k_consensus', 'max', 'mme', 'soft', 'we'",
     ),
-    "wrong type": ('[train]\nepochs = "ten"\n', "train.epochs: expected an integer, got 'ten'"),
+    "wrong type": ('[training]\nepochs = "ten"\n', "training.epochs: expected an integer, got 'ten'"),
     "out of range": (
-        '[certify]\nmechanisms = [{ name = "cohen", alpha = 1.5 }]\n',
-        "certify.mechanisms[0].alpha: must be in (0, 1), got 1.5",
+        '[certification]\ncertifiers = [{ name = "cohen", alpha = 1.5 }]\n',
+        "certification.certifiers[0].alpha: must be in (0, 1), got 1.5",
     ),
-    "unknown key": ("[train]\nepocs = 3\n", "train.epocs: unknown setting; did you mean 'epochs'?"),
-    "not UTF-8": (b"\xff\xfe[train]\n", "not valid TOML"),
+    "unknown key": ("[training]\nepocs = 3\n", "training.epocs: unknown setting; did you mean 'epochs'?"),
+    "not UTF-8": (b"\xff\xfe[training]\n", "not valid TOML"),
 }
 
 
@@ -45,7 +44,7 @@ def test_missing_file(tmp_path, cli):
 
 
 def test_bad_set_and_bad_arguments(tmp_path, cli):
-    proc = cli("validate", "--set", "train.epochs", cwd=tmp_path)
+    proc = cli("validate", "--set", "training.epochs", cwd=tmp_path)
     assert proc.returncode == 2 and "expected PATH=VALUE" in proc.stderr
     proc = cli("run", "--no-such-flag", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -138,21 +137,21 @@ def test_run_end_to_end_on_digits(tmp_path, cli):
         "--output",
         "out",
         "--set",
-        "train.epochs=3",
+        "training.epochs=3",
         "--set",
         "ensemble.members=3",
         "--set",
-        "certify.mechanisms[0].n=500",
+        "certification.certifiers[0].n=500",
         "--set",
-        "certify.skip=12",
+        "certification.skip=12",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Certified accuracy (30 test inputs)" in proc.stdout and "ACR" in proc.stdout
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    cohen = summary["mechanisms"]["cohen"]
+    summary = json.loads((tmp_path / "out" / "certification.json").read_text())
+    cohen = summary["certifiers"]["cohen"]
     assert summary["examples"] == 30
-    rows = (tmp_path / "out" / "certify.tsv").read_text().splitlines()
+    rows = (tmp_path / "out" / "certification.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
     table = [dict(zip(rows[0].split("\t"), row.split("\t"))) for row in rows[1:]]
     assert [int(r["idx"]) for r in table] == list(range(0, 360, 12))
@@ -178,7 +177,14 @@ def one_clear_error(proc, expected: str) -> None:
     assert proc.stderr.count("error:") == 1
 
 
-FAST = ["--set", "train.epochs=1", "--set", "certify.max_examples=1", "--set", "certify.mechanisms[0].n=10"]
+FAST = [
+    "--set",
+    "training.epochs=1",
+    "--set",
+    "certification.max_examples=1",
+    "--set",
+    "certification.certifiers[0].n=10",
+]
 
 
 def test_a_seed_beyond_64_bits(tmp_path, cli):

@@ -9,7 +9,7 @@ from scipy import stats
 from torch import nn
 
 from conftest import Scripted
-from ensemblecert import ABSTAIN, Certificate, Certifier, MonteCarloSampler, certify, input_generator
+from ensemblecert import ABSTAIN, Certificate, Certifier, MonteCarloSampler, certify_inputs, input_generator
 from ensemblecert.plugins.cohen import Cohen, cohen_radius
 from ensemblecert.plugins.noise import GaussianNoise
 from ensemblecert.testing import LinearModel, check_soundness
@@ -72,7 +72,7 @@ def test_linear_model_closed_form_matches_sampling():
 def test_certify_api_with_a_plain_classifier():
     model = LinearModel(4, seed=2)
     xs = torch.stack([model.point_at(m, seed=i) for i, m in enumerate([2.0, -2.0, 0.0])])
-    certs = certify(Cohen(n0=50, n=2000, alpha=0.001), model, xs, GaussianNoise(1.0), batch_size=500)
+    certs = certify_inputs(Cohen(n0=50, n=2000, alpha=0.001), model, xs, GaussianNoise(1.0), batch_size=500)
     assert [c.prediction for c in certs[:2]] == [1, 0]
     assert all(0 < c.radius <= 2.0 for c in certs[:2])
     assert certs[2].prediction == ABSTAIN and certs[2].radius == 0.0
@@ -94,24 +94,24 @@ def test_certify_runs_modules_in_evaluation_mode_and_changes_nothing():
     modes = [m.training for m in model.modules()]
     state = copy.deepcopy(model.state_dict())
     xs, cohen, noise = torch.rand(3, 5), Cohen(n0=10, n=300, alpha=0.01), GaussianNoise(0.5)
-    small = certify(cohen, model, xs, noise, batch_size=16, num_classes=3)
-    large = certify(cohen, model, xs, noise, batch_size=200, num_classes=3)
+    small = certify_inputs(cohen, model, xs, noise, batch_size=16, num_classes=3)
+    large = certify_inputs(cohen, model, xs, noise, batch_size=200, num_classes=3)
     assert small == large  # in training mode, batch statistics made these differ
     assert [m.training for m in model.modules()] == modes
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key  # running statistics untouched
-    assert certify(cohen, model.eval(), xs, noise, num_classes=3) == small
+    assert certify_inputs(cohen, model.eval(), xs, noise, num_classes=3) == small
 
 
 def test_a_shard_reproduces_the_full_runs_certificates():
     model = LinearModel(5, seed=3)
     xs = torch.stack([model.point_at(m, seed=i) for i, m in enumerate([0.1, 0.4, -0.3, 0.2, -0.05])])
     cohen, noise = Cohen(n0=20, n=500, alpha=0.01), GaussianNoise(0.5)
-    full = certify(cohen, model, xs, noise)
-    assert certify(cohen, model, xs[2:4], noise, indices=[2, 3]) == full[2:4]
-    assert certify(cohen, model, xs[2:4], noise) != full[2:4]  # positions 0 and 1 draw other noise
+    full = certify_inputs(cohen, model, xs, noise)
+    assert certify_inputs(cohen, model, xs[2:4], noise, indices=[2, 3]) == full[2:4]
+    assert certify_inputs(cohen, model, xs[2:4], noise) != full[2:4]  # positions 0 and 1 draw other noise
     with pytest.raises(ValueError, match="2 indices for 1 inputs"):
-        certify(cohen, model, xs[:1], noise, indices=[0, 1])
+        certify_inputs(cohen, model, xs[:1], noise, indices=[0, 1])
 
 
 @pytest.mark.parametrize("dim", [5, 147, 64])
@@ -120,9 +120,9 @@ def test_certificates_do_not_depend_on_the_batch_size(dim):
     model = LinearModel(dim, seed=1)
     xs = torch.stack([model.point_at(m, seed=i) for i, m in enumerate([0.05, -0.2, 0.6])])
     cohen, noise = Cohen(n0=13, n=301, alpha=0.01), GaussianNoise(0.5)
-    reference = certify(cohen, model, xs, noise, batch_size=1000)
+    reference = certify_inputs(cohen, model, xs, noise, batch_size=1000)
     for batch_size in (1, 7, 16, 127, 128, 129, 300):
-        assert certify(cohen, model, xs, noise, batch_size=batch_size) == reference, batch_size
+        assert certify_inputs(cohen, model, xs, noise, batch_size=batch_size) == reference, batch_size
 
 
 def test_predict_abstains_near_the_boundary_and_answers_far_from_it():

@@ -17,15 +17,15 @@ def test_default_pipeline_resolves():
     assert type(pipeline.data).__name__ == "Digits"
     assert pipeline.ensemble.members == 3
     cfg = describe(pipeline, registry)
-    assert cfg["certify"]["mechanisms"] == [
+    assert cfg["certification"]["certifiers"] == [
         {"name": "cohen", "n0": 100, "n": 10000, "alpha": 0.001, "expectation": None, "procedure": "sound"}
     ]
     assert cfg["ensemble"]["aggregator"] == {"name": "we", "weights": None}
 
 
 def test_out_of_range_value_names_its_path():
-    data = {"certify": {"mechanisms": [{"name": "cohen", "alpha": 1.5}]}}
-    assert problems(data) == ["certify.mechanisms[0].alpha: must be in (0, 1), got 1.5"]
+    data = {"certification": {"certifiers": [{"name": "cohen", "alpha": 1.5}]}}
+    assert problems(data) == ["certification.certifiers[0].alpha: must be in (0, 1), got 1.5"]
 
 
 def test_unknown_component_lists_the_known_names():
@@ -35,10 +35,10 @@ def test_unknown_component_lists_the_known_names():
 
 
 def test_wrong_types_are_not_coerced():
-    found = problems({"train": {"epochs": 2.5, "lr": "fast", "enabled": 1}})
-    assert "train.epochs: expected an integer, got 2.5" in found
-    assert "train.lr: expected a number, got 'fast'" in found
-    assert "train.enabled: expected true or false, got 1" in found
+    found = problems({"training": {"epochs": 2.5, "lr": "fast", "enabled": 1}})
+    assert "training.epochs: expected an integer, got 2.5" in found
+    assert "training.lr: expected a number, got 'fast'" in found
+    assert "training.enabled: expected true or false, got 1" in found
 
 
 def test_nested_leaf_path():
@@ -51,21 +51,21 @@ def test_all_problems_are_collected_together():
         {
             "seed": "zero",
             "noise": {"name": "gaussian", "sigma": -1.0},
-            "train": {"epoch": 3},
-            "certify": {"mechanisms": [{"name": "cohen", "n": 0}, {"name": "nope"}], "radii": []},
+            "training": {"epoch": 3},
+            "certification": {"certifiers": [{"name": "cohen", "n": 0}, {"name": "nope"}], "radii": []},
         }
     )
     assert len(found) == 6, found
-    assert any(f.startswith("train.epoch: unknown setting; did you mean 'epochs'?") for f in found)
+    assert any(f.startswith("training.epoch: unknown setting; did you mean 'epochs'?") for f in found)
     assert "noise.sigma: must be > 0, got -1.0" in found
-    assert "certify.mechanisms[0].n: must be >= 1, got 0" in found
-    assert "certify.radii: must not be empty" in found
+    assert "certification.certifiers[0].n: must be >= 1, got 0" in found
+    assert "certification.radii: must not be empty" in found
     assert "seed: expected an integer, got 'zero'" in found
 
 
 def test_unknown_component_parameter():
-    (msg,) = problems({"certify": {"mechanisms": [{"name": "cohen", "sigma": 0.5}]}})
-    assert msg.startswith("certify.mechanisms[0].sigma: unknown setting;")
+    (msg,) = problems({"certification": {"certifiers": [{"name": "cohen", "sigma": 0.5}]}})
+    assert msg.startswith("certification.certifiers[0].sigma: unknown setting;")
     assert "n0, n, alpha" in msg
 
 
@@ -81,8 +81,8 @@ def test_component_table_must_be_a_table():
 
 
 def test_list_component_needs_a_name():
-    (msg,) = problems({"certify": {"mechanisms": [{"n": 5}]}})
-    assert msg == "certify.mechanisms[0].name: missing: which certifier to use"
+    (msg,) = problems({"certification": {"certifiers": [{"n": 5}]}})
+    assert msg == "certification.certifiers[0].name: missing: which certifier to use"
 
 
 def test_cross_component_checks(tmp_path):
@@ -109,28 +109,28 @@ def test_toml_errors(tmp_path):
 
 def test_problems_name_the_file(tmp_path):
     path = tmp_path / "p.toml"
-    path.write_text('[certify]\nmechanisms = [{ name = "cohen", alpha = 1.5 }]\n')
+    path.write_text('[certification]\ncertifiers = [{ name = "cohen", alpha = 1.5 }]\n')
     with pytest.raises(ConfigError) as info:
         load_pipeline(path)
     assert str(info.value).splitlines() == [
         f"1 problem in {path}:",
-        "  certify.mechanisms[0].alpha: must be in (0, 1), got 1.5",
+        "  certification.certifiers[0].alpha: must be in (0, 1), got 1.5",
     ]
 
 
 def test_overrides():
     data = apply_overrides(
-        {"train": {"epochs": 3}},
-        ["train.epochs=5", "certify.mechanisms[0].n=2000", "device=cpu", "certify.radii=[0, 0.5]"],
+        {"training": {"epochs": 3}},
+        ["training.epochs=5", "certification.certifiers[0].n=2000", "device=cpu", "certification.radii=[0, 0.5]"],
     )
-    assert data["train"]["epochs"] == 5
-    assert data["certify"]["mechanisms"] == [{"name": "cohen", "n": 2000}]  # indexed into the default
-    assert data["device"] == "cpu" and data["certify"]["radii"] == [0, 0.5]
-    pipeline, _ = load_pipeline(default_pipeline_data(), overrides=["certify.mechanisms[0].n=2000"])
-    assert pipeline.certify.mechanisms[0].n == 2000 and pipeline.certify.mechanisms[0].n0 == 100
+    assert data["training"]["epochs"] == 5
+    assert data["certification"]["certifiers"] == [{"name": "cohen", "n": 2000}]  # indexed into the default
+    assert data["device"] == "cpu" and data["certification"]["radii"] == [0, 0.5]
+    pipeline, _ = load_pipeline(default_pipeline_data(), overrides=["certification.certifiers[0].n=2000"])
+    assert pipeline.certification.certifiers[0].n == 2000 and pipeline.certification.certifiers[0].n0 == 100
 
 
-@pytest.mark.parametrize("bad", ["train.epochs", "=3", "a..b=1", "certify.mechanisms[5].n=1"])
+@pytest.mark.parametrize("bad", ["training.epochs", "=3", "a..b=1", "certification.certifiers[5].n=1"])
 def test_bad_overrides(bad):
     with pytest.raises(UserError, match="--set"):
         apply_overrides(default_pipeline_data(), [bad])
@@ -148,12 +148,12 @@ INF, NAN = float("inf"), float("nan")
     "data, path",
     [
         ({"noise": {"sigma": INF}}, "noise.sigma"),
-        ({"train": {"lr": INF}}, "train.lr"),
-        ({"train": {"weight_decay": INF}}, "train.weight_decay"),
-        ({"train": {"momentum": NAN}}, "train.momentum"),
+        ({"training": {"lr": INF}}, "training.lr"),
+        ({"training": {"weight_decay": INF}}, "training.weight_decay"),
+        ({"training": {"momentum": NAN}}, "training.momentum"),
         ({"ensemble": {"aggregator": {"name": "we", "weights": [INF, 1.0, 1.0]}}}, "ensemble.aggregator.weights[0]"),
-        ({"certify": {"radii": [0.0, NAN]}}, "certify.radii[1]"),
-        ({"certify": {"mechanisms": [{"name": "cohen", "alpha": NAN}]}}, "certify.mechanisms[0].alpha"),
+        ({"certification": {"radii": [0.0, NAN]}}, "certification.radii[1]"),
+        ({"certification": {"certifiers": [{"name": "cohen", "alpha": NAN}]}}, "certification.certifiers[0].alpha"),
     ],
 )
 def test_non_finite_numbers_are_refused(data, path):
@@ -174,7 +174,7 @@ def test_validators_refuse_non_finite_values_passed_directly():
         ({"ensemble": {"checkpoints": "abc"}}, "ensemble.checkpoints: expected a list, got 'abc'"),
         ({"ensemble": {"model": {"name": "mlp", "hidden": "64"}}}, "ensemble.model.hidden: expected a list, got '64'"),
         ({"ensemble": {"model": {"name": "mlp", "hidden": 256}}}, "ensemble.model.hidden: expected a list, got 256"),
-        ({"certify": {"radii": 0.5}}, "certify.radii: expected a list, got 0.5"),
+        ({"certification": {"radii": 0.5}}, "certification.radii: expected a list, got 0.5"),
         (
             {"ensemble": {"aggregator": {"name": "we", "weights": "1,2"}}},
             "ensemble.aggregator.weights: expected a list, got '1,2'",
@@ -188,19 +188,19 @@ def test_a_list_must_be_a_list(data, expected):
 # Each rule at its exact threshold: the bound itself is refused for open ends and accepted for closed ends.
 REFUSED_AT_THE_BOUND = [
     ({"noise": {"sigma": 0}}, "noise.sigma: must be > 0, got 0.0"),
-    ({"train": {"lr": 0}}, "train.lr: must be > 0, got 0.0"),
-    ({"train": {"lr_gamma": 0}}, "train.lr_gamma: must be in (0, 1], got 0.0"),
-    ({"train": {"momentum": 1}}, "train.momentum: must be in [0, 1), got 1.0"),
-    ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+    ({"training": {"lr": 0}}, "training.lr: must be > 0, got 0.0"),
+    ({"training": {"lr_gamma": 0}}, "training.lr_gamma: must be in (0, 1], got 0.0"),
+    ({"training": {"momentum": 1}}, "training.momentum: must be in [0, 1), got 1.0"),
+    ({"training": {"epochs": 0}}, "training.epochs: must be >= 1, got 0"),
     (
-        {"certify": {"mechanisms": [{"name": "cohen", "alpha": 0}]}},
-        "certify.mechanisms[0].alpha: must be in (0, 1), got 0.0",
+        {"certification": {"certifiers": [{"name": "cohen", "alpha": 0}]}},
+        "certification.certifiers[0].alpha: must be in (0, 1), got 0.0",
     ),
     (
-        {"certify": {"mechanisms": [{"name": "cohen", "alpha": 1}]}},
-        "certify.mechanisms[0].alpha: must be in (0, 1), got 1.0",
+        {"certification": {"certifiers": [{"name": "cohen", "alpha": 1}]}},
+        "certification.certifiers[0].alpha: must be in (0, 1), got 1.0",
     ),
-    ({"certify": {"radii": [-1e-300]}}, "certify.radii: must be >= 0, got [-1e-300]"),
+    ({"certification": {"radii": [-1e-300]}}, "certification.radii: must be >= 0, got [-1e-300]"),
     (
         {"ensemble": {"aggregator": {"name": "we", "weights": [1.0, 0.0, 1.0]}}},
         "ensemble.aggregator.weights: must be > 0, got [1.0, 0.0, 1.0]",
@@ -223,11 +223,11 @@ def test_closed_bounds_are_accepted_at_the_bound():
     pipeline, _ = load_pipeline(
         {
             "seed": 2**63 - 1,
-            "train": {"momentum": 0, "weight_decay": 0, "lr_gamma": 1, "epochs": 1},
-            "certify": {"radii": [0], "mechanisms": [{"name": "cohen", "n": 1, "n0": 1}]},
+            "training": {"momentum": 0, "weight_decay": 0, "lr_gamma": 1, "epochs": 1},
+            "certification": {"radii": [0], "certifiers": [{"name": "cohen", "n": 1, "n0": 1}]},
         }
     )
-    assert pipeline.seed == 2**63 - 1 and pipeline.train.momentum == 0.0 and pipeline.train.lr_gamma == 1.0
+    assert pipeline.seed == 2**63 - 1 and pipeline.training.momentum == 0.0 and pipeline.training.lr_gamma == 1.0
 
 
 def test_the_largest_seed_derives_valid_generators():
@@ -262,6 +262,6 @@ def test_plugin_import_errors_name_the_pipeline_file(tmp_path):
 
 def test_a_byte_order_mark_is_accepted(tmp_path):
     path = tmp_path / "bom.toml"
-    path.write_bytes("\ufeff[train]\nepochs = 4\n".encode("utf-8"))
+    path.write_bytes("\ufeff[training]\nepochs = 4\n".encode("utf-8"))
     pipeline, _ = load_pipeline(path)
-    assert pipeline.train.epochs == 4
+    assert pipeline.training.epochs == 4

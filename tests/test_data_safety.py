@@ -51,11 +51,11 @@ def test_a_second_run_into_a_held_directory_is_refused_and_names_the_holder(tiny
     with OutputLock(out):
         with pytest.raises(UserError, match=r"is in use by another ensemblecert run \(process \d+ on "):
             run(tiny_pipeline)
-    assert not (pathlib.Path(out) / "certify.tsv").exists()  # the refused run wrote nothing
+    assert not (pathlib.Path(out) / "certification.tsv").exists()  # the refused run wrote nothing
     first = run(tiny_pipeline)  # released: the next run goes ahead, and releases it again
     with OutputLock(out):
         pass
-    assert len(rows(first.output / "certify.tsv")) == len(first.results)
+    assert len(rows(first.output / "certification.tsv")) == len(first.results)
 
 
 def test_the_command_line_refuses_a_held_directory_with_exit_2(tmp_path, cli):
@@ -77,7 +77,7 @@ def test_the_command_line_refuses_a_held_directory_with_exit_2(tmp_path, cli):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = cli("run", "--output", str(out), "--set", "train.epochs=1")
+        result = cli("run", "--output", str(out), "--set", "training.epochs=1")
         assert result.returncode == 2, result.stderr
         assert f"process {holder.pid}" in result.stderr and "Traceback" not in result.stderr
     finally:
@@ -91,11 +91,11 @@ def test_fresh_never_deletes_the_checkpoints_it_starts_from(tiny_pipeline):
     checkpoints = sorted((trained.output / "checkpoints").glob("member_*.pt"))
     before = [p.read_bytes() for p in checkpoints]
     again = copy.deepcopy(tiny_pipeline)
-    again["train"]["start_from"] = [str(trained.output)]
-    with pytest.raises(UserError, match=r"--fresh: would delete .*member_0\.pt, which train\.start_from names"):
+    again["training"]["start_from"] = [str(trained.output)]
+    with pytest.raises(UserError, match=r"--fresh: would delete .*member_0\.pt, which training\.start_from names"):
         run(again, fresh=True)
     assert [p.read_bytes() for p in checkpoints] == before  # nothing was deleted
-    assert (trained.output / "certify.tsv").exists()
+    assert (trained.output / "certification.tsv").exists()
 
 
 # ------------------------------------------------------------------------ exactly the configuration's rows
@@ -103,36 +103,36 @@ def test_a_smaller_input_selection_keeps_only_its_rows(tiny_pipeline):
     full = run(tiny_pipeline)
     assert len(full.results) > 3
     smaller = copy.deepcopy(tiny_pipeline)
-    smaller["certify"]["max_examples"] = 3
+    smaller["certification"]["max_examples"] = 3
     result = run(smaller)
-    kept = rows(result.output / "certify.tsv")
+    kept = rows(result.output / "certification.tsv")
     assert [int(r[0]) for r in kept] == [r.index for r in full.results[:3]]
     assert kept == rows_of(full, 3)
     assert result.summary.examples == 3
     other = copy.deepcopy(tiny_pipeline)
-    other["certify"]["skip"] = 60  # every other input of the first selection: the rest are dropped
+    other["certification"]["skip"] = 60  # every other input of the first selection: the rest are dropped
     result = run(other)
-    indices = [int(r[0]) for r in rows(result.output / "certify.tsv")]
+    indices = [int(r[0]) for r in rows(result.output / "certification.tsv")]
     assert indices == [r.index for r in result.results] and all(i % 60 == 0 for i in indices) and len(indices) > 1
 
 
 def rows_of(result, count):
-    return rows(result.output / "certify.tsv")[:count]
+    return rows(result.output / "certification.tsv")[:count]
 
 
 def test_evaluation_rows_follow_the_input_selection(tiny_pipeline):
-    tiny_pipeline["certify"]["enabled"] = False
-    tiny_pipeline["evaluate"] = {"attacks": [{"name": "fgsm", "epsilon": 0.1}], "max_examples": 6, "batch_size": 3}
+    tiny_pipeline["certification"]["enabled"] = False
+    tiny_pipeline["evaluation"] = {"attacks": [{"name": "fgsm", "epsilon": 0.1}], "max_examples": 6, "batch_size": 3}
     first = run(tiny_pipeline)
-    tiny_pipeline["evaluate"]["max_examples"] = 3
+    tiny_pipeline["evaluation"]["max_examples"] = 3
     second = run(tiny_pipeline)
-    lines = (second.output / "evaluate.tsv").read_text().splitlines()
+    lines = (second.output / "evaluation.tsv").read_text().splitlines()
     assert len(lines) == 1 + 3 and second.evaluation.examples == 3
     assert first.evaluation.examples == 6
 
 
 def test_a_row_cut_by_a_crash_never_runs_into_the_next(tmp_path):
-    path = tmp_path / "certify.tsv"
+    path = tmp_path / "certification.tsv"
     a = ExampleResult(12, 1, {"c": Outcome(Certificate(1, 0.25, 10), 0.1)})
     b = ExampleResult(4, 2, {"c": Outcome(Certificate(2, 0.5, 10), 0.1)})
     with ResultsWriter(path, ["c"]) as writer:
@@ -154,13 +154,13 @@ def test_processes_validates_the_pipeline_before_starting_any_process(tmp_path, 
 
 
 def test_a_leading_dot_in_set_is_refused():
-    with pytest.raises(UserError, match=r"--set '\.train\.epochs': not a setting path"):
-        load_pipeline(None, overrides=[".train.epochs=1"])
+    with pytest.raises(UserError, match=r"--set '\.training\.epochs': not a setting path"):
+        load_pipeline(None, overrides=[".training.epochs=1"])
 
 
 def test_soundness_warnings_survive_quiet_and_the_table_says_unsound(tiny_pipeline):
     tiny_pipeline["engine"] = {"precision": "bf16"}
-    tiny_pipeline["certify"]["max_examples"] = 2
+    tiny_pipeline["certification"]["max_examples"] = 2
     buffer = io.StringIO()
     result = run(tiny_pipeline, reporter=Reporter(Console(file=buffer, width=200), quiet=True))
     assert "not sound" in buffer.getvalue() and "bf16" in buffer.getvalue()
@@ -168,7 +168,7 @@ def test_soundness_warnings_survive_quiet_and_the_table_says_unsound(tiny_pipeli
     Console(file=table, width=200).print(summary_table(result.summary, [0.0]))
     assert "NOT SOUND (bf16)" in table.getvalue()
     assert not result.summary.sound and result.summary.precision == "bf16"
-    fine = summarize(result.results, list(result.summary.mechanisms), [0.0])
+    fine = summarize(result.results, list(result.summary.certifiers), [0.0])
     plain = io.StringIO()
     Console(file=plain, width=200).print(summary_table(fine, [0.0]))
     assert "NOT SOUND" not in plain.getvalue() and "hard" in plain.getvalue()
@@ -188,9 +188,9 @@ def test_validate_catches_eas_with_an_aggregator_that_skips_members():
     "spec", [{"name": "dp"}, {"name": "best"}, {"name": "cohen", "expectation": "multinomial"}, {"name": "sequential"}]
 )
 def test_eas_refuses_every_mechanism_but_certify(spec):
-    pipeline, _ = load_pipeline({"ensemble": {"smoothing": ["eas"]}, "certify": {"mechanisms": [spec]}})
+    pipeline, _ = load_pipeline({"ensemble": {"smoothing": ["eas"]}, "certification": {"certifiers": [spec]}})
     with pytest.raises(
-        ConfigError, match=r"ensemble\.smoothing\[0\]: certify\.mechanisms\[0\]: eas .* only with CERTIFY"
+        ConfigError, match=r"ensemble\.smoothing\[0\]: certification\.certifiers\[0\]: eas .* only with CERTIFY"
     ):
         check_pipeline(pipeline)
 
@@ -220,27 +220,27 @@ def test_start_from_errors_name_the_setting_and_the_class_count(tiny_pipeline, t
     paths = [tmp_path / f"five_{i}.pt" for i in range(2)]
     for path in paths:
         write_member(path, five)
-    tiny_pipeline["train"]["start_from"] = [str(p) for p in paths]
+    tiny_pipeline["training"]["start_from"] = [str(p) for p in paths]
     with pytest.raises(
         UserError,
-        match=r"^train\.start_from: .*five_0\.pt: was saved for 5 classes, but this "
+        match=r"^training\.start_from: .*five_0\.pt: was saved for 5 classes, but this "
         r"pipeline's data has 10",
     ):
         run(tiny_pipeline)
     paths[0].write_bytes(paths[0].read_bytes()[:200])  # truncated
-    with pytest.raises(UserError, match=r"^train\.start_from: .*five_0\.pt: not a readable ensemblecert checkpoint"):
+    with pytest.raises(UserError, match=r"^training\.start_from: .*five_0\.pt: not a readable ensemblecert checkpoint"):
         run(tiny_pipeline)
 
 
 def test_simplex_on_a_run_with_no_rows_says_so(tmp_path, cli):
-    (tmp_path / "certify.tsv").write_text("")
-    (tmp_path / "certify.json").write_text('{"mechanisms": ["best"]}')
+    (tmp_path / "certification.tsv").write_text("")
+    (tmp_path / "certification.meta.json").write_text('{"certifiers": ["best"]}')
     result = cli("simplex", str(tmp_path))
     assert result.returncode == 2 and "holds no certified inputs" in result.stderr and "best" not in result.stderr
     header = "\t".join(["idx", "label", "predict", "radius", "correct", "time", "samples", "evaluations", "classifier"])
-    (tmp_path / "certify.tsv").write_text(header + "\n0\t1\t1\t0.3\n")  # a damaged row
+    (tmp_path / "certification.tsv").write_text(header + "\n0\t1\t1\t0.3\n")  # a damaged row
     result = cli("simplex", str(tmp_path))
-    assert result.returncode == 2 and "certify.tsv, line 2: 4 fields where the header has 9" in result.stderr
+    assert result.returncode == 2 and "certification.tsv, line 2: 4 fields where the header has 9" in result.stderr
 
 
 def test_a_hook_function_pluggy_would_ignore_is_refused():
@@ -305,7 +305,7 @@ def test_certification_results_of_another_seed_are_not_reused(tiny_pipeline, tmp
     certify_only["ensemble"]["checkpoints"] = [
         str(p) for p in sorted((trained.output / "checkpoints").glob("member_*.pt"))
     ]
-    certify_only["train"]["enabled"] = False
+    certify_only["training"]["enabled"] = False
     run(certify_only)
     certify_only["seed"] = 2  # same weights, other noise: the rows of seed 1 are not this run's
     with pytest.raises(UserError, match="holds results of a different model or certification setup"):

@@ -28,12 +28,12 @@ device = "cpu"
 members = 2
 model = { name = "mlp", hidden = [32] }
 
-[train]
+[training]
 epochs = 2
 batch_size = 128
 
-[certify]
-mechanisms = [{ name = "cohen", n0 = 20, n = 1500 }]
+[certification]
+certifiers = [{ name = "cohen", n0 = 20, n = 1500 }]
 batch_size = 200
 skip = 7
 """
@@ -87,9 +87,9 @@ def rows(path: Path) -> list[list[str]]:
 
 
 def summary(out: Path) -> dict:
-    data = json.loads((out / "summary.json").read_text())
-    for mechanism in data["mechanisms"].values():
-        mechanism.pop("mean_seconds")
+    data = json.loads((out / "certification.json").read_text())
+    for certifier in data["certifiers"].values():
+        certifier.pop("mean_seconds")
     return {k: v for k, v in data.items() if k != "tsv"}
 
 
@@ -133,10 +133,10 @@ def test_merge_keeps_every_record_once_in_index_order(tmp_path):
                 writer.write(r)
         return tmp_path / name
 
-    merged_before = write("certify.tsv", [result(0, 0.5)])
+    merged_before = write("certification.tsv", [result(0, 0.5)])
     parts = [
-        write("certify.part-0.tsv", [result(4, 0.1), result(2, 0.2)]),
-        write("certify.part-1.tsv", [result(3, 0.3), result(0, 0.5)]),
+        write("certification.part-0.tsv", [result(4, 0.1), result(2, 0.2)]),
+        write("certification.part-1.tsv", [result(3, 0.3), result(0, 0.5)]),
     ]
     merged = merge_results(parts, merged_before, ["cohen"])
     assert [r.index for r in merged] == [0, 2, 3, 4]
@@ -147,23 +147,23 @@ def test_merge_keeps_every_record_once_in_index_order(tmp_path):
 def test_two_processes_certify_what_one_does(trained):
     out = with_members_of(trained, "two")
     torchrun(trained, "--output", "two")
-    assert rows(out / "certify.tsv") == rows(trained / "one" / "certify.tsv")
+    assert rows(out / "certification.tsv") == rows(trained / "one" / "certification.tsv")
     assert summary(out) == summary(trained / "one")
-    assert not list(out.glob("certify.part-*"))
-    assert json.loads((out / "certify.json").read_text())["engine"]["processes"] == 2
+    assert not list(out.glob("certification.part-*"))
+    assert json.loads((out / "certification.meta.json").read_text())["engine"]["processes"] == 2
 
 
 def test_a_multi_process_run_resumes_from_its_parts(trained):
     out = with_members_of(trained, "resumed")
-    torchrun(trained, "--output", "resumed", "--set", "certify.max_examples=10")
-    assert len(rows(out / "certify.tsv")) == 11
+    torchrun(trained, "--output", "resumed", "--set", "certification.max_examples=10")
+    assert len(rows(out / "certification.tsv")) == 11
     # an earlier run killed before merging left a part behind: its records count, none is certified twice
-    tsv = out / "certify.tsv"
+    tsv = out / "certification.tsv"
     lines = tsv.read_text().splitlines(keepends=True)
     tsv.write_text("".join(lines[:6]))
-    (out / "certify.part-1.tsv").write_text("".join(lines[:1] + lines[6:]))
+    (out / "certification.part-1.tsv").write_text("".join(lines[:1] + lines[6:]))
     torchrun(trained, "--output", "resumed", processes=3)
-    assert rows(out / "certify.tsv") == rows(trained / "one" / "certify.tsv")
+    assert rows(out / "certification.tsv") == rows(trained / "one" / "certification.tsv")
     assert summary(out) == summary(trained / "one")
     # every record was certified once: those of the first run kept their times
     assert tsv.read_text().splitlines()[1:11] == [line.rstrip("\n") for line in lines[1:11]]
@@ -172,24 +172,24 @@ def test_a_multi_process_run_resumes_from_its_parts(trained):
 @pytest.mark.slow
 def test_a_killed_multi_process_run_resumes(trained):
     out = with_members_of(trained, "killed")
-    proc = torchrun(trained, "--output", "killed", "--set", "certify.batch_size=20", wait=False)
+    proc = torchrun(trained, "--output", "killed", "--set", "certification.batch_size=20", wait=False)
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline and proc.poll() is None:
-        if sum(p.read_bytes().count(b"\n") for p in out.glob("certify.part-*.tsv")) >= 6:
+        if sum(p.read_bytes().count(b"\n") for p in out.glob("certification.part-*.tsv")) >= 6:
             os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
     proc.wait()
     assert proc.returncode != 0, "the run finished before it could be killed"
-    assert list(out.glob("certify.part-*.tsv"))
-    torchrun(trained, "--output", "killed", "--set", "certify.batch_size=20")
-    assert rows(out / "certify.tsv") == rows(trained / "one" / "certify.tsv")
+    assert list(out.glob("certification.part-*.tsv"))
+    torchrun(trained, "--output", "killed", "--set", "certification.batch_size=20")
+    assert rows(out / "certification.tsv") == rows(trained / "one" / "certification.tsv")
 
 
 TRAIN_SCRIPT = """
 import sys, torch
 from ensemblecert import DataSplits, DataInfo, build_member, NoiseSampler
-from ensemblecert.config import TrainConfig
+from ensemblecert.config import TrainingConfig
 from ensemblecert.distributed import join, leave
 from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.gaussian_augmentation import GaussianAugmentation
@@ -206,7 +206,7 @@ data = DataSplits(train=torch.utils.data.TensorDataset(x, y), test=None, info=Da
 from ensemblecert.plugins.models import MLP
 members = [build_member(MLP(hidden=[16]), data.info, s) for s in range(2)]
 world = join("cpu")
-config = TrainConfig(epochs=2, batch_size=32, loss=GaussianAugmentation(), regularizers=[])
+config = TrainingConfig(epochs=2, batch_size=32, loss=GaussianAugmentation(), regularizers=[])
 train_ensemble(members, data, config, noise=NoNoise(), aggregator=WeightedEnsemble(),
                seed=0, device=torch.device("cpu"), world=world)
 torch.save([m.state_dict() for m in members], sys.argv[1] + f"/rank{world.rank}.pt")

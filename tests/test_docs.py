@@ -16,14 +16,14 @@ def default_pipeline():
 
 def test_the_stated_radius_ceiling_is_the_true_one():
     p = default_pipeline()
-    (cohen,) = p.certify.mechanisms
+    (cohen,) = p.certification.certifiers
     ceiling = p.noise.sigma * stats.norm.ppf(cohen.alpha ** (1 / cohen.n))  # all n draws agree
     assert cohen.radius(cohen.n, cohen.n, p.noise.sigma)[1] == pytest.approx(ceiling, rel=1e-12)
     for path in (REPO / "core" / "defaults" / "digits.toml", REPO / "README.md"):
         stated = re.search(r"PhiInv\(0\.001\^\(1/10000\)\) = ([0-9.]+)", path.read_text())
         assert stated, f"{path.name} no longer states the radius ceiling"
         assert float(stated.group(1)) == round(ceiling, 2), path.name
-    assert max(p.certify.radii) < ceiling  # every reported radius can be certified at all
+    assert max(p.certification.radii) < ceiling  # every reported radius can be certified at all
 
 
 def table_row(text: str) -> list[str]:

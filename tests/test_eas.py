@@ -128,8 +128,8 @@ def test_eas_is_sound_on_interval_members():
 def test_the_harness_catches_the_published_radius_with_sampled_bounds():
     @attrs.frozen
     class Published(EnsembleAfterSmoothing):
-        def certify(self, mechanism, smoothed, x, generator=None):
-            cert = super().certify(mechanism, smoothed, x, generator)
+        def certificate(self, certifier, smoothed, x, generator=None):
+            cert = super().certificate(certifier, smoothed, x, generator)
             if cert.prediction == ABSTAIN:
                 return cert
             terms = np.array([cert.details[f"r_{i}"] for i in range(3)])
@@ -182,33 +182,33 @@ def test_eas_pipeline_compares_with_ebs_on_the_same_draws(tiny_pipeline):
     from ensemblecert import run
 
     tiny_pipeline["ensemble"]["smoothing"] = ["ebs", "eas"]
-    tiny_pipeline["certify"]["skip"] = 60
+    tiny_pipeline["certification"]["skip"] = 60
     result = run(tiny_pipeline)
-    assert set(result.summary.mechanisms) == {"ebs/cohen", "eas/cohen"}
-    header = (result.output / "certify.tsv").read_text().splitlines()[0].split("\t")
+    assert set(result.summary.certifiers) == {"ebs/cohen", "eas/cohen"}
+    header = (result.output / "certification.tsv").read_text().splitlines()[0].split("\t")
     assert "eas/cohen:radius" in header and "ebs/cohen:radius" in header
     for r in result.results:
         eas = r.outcomes["eas/cohen"].certificate
         assert eas.samples == 220 and (eas.prediction == ABSTAIN) == (eas.radius == 0)
     # the Python API certifies through the same strategy and loop: the same certificates, input by input
-    from ensemblecert import build_component, certify, load_registry
+    from ensemblecert import build_component, certify_inputs, load_registry
 
     registry = load_registry()
     test = build_component("dataset", tiny_pipeline["data"], registry).load().test
     indices = [r.index for r in result.results]
-    certs = certify(
-        result.pipeline.certify.mechanisms[0],
+    certs = certify_inputs(
+        result.pipeline.certification.certifiers[0],
         result.ensemble,
         [test[i][0] for i in indices],
         result.pipeline.noise,
         strategy=build_component("smoothing", "eas", registry),
-        batch_size=tiny_pipeline["certify"]["batch_size"],
+        batch_size=tiny_pipeline["certification"]["batch_size"],
         seed=tiny_pipeline["seed"],
         indices=indices,
     )
     assert certs == [r.outcomes["eas/cohen"].certificate for r in result.results]
-    direct = certify(
-        result.pipeline.certify.mechanisms[0],
+    direct = certify_inputs(
+        result.pipeline.certification.certifiers[0],
         result.ensemble,
         [test[i][0] for i in indices],
         result.pipeline.noise,
@@ -224,9 +224,9 @@ def test_eas_refuses_a_mechanism_without_n0_n_alpha():
     from ensemblecert.running.pipeline import check_pipeline
 
     pipeline, _ = load_pipeline(
-        {"ensemble": {"smoothing": "eas"}, "certify": {"mechanisms": [{"name": "certify_adp", "radius": 0.25}]}}
+        {"ensemble": {"smoothing": "eas"}, "certification": {"certifiers": [{"name": "certify_adp", "radius": 0.25}]}}
     )
-    with pytest.raises(ConfigError, match=r"ensemble.smoothing\[0\]: certify.mechanisms\[0\]: eas runs CERTIFY"):
+    with pytest.raises(ConfigError, match=r"ensemble.smoothing\[0\]: certification.certifiers\[0\]: eas runs CERTIFY"):
         check_pipeline(pipeline)
 
 

@@ -197,14 +197,14 @@ def test_reduced_precision_is_recorded_and_changes_the_fingerprint(tmp_path):
             None,
             overrides=[
                 f"output={tmp_path / precision}",
-                "train.epochs=1",
-                "certify.max_examples=3",
-                "certify.mechanisms=[{name='cohen', n0=20, n=200}]",
+                "training.epochs=1",
+                "certification.max_examples=3",
+                "certification.certifiers=[{name='cohen', n0=20, n=200}]",
                 f"engine.precision={precision}",
             ],
         )
         read = lambda name: json.loads((result.output / name).read_text())  # noqa: E731
-        return read("certify.json"), read("summary.json"), read("stages.json")["certification"]
+        return read("certification.meta.json"), read("certification.json"), read("stages.json")["certification"]
 
     fp32, fp32_summary, fp32_fingerprint = certify("fp32")
     bf16, bf16_summary, bf16_fingerprint = certify("bf16")

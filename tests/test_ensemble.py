@@ -103,7 +103,7 @@ def test_ensemble_notices_weight_changes():
 
 
 class FirstAgreeing(Aggregator):
-    """Evaluates member 0 only (a stand-in for a protocol that skips members)."""
+    """Evaluates member 0 only (a stand-in for an aggregator that skips members)."""
 
     def forward(self, members, x):
         return Aggregate(probs=members.member(0, x).softmax(-1), member_logits=None, evaluations=x.shape[0])

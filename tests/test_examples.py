@@ -19,12 +19,12 @@ EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_validates(path, tmp_path, monkeypatch):
     pipeline, _ = load_pipeline(path)
-    if pipeline.train.start_from:  # fine-tuning examples start from another example's run: make it exist
+    if pipeline.training.start_from:  # fine-tuning examples start from another example's run: make it exist
         monkeypatch.chdir(tmp_path)
-        with pytest.raises(ConfigError, match="train.start_from: no such run directory"):
+        with pytest.raises(ConfigError, match="training.start_from: no such run directory"):
             check_pipeline(pipeline)
         for i in range(pipeline.ensemble.members):
-            target = tmp_path / pipeline.train.start_from[0] / "checkpoints" / f"member_{i}.pt"
+            target = tmp_path / pipeline.training.start_from[0] / "checkpoints" / f"member_{i}.pt"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(b"")
     check_pipeline(pipeline)

@@ -137,7 +137,7 @@ def test_every_certifier_keeps_its_promise_about_the_classifier_it_names(spec):
 
 
 def test_results_say_which_classifier_each_certificate_is_about():
-    from ensemblecert import certify
+    from ensemblecert import certify_inputs
 
     xs = torch.stack([MODEL.point_at(m, seed=i) for i, m in enumerate((-1.0, 0.6))])
     for spec, expected in (
@@ -145,6 +145,6 @@ def test_results_say_which_classifier_each_certificate_is_about():
         ({"name": "dp"}, HARD),
         ({"name": "cohen"}, HARD),
     ):
-        certs = certify(certifier(n0=20, n=300, **spec), MODEL, xs, NOISE, num_classes=2)
+        certs = certify_inputs(certifier(n0=20, n=300, **spec), MODEL, xs, NOISE, num_classes=2)
         assert {c.classifier for c in certs} == {expected}
     assert np.all([c.radius >= 0 for c in certs])

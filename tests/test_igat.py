@@ -62,14 +62,19 @@ def test_the_misclassification_regularizer():
 
 
 def test_igat_composes_with_adp_and_gal_from_toml(tiny_pipeline, tmp_path):
-    tiny_pipeline["certify"]["enabled"] = False
-    tiny_pipeline["train"].update(
+    tiny_pipeline["certification"]["enabled"] = False
+    tiny_pipeline["training"].update(
         epochs=1,
         lr=0.01,
         regularizers=[
             {"name": "adp"},
             {"name": "gal"},
-            {"name": "igat", "rule": "soft", "attack": {"name": "pgd", "epsilon": 0.1, "steps": 3}, "combiner": "max"},
+            {
+                "name": "igat",
+                "rule": "soft",
+                "attack": {"name": "pgd", "epsilon": 0.1, "steps": 3},
+                "aggregator": "max",
+            },
         ],
     )
     result = run(tiny_pipeline)
@@ -77,12 +82,12 @@ def test_igat_composes_with_adp_and_gal_from_toml(tiny_pipeline, tmp_path):
     assert {"ce", "adp_entropy", "adp_diversity", "gal", "igat_adv", "igat_reg", "adv_error_share"} <= set(record)
     assert record["igat_adv"] > 0 and record["igat_reg"] >= 0
     # the attack is configured where it is used, and checked with its path
-    tiny_pipeline["train"]["regularizers"] = [{"name": "igat", "attack": {"name": "pgd", "epsilon": -1}}]
-    with pytest.raises(ConfigError, match=r"train.regularizers\[0\].attack.epsilon: must be > 0"):
+    tiny_pipeline["training"]["regularizers"] = [{"name": "igat", "attack": {"name": "pgd", "epsilon": -1}}]
+    with pytest.raises(ConfigError, match=r"training.regularizers\[0\].attack.epsilon: must be > 0"):
         load_pipeline(tiny_pipeline)
-    tiny_pipeline["train"]["regularizers"] = [
+    tiny_pipeline["training"]["regularizers"] = [
         {"name": "igat", "adversarial_weight": 5, "regularizer_weight": 10, "examples": "misclassified", "rule": "hard"}
     ]
     pipeline, _ = load_pipeline(tiny_pipeline)
-    (igat,) = pipeline.train.regularizers
+    (igat,) = pipeline.training.regularizers
     assert igat.attack.epsilon == pytest.approx(8 / 255) and igat.attack.steps == 10

@@ -23,20 +23,20 @@ noise = { name = "gaussian", sigma = 0.25 }
 members = 2
 model = { name = "mlp", hidden = [64] }
 
-[train]
+[training]
 epochs = 6
 batch_size = 128
 lr = 0.1
 
-[certify]
-mechanisms = [{ name = "cohen", n0 = 20, n = 2000, alpha = 0.01 }]
+[certification]
+certifiers = [{ name = "cohen", n0 = 20, n = 2000, alpha = 0.01 }]
 batch_size = 500
 skip = 9
 radii = [0.0, 0.25, 0.5]
 
-[evaluate]
+[evaluation]
 attacks = [{ name = "pgd", epsilon = 0.1, steps = 5 }]
-combiners = ["we", "max"]
+aggregators = ["we", "max"]
 batch_size = 4
 skip = 6
 """
@@ -81,13 +81,13 @@ def rows_without_times(path: Path) -> list[list[str]]:
 
 
 def outcome(out: Path) -> dict:
-    summary = json.loads((out / "summary.json").read_text())
-    cohen = summary["mechanisms"]["cohen"]
+    summary = json.loads((out / "certification.json").read_text())
+    cohen = summary["certifiers"]["cohen"]
     evaluation = json.loads((out / "evaluation.json").read_text())
     weights = [torch.load(out / "checkpoints" / f"member_{i}.pt", weights_only=True)["state_dict"] for i in range(2)]
     return {
-        "certify": rows_without_times(out / "certify.tsv"),
-        "evaluate": (out / "evaluate.tsv").read_text(),
+        "certification rows": rows_without_times(out / "certification.tsv"),
+        "evaluation rows": (out / "evaluation.tsv").read_text(),
         "summary": (cohen["certified_accuracy"], cohen["acr"], cohen["abstain_rate"], summary["examples"]),
         "evaluation": evaluation["accuracy"],
         "train_log": [
@@ -107,8 +107,8 @@ def test_a_run_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path)
 
     points = {
         "training": lambda out: (out / "checkpoints" / "train_state.pt").exists(),
-        "certification": lambda out: lines(out / "certify.tsv") >= 8,
-        "evaluation": lambda out: lines(out / "evaluate.tsv") >= 20,
+        "certification": lambda out: lines(out / "certification.tsv") >= 8,
+        "evaluation": lambda out: lines(out / "evaluation.tsv") >= 20,
     }
     for name, ready in points.items():
         out = tmp_path / name
@@ -120,7 +120,7 @@ def test_a_run_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path)
         proc = start(tmp_path, name)
         assert proc.wait(timeout=600) == 0, proc.stderr.read()
         got = outcome(out)
-        for key in ("certify", "evaluate", "summary", "evaluation", "train_log"):
+        for key in ("certification rows", "evaluation rows", "summary", "evaluation", "train_log"):
             assert got[key] == expected[key], f"after a kill during {name}, {key} differs"
         for a, b in zip(got["weights"], expected["weights"]):
             assert all(torch.equal(a[k], b[k]) for k in a), f"after a kill during {name}, the weights differ"

@@ -32,7 +32,7 @@ class InterruptPlugin:
 
 
 def rows(result: RunResult) -> list[str]:
-    return (result.output / "certify.tsv").read_text().splitlines()
+    return (result.output / "certification.tsv").read_text().splitlines()
 
 
 def test_run_returns_results_and_writes_them(tiny_pipeline):
@@ -40,22 +40,22 @@ def test_run_returns_results_and_writes_them(tiny_pipeline):
     assert [r.index for r in result.results] == list(range(0, 360, 30))
     assert len(rows(result)) == 13
     assert result.summary.examples == 12
-    assert set(result.summary.mechanisms["cohen"].certified_accuracy) == {0.0, 0.25}
+    assert set(result.summary.certifiers["cohen"].certified_accuracy) == {0.0, 0.25}
     assert len(result.losses) == 2 and result.losses[1] < result.losses[0]
     ckpt = torch.load(result.output / "checkpoints" / "member_1.pt", weights_only=True)
     assert ckpt["model"] == {"name": "mlp", "hidden": [32]} and ckpt["seed"] == 2
-    assert ckpt["pipeline"]["train"]["epochs"] == 2
+    assert ckpt["pipeline"]["training"]["epochs"] == 2
     assert not (result.output / "checkpoints" / "train_state.pt").exists()
 
 
 def test_certification_resumes_and_matches_an_uninterrupted_run(tiny_pipeline, tmp_path):
     first = copy.deepcopy(tiny_pipeline)
-    first["certify"]["max_examples"] = 5
+    first["certification"]["max_examples"] = 5
     part = run(first)
     before = rows(part)
     assert len(before) == 6
     # a crash in the middle of writing a row leaves a partial line; it must be dropped and redone
-    with open(part.output / "certify.tsv", "a") as fh:
+    with open(part.output / "certification.tsv", "a") as fh:
         fh.write("150\t4\t")
     whole = run(tiny_pipeline)
     assert rows(whole)[:6] == before
@@ -69,8 +69,8 @@ def test_certification_resumes_and_matches_an_uninterrupted_run(tiny_pipeline, t
 
 def test_training_resumes_after_an_interruption(tiny_pipeline, tmp_path):
     cfg = copy.deepcopy(tiny_pipeline)
-    cfg["train"].update(epochs=3, loss={"name": "interrupting", "at": 2})
-    cfg["certify"]["enabled"] = False
+    cfg["training"].update(epochs=3, loss={"name": "interrupting", "at": 2})
+    cfg["certification"]["enabled"] = False
     ARMED["on"] = True
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -92,8 +92,8 @@ def test_training_resumes_after_an_interruption(tiny_pipeline, tmp_path):
 def test_certify_existing_checkpoints_without_training(tiny_pipeline, tmp_path):
     trained = run(tiny_pipeline)
     again = copy.deepcopy(tiny_pipeline)
-    again["train"]["enabled"] = False
-    again["train"]["epochs"] = 50  # irrelevant when not training
+    again["training"]["enabled"] = False
+    again["training"]["epochs"] = 50  # irrelevant when not training
     reloaded = run(again)
     assert reloaded.losses == []
     key = lambda r: (r.index, r.outcomes["cohen"].certificate.prediction, r.outcomes["cohen"].certificate.radius)  # noqa: E731
@@ -107,7 +107,7 @@ def test_certify_existing_checkpoints_without_training(tiny_pipeline, tmp_path):
 
 
 def test_no_checkpoints_to_certify(tiny_pipeline):
-    tiny_pipeline["train"]["enabled"] = False
+    tiny_pipeline["training"]["enabled"] = False
     with pytest.raises(UserError, match="no trained members in .*member_0.pt"):
         run(tiny_pipeline)
 
@@ -129,11 +129,11 @@ def test_checkpoint_that_does_not_fit_the_model(tiny_pipeline, tmp_path):
 def test_a_changed_configuration_is_not_mixed_with_old_results(tiny_pipeline):
     run(tiny_pipeline)
     changed = copy.deepcopy(tiny_pipeline)
-    changed["certify"]["mechanisms"][0]["n"] = 300
-    with pytest.raises(UserError, match="certify.tsv: holds results of a different .* --fresh"):
+    changed["certification"]["certifiers"][0]["n"] = 300
+    with pytest.raises(UserError, match="certification.tsv: holds results of a different .* --fresh"):
         run(changed)
     retrained = copy.deepcopy(tiny_pipeline)
-    retrained["train"]["lr"] = 0.01
+    retrained["training"]["lr"] = 0.01
     with pytest.raises(UserError, match="member_0.pt: was trained with a different configuration"):
         run(retrained)
     fresh = run(changed, fresh=True)
@@ -195,12 +195,12 @@ def test_damaged_stage_record(tiny_pipeline, content, expected):
 def test_stale_temporary_files_are_removed_when_a_run_starts(tiny_pipeline, tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
-    stale = [out / ".summary.json.k3j2_x.tmp", out / "checkpoints" / ".member_0.pt.a8b_c1.tmp"]
+    stale = [out / ".certification.json.k3j2_x.tmp", out / "checkpoints" / ".member_0.pt.a8b_c1.tmp"]
     for path in stale:
         path.write_bytes(b"half a file")
     keep = out / "notes.tmp"  # not named like an atomic write's temporary file
     keep.write_text("mine")
-    tiny_pipeline["certify"]["enabled"] = False
+    tiny_pipeline["certification"]["enabled"] = False
     run(tiny_pipeline)
     assert not any(path.exists() for path in stale)
     assert keep.read_text() == "mine"
@@ -208,7 +208,7 @@ def test_stale_temporary_files_are_removed_when_a_run_starts(tiny_pipeline, tmp_
 
 def test_every_member_learns_from_its_own_training(tiny_pipeline):
     tiny_pipeline["ensemble"]["members"] = 3
-    tiny_pipeline["certify"]["enabled"] = False
+    tiny_pipeline["certification"]["enabled"] = False
     result = run(tiny_pipeline)
     from ensemblecert.plugins.datasets import Digits
 
@@ -222,12 +222,12 @@ def test_every_member_learns_from_its_own_training(tiny_pipeline):
 
 
 def test_the_training_noise_reaches_the_objective(tiny_pipeline, tmp_path):
-    tiny_pipeline["certify"]["enabled"] = False
+    tiny_pipeline["certification"]["enabled"] = False
     losses = {}
     for sigma in (0.01, 2.0):
         cfg = copy.deepcopy(tiny_pipeline)
         cfg["output"] = str(tmp_path / f"sigma{sigma}")
-        cfg["train"]["noise"] = {"name": "gaussian", "sigma": sigma}
+        cfg["training"]["noise"] = {"name": "gaussian", "sigma": sigma}
         losses[sigma] = run(cfg).losses[-1]
     assert losses[2.0] > losses[0.01] + 1.0, losses  # heavy noise makes digits much harder to fit
 
@@ -263,8 +263,8 @@ def test_gaussian_augmentation_gives_each_member_its_own_noise():
 def test_the_summary_is_what_the_rows_say(tiny_pipeline):
     from scipy import stats
 
-    tiny_pipeline["certify"]["skip"] = 9
-    tiny_pipeline["certify"]["radii"] = [0.0, 0.1, 0.2, 0.3]
+    tiny_pipeline["certification"]["skip"] = 9
+    tiny_pipeline["certification"]["radii"] = [0.0, 0.1, 0.2, 0.3]
     result = run(tiny_pipeline)
     header, *lines = rows(result)
     table = [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
@@ -272,17 +272,17 @@ def test_the_summary_is_what_the_rows_say(tiny_pipeline):
     assert n == 40
     for r in (0.0, 0.1, 0.2, 0.3):
         expected = sum(row["correct"] == "1" and float(row["radius"]) >= r for row in table) / n
-        assert result.summary.mechanisms["cohen"].certified_accuracy[r] == pytest.approx(expected)
+        assert result.summary.certifiers["cohen"].certified_accuracy[r] == pytest.approx(expected)
     acr = sum(float(row["radius"]) for row in table if row["correct"] == "1") / n
-    assert result.summary.mechanisms["cohen"].acr == pytest.approx(acr)
+    assert result.summary.certifiers["cohen"].acr == pytest.approx(acr)
     # no radius beyond what n = 200 draws at alpha = 0.01 can certify: sigma * Phi^-1(alpha^(1/n))
     largest = 0.25 * stats.norm.ppf(0.01 ** (1 / 200))
     assert all(float(row["radius"]) <= largest + 1e-12 for row in table)
     assert all((row["predict"] == "-1") == (float(row["radius"]) == 0.0) for row in table)
     assert (
         0.05
-        < result.summary.mechanisms["cohen"].certified_accuracy[0.2]
-        < result.summary.mechanisms["cohen"].certified_accuracy[0.0]
+        < result.summary.certifiers["cohen"].certified_accuracy[0.2]
+        < result.summary.certifiers["cohen"].certified_accuracy[0.0]
     )
 
 
@@ -323,25 +323,25 @@ def test_costs_and_details_reach_the_table_and_the_summary(tiny_pipeline):
     for row in table:  # soft voting evaluates both members on every draw, selection included
         assert int(row["evaluations"]) == 2 * int(row["samples"]) == 2 * 220
         assert 0 <= float(row["cohen:count"]) <= 200 and 0 <= float(row["cohen:p_lower"]) < 1
-    summary = json.loads((result.output / "summary.json").read_text())["mechanisms"]["cohen"]
+    summary = json.loads((result.output / "certification.json").read_text())["certifiers"]["cohen"]
     assert summary["evaluation_share"] == 1.0 and summary["median_samples"] == 220
     assert summary["details"]["count"] == pytest.approx(sum(float(r["cohen:count"]) for r in table) / len(table))
 
 
-def test_mechanisms_with_equal_sampling_share_one_tally(tiny_pipeline, tmp_path):
+def test_certifiers_with_equal_sampling_share_one_tally(tiny_pipeline, tmp_path):
     mechs = [
         {"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01},
         {"name": "dp", "n0": 20, "n": 200, "alpha": 0.01},
         {"name": "best", "n0": 20, "n": 300, "alpha": 0.01},
     ]
-    tiny_pipeline["certify"]["mechanisms"] = mechs
+    tiny_pipeline["certification"]["certifiers"] = mechs
     shared = run(tiny_pipeline)
     for r in shared.results:
         spent = {label: o.evaluations for label, o in r.outcomes.items()}
         # cohen draws 20 + 200; dp reuses both tallies; best reuses the selection draw and draws its own 300
         assert spent == {"cohen": 220 * 2, "dp": 0, "best": 300 * 2}
     for k, label in enumerate(["cohen", "dp", "best"]):  # each alone certifies exactly as in the shared run
-        tiny_pipeline["certify"]["mechanisms"] = [mechs[k]]
+        tiny_pipeline["certification"]["certifiers"] = [mechs[k]]
         tiny_pipeline["output"] = str(tmp_path / label)
         tiny_pipeline["ensemble"]["checkpoints"] = [str(shared.output / f"checkpoints/member_{i}.pt") for i in range(2)]
         alone = run(tiny_pipeline)

@@ -47,12 +47,12 @@ def test_third_party_certifier_through_an_entry_point(third_party, on_path, tiny
     on_path(third_party)
     registry = load_registry()
     assert registry.get("certifier", "majority").plugin == "majority"
-    tiny_pipeline["certify"]["mechanisms"].append({"name": "majority", "n": 30})
-    tiny_pipeline["certify"]["skip"] = 90
+    tiny_pipeline["certification"]["certifiers"].append({"name": "majority", "n": 30})
+    tiny_pipeline["certification"]["skip"] = 90
     result = run(tiny_pipeline)
-    assert set(result.summary.mechanisms) == {"cohen", "majority"}
+    assert set(result.summary.certifiers) == {"cohen", "majority"}
     assert all(r.outcomes["majority"].certificate.samples == 30 for r in result.results)
-    header = (result.output / "certify.tsv").read_text().splitlines()[0].split("\t")
+    header = (result.output / "certification.tsv").read_text().splitlines()[0].split("\t")
     assert header[:7] == ["idx", "label", "predict", "radius", "correct", "time", "samples"]
     assert "majority:radius" in header and "cohen:radius" in header
 
@@ -77,9 +77,11 @@ def test_third_party_certifier_named_in_the_pipeline(tmp_path, on_path):
         )
     )
     on_path(tmp_path)
-    pipeline, registry = load_pipeline({"plugins": ["my_plugin"], "certify": {"mechanisms": [{"name": "always-zero"}]}})
+    pipeline, registry = load_pipeline(
+        {"plugins": ["my_plugin"], "certification": {"certifiers": [{"name": "always-zero"}]}}
+    )
     assert registry.get("certifier", "always-zero").plugin == "my_plugin"
-    assert type(pipeline.certify.mechanisms[0]).__name__ == "Always"
+    assert type(pipeline.certification.certifiers[0]).__name__ == "Always"
 
 
 def test_missing_plugin_module_is_a_user_error():
@@ -151,7 +153,7 @@ def test_registry_can_be_built_without_entry_points():
     assert [(c.kind, c.plugin) for c in registry] == [
         ("stage", "ensemblecert.running.stages")
     ] * 4  # the core's own stages
-    with pytest.raises(UserError, match="known certificate mechanisms: none"):
+    with pytest.raises(UserError, match="known certifiers: none"):
         registry.get("certifier", "cohen")
 
 
@@ -167,9 +169,9 @@ def test_the_documented_plugin_example_works_and_is_sound(tmp_path, on_path):
     pipeline, registry = load_pipeline(
         {
             "plugins": ["doc_example_plugin"],
-            "certify": {"mechanisms": [{"name": "two-stage", "n": 200, "n0": 20, "alpha": 0.1}]},
+            "certification": {"certifiers": [{"name": "two-stage", "n": 200, "n0": 20, "alpha": 0.1}]},
         }
     )
-    mechanism = pipeline.certify.mechanisms[0]
+    certifier = pipeline.certification.certifiers[0]
     assert registry.get("certifier", "two-stage").plugin == "doc_example_plugin"
-    assert_sound(mechanism, GaussianNoise(0.5), trials=600)
+    assert_sound(certifier, GaussianNoise(0.5), trials=600)

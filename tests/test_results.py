@@ -20,7 +20,7 @@ RESULTS = [
 
 def test_certified_accuracy_and_acr_by_hand():
     s = summarize(RESULTS, ["cohen"], [0.0, 0.25, 0.5, 0.75])
-    m = s.mechanisms["cohen"]
+    m = s.certifiers["cohen"]
     assert s.examples == 4
     assert m.certified_accuracy == {0.0: 0.5, 0.25: 0.25, 0.5: 0.25, 0.75: 0.0}
     assert m.acr == pytest.approx((0.6 + 0.2) / 4)
@@ -28,7 +28,7 @@ def test_certified_accuracy_and_acr_by_hand():
 
 
 def test_tsv_round_trip_and_crash_leftovers(tmp_path):
-    path = tmp_path / "certify.tsv"
+    path = tmp_path / "certification.tsv"
     path.write_text("")  # created but the header never made it
     assert read_results(path, ["cohen"]) == []
     with ResultsWriter(path, ["cohen"]) as writer:
@@ -43,12 +43,12 @@ def test_tsv_round_trip_and_crash_leftovers(tmp_path):
         path.read_text().splitlines()[0]
         == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tevaluations\tclassifier"
     )
-    with pytest.raises(UserError, match="do not match this pipeline's mechanisms"):
+    with pytest.raises(UserError, match="do not match this pipeline's certifiers"):
         read_results(path, ["cohen", "other"])
 
 
-def test_several_mechanisms_get_their_own_columns(tmp_path):
-    path = tmp_path / "certify.tsv"
+def test_several_certifiers_get_their_own_columns(tmp_path):
+    path = tmp_path / "certification.tsv"
     both = ExampleResult(
         7, 3, {"a": Outcome(Certificate(3, 0.4, 10), 0.1), "b": Outcome(Certificate(ABSTAIN, 0.0, 20), 0.2)}
     )
@@ -71,7 +71,7 @@ def test_several_mechanisms_get_their_own_columns(tmp_path):
     ],
 )
 def test_damaged_rows_are_a_user_error(tmp_path, row, expected):
-    path = tmp_path / "certify.tsv"
+    path = tmp_path / "certification.tsv"
     path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tevaluations\tclassifier\n" + row)
     with pytest.raises(UserError, match=expected):
         read_results(path, ["cohen"])
@@ -79,14 +79,14 @@ def test_damaged_rows_are_a_user_error(tmp_path, row, expected):
 
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\xff", b"idx\tlabel\x00\n"])
 def test_binary_content_is_a_user_error(tmp_path, content):
-    path = tmp_path / "certify.tsv"
+    path = tmp_path / "certification.tsv"
     path.write_bytes(content)
-    with pytest.raises(UserError, match=r"certify.tsv: not a results table \(binary content\); run with --fresh"):
+    with pytest.raises(UserError, match=r"certification.tsv: not a results table \(binary content\); run with --fresh"):
         read_results(path, ["cohen"])
 
 
 def test_details_and_costs_become_columns_and_come_back(tmp_path):
-    path = tmp_path / "certify.tsv"
+    path = tmp_path / "certification.tsv"
     first = ExampleResult(
         0, 1, {"adp": Outcome(Certificate(1, 0.25, 1100, {"stage": 2.0, "p_lower": 0.9}), 0.1, 3300, 800)}
     )
@@ -101,14 +101,14 @@ def test_details_and_costs_become_columns_and_come_back(tmp_path):
     assert header.split("\t")[9:] == ["adp:stage", "adp:p_lower", "adp:kcr"]
     assert rows[0].split("\t")[6:] == ["1100", "3300", "hard", "2.0", "0.9", repr(800 / 1100)]
     assert read_results(path, ["adp"]) == [first, second]
-    summary = summarize([first, second], ["adp"], [0.0], members=3).mechanisms["adp"]
+    summary = summarize([first, second], ["adp"], [0.0], members=3).certifiers["adp"]
     assert summary.mean_samples == 600 and summary.median_samples == 600
     assert summary.mean_evaluations == 1800 and summary.evaluation_share == pytest.approx(3600 / (3 * 1200))
     assert summary.details == pytest.approx({"stage": 1.5, "p_lower": 0.65, "kcr": (800 / 1100 + 0.5) / 2})
 
 
 def test_a_row_missing_a_detail_leaves_its_cell_empty(tmp_path):
-    path = tmp_path / "certify.tsv"
+    path = tmp_path / "certification.tsv"
     full = ExampleResult(0, 1, {"c": Outcome(Certificate(1, 0.3, 10, {"count": 9.0}), 0.1)})
     bare = ExampleResult(1, 1, {"c": Outcome(Certificate(1, 0.3, 10), 0.1)})
     with ResultsWriter(path, ["c"]) as writer:

@@ -112,7 +112,7 @@ def test_the_harness_catches_peeking_at_a_fixed_n_bound():
 def test_sequential_in_a_pipeline(tiny_pipeline):
     from ensemblecert import run
 
-    tiny_pipeline["certify"]["mechanisms"] = [
+    tiny_pipeline["certification"]["certifiers"] = [
         {"name": "sequential", "radius": 0.25, "n0": 20, "batch": 50, "max_samples": 1000, "alpha": 0.01}
     ]
     result = run(tiny_pipeline)

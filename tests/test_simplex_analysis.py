@@ -52,11 +52,11 @@ def test_the_bare_map_from_the_command_line(tmp_path, cli):
 
 def test_a_runs_inputs_and_the_gain_of_best(tiny_pipeline, tmp_path, cli):
     own = ["cohen", "cohen_two_sided", "li", "lecuyer", "dp"]
-    tiny_pipeline["certify"]["mechanisms"] = [
+    tiny_pipeline["certification"]["certifiers"] = [
         {"name": "best", "n0": 20, "n": 300, "alpha": 0.01},
         {"name": "best", "of": own, "n0": 20, "n": 300, "alpha": 0.01},
     ]
-    tiny_pipeline["certify"]["skip"] = 15
+    tiny_pipeline["certification"]["skip"] = 15
     result = run(tiny_pipeline)
     records, radii = read_run(result.output)
     assert [r.label for r in records] == ["best#1", "best#2"] and radii == [0.0, 0.25]
@@ -71,9 +71,9 @@ def test_a_runs_inputs_and_the_gain_of_best(tiny_pipeline, tmp_path, cli):
             )
             assert record.acr(k) == pytest.approx(expected)
             assert record.acr(k) <= record.acr() + 1e-12
-        assert record.acr() == pytest.approx(result.summary.mechanisms[label].acr)
+        assert record.acr() == pytest.approx(result.summary.certifiers[label].acr)
         assert record.certified_accuracy(0.25) == pytest.approx(
-            result.summary.mechanisms[label].certified_accuracy[0.25]
+            result.summary.certifiers[label].certified_accuracy[0.25]
         )
         assert record.labels.tolist() == labels
     proc = cli("simplex", str(result.output), "--resolution", "40", cwd=tmp_path)

@@ -36,9 +36,9 @@ def test_best_refuses_sets_about_two_classifiers():
     # multinomial bounds certify the hard smoothed classifier, softmax bounds the soft one: a larger radius of the two
     # is a promise about neither, so the set is a configuration error at `.of` that says why
     with pytest.raises(
-        ConfigError, match=r"certify\.mechanisms\[0\]\.of: mixes mechanisms about two different classifiers"
+        ConfigError, match=r"certification\.certifiers\[0\]\.of: mixes mechanisms about two different classifiers"
     ):
-        load_pipeline({"certify": {"mechanisms": [{"name": "best", "of": MIXED}]}})
+        load_pipeline({"certification": {"certifiers": [{"name": "best", "of": MIXED}]}})
     assert certifier(name="best", of=["softmax:lecuyer", "softmax:dp"]).classifier() == "soft"
     assert certifier(name="best", expectation="softmax").classifier() == "soft"
     assert certifier(name="best").classifier() == "hard"
@@ -48,8 +48,8 @@ def test_best_refuses_sets_about_two_classifiers():
 
 
 def test_unknown_names_in_of_name_the_setting():
-    with pytest.raises(ConfigError, match=r"certify\.mechanisms\[0\]\.of: 'dpp': unknown mechanism"):
-        load_pipeline({"certify": {"mechanisms": [{"name": "best", "of": ["cohen", "dpp"]}]}})
+    with pytest.raises(ConfigError, match=r"certification\.certifiers\[0\]\.of: 'dpp': unknown mechanism"):
+        load_pipeline({"certification": {"certifiers": [{"name": "best", "of": ["cohen", "dpp"]}]}})
 
 
 @pytest.mark.parametrize("name, expectation", CASES)
@@ -135,20 +135,22 @@ def test_li_refuses_softmax_expectations():
 
 def test_the_paper_procedure_draws_no_selection_samples():
     model = LinearModel(4)
-    from ensemblecert import certify
+    from ensemblecert import certify_inputs
 
     x = torch.stack([model.point_at(0.5, seed=0)])
-    (paper,) = certify(certifier(name="dp", procedure="paper", n0=100, n=300), model, x, GaussianNoise(0.5))
-    (sound,) = certify(certifier(name="dp", n0=100, n=300), model, x, GaussianNoise(0.5))
+    (paper,) = certify_inputs(certifier(name="dp", procedure="paper", n0=100, n=300), model, x, GaussianNoise(0.5))
+    (sound,) = certify_inputs(certifier(name="dp", n0=100, n=300), model, x, GaussianNoise(0.5))
     assert paper.samples == 300 and sound.samples == 400
 
 
 def test_best_in_a_pipeline(tiny_pipeline):
-    tiny_pipeline["certify"]["mechanisms"] = [{"name": "best", "n0": 20, "n": 200, "alpha": 0.01}]
+    tiny_pipeline["certification"]["certifiers"] = [{"name": "best", "n0": 20, "n": 200, "alpha": 0.01}]
     result = run(tiny_pipeline)
-    header = (result.output / "certify.tsv").read_text().splitlines()[0].split("\t")
+    header = (result.output / "certification.tsv").read_text().splitlines()[0].split("\t")
     assert header[8:] == ["classifier", "best:e0", "best:e1", "best:r_cohen", "best:r_li", "best:r_dp", "best:winner"]
-    details = result.summary.mechanisms["best"].details
+    details = result.summary.certifiers["best"].details
     assert 0 <= details["winner"] <= 2 and details["e0"] > details["e1"]
-    assert result.summary.mechanisms["best"].classifier == "hard"
-    assert {line.split("\t")[8] for line in (result.output / "certify.tsv").read_text().splitlines()[1:]} == {"hard"}
+    assert result.summary.certifiers["best"].classifier == "hard"
+    assert {line.split("\t")[8] for line in (result.output / "certification.tsv").read_text().splitlines()[1:]} == {
+        "hard"
+    }

@@ -193,41 +193,41 @@ def test_smoothadv_warm_up():
 @pytest.mark.parametrize(
     "train, message",
     [
-        ({"regularizers": [{"name": "drt", "rho1": -0.5}]}, "train.regularizers[0].rho1: must be >= 0, got -0.5"),
-        ({"copies": 0}, "train.copies: must be >= 1, got 0"),
+        ({"regularizers": [{"name": "drt", "rho1": -0.5}]}, "training.regularizers[0].rho1: must be >= 0, got -0.5"),
+        ({"copies": 0}, "training.copies: must be >= 1, got 0"),
         ({"regularizers": [{"name": "drtt"}]}, "unknown regularizer 'drtt'; did you mean 'drt'?"),
         (
             {"loss": {"name": "smoothadv", "attack": {"name": "pgd", "steps": 0}}},
-            "train.loss.attack.steps: must be >= 1",
+            "training.loss.attack.steps: must be >= 1",
         ),
     ],
 )
 def test_bad_training_settings(train, message, tiny_pipeline):
-    tiny_pipeline["train"].update(train)
+    tiny_pipeline["training"].update(train)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?")):
         load_pipeline(tiny_pipeline)
 
 
 def test_a_pair_regularizer_on_one_member_is_refused_before_any_work(tiny_pipeline, tmp_path, cli):
     tiny_pipeline["ensemble"]["members"] = 1
-    tiny_pipeline["train"]["regularizers"] = [{"name": "drt"}, {"name": "gal"}]
+    tiny_pipeline["training"]["regularizers"] = [{"name": "drt"}, {"name": "gal"}]
     pipeline, _ = load_pipeline(tiny_pipeline)
     with pytest.raises(ConfigError) as info:
         check_pipeline(pipeline)
-    assert "train.regularizers[0]: drt couples pairs of members; this ensemble has 1" in str(info.value)
-    assert "train.regularizers[1]: gal aligns pairs" in str(info.value)
-    (tmp_path / "p.toml").write_text('[ensemble]\nmembers = 1\n[train]\nregularizers = [{ name = "adp" }]\n')
+    assert "training.regularizers[0]: drt couples pairs of members; this ensemble has 1" in str(info.value)
+    assert "training.regularizers[1]: gal aligns pairs" in str(info.value)
+    (tmp_path / "p.toml").write_text('[ensemble]\nmembers = 1\n[training]\nregularizers = [{ name = "adp" }]\n')
     proc = cli("run", "p.toml", cwd=tmp_path)
-    assert proc.returncode == 2 and "train.regularizers[0]: adp needs at least 2 members" in proc.stderr
+    assert proc.returncode == 2 and "training.regularizers[0]: adp needs at least 2 members" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
 def test_drt_fine_tunes_from_a_gaussian_run_and_records_it(tiny_pipeline, tmp_path):
-    tiny_pipeline["certify"]["enabled"] = False
+    tiny_pipeline["certification"]["enabled"] = False
     first = run(tiny_pipeline)
     tuned = copy.deepcopy(tiny_pipeline)
     tuned["output"] = str(tmp_path / "tuned")
-    tuned["train"].update(
+    tuned["training"].update(
         epochs=1,
         lr=1e-12,
         copies=2,
@@ -245,14 +245,14 @@ def test_drt_fine_tunes_from_a_gaussian_run_and_records_it(tiny_pipeline, tmp_pa
     assert [r["epoch"] for r in log] == [1] and {"ce", "gd", "cm", "valid_share", "loss"} <= set(log[0])
     assert log[0]["loss"] == pytest.approx(log[0]["ce"] + log[0]["gd"] + log[0]["cm"], rel=1e-6)
     assert (result.output / "train_log.png").stat().st_size > 1000
-    tuned["train"]["start_from"] = ["a.pt", "b.pt", "c.pt"]
-    with pytest.raises(Exception, match="train.start_from: 3 files for 2 members"):
+    tuned["training"]["start_from"] = ["a.pt", "b.pt", "c.pt"]
+    with pytest.raises(Exception, match="training.start_from: 3 files for 2 members"):
         run(tuned)
 
 
 def test_drt_training_is_reproducible_and_every_term_moves_the_weights(tiny_pipeline, tmp_path):
-    tiny_pipeline["certify"]["enabled"] = False
-    tiny_pipeline["train"].update(epochs=1, regularizers=[{"name": "drt"}, {"name": "adp"}, {"name": "gal"}])
+    tiny_pipeline["certification"]["enabled"] = False
+    tiny_pipeline["training"].update(epochs=1, regularizers=[{"name": "drt"}, {"name": "adp"}, {"name": "gal"}])
     a = run(tiny_pipeline)
     tiny_pipeline["output"] = str(tmp_path / "again")
     b = run(tiny_pipeline)
@@ -260,15 +260,15 @@ def test_drt_training_is_reproducible_and_every_term_moves_the_weights(tiny_pipe
         for pa, pb in zip(ma.state_dict().values(), mb.state_dict().values()):
             assert torch.equal(pa, pb)
     tiny_pipeline["output"] = str(tmp_path / "plain")
-    tiny_pipeline["train"]["regularizers"] = []
+    tiny_pipeline["training"]["regularizers"] = []
     c = run(tiny_pipeline)
     assert not torch.equal(next(a.ensemble.members[0].parameters()), next(c.ensemble.members[0].parameters()))
 
 
 @pytest.mark.parametrize("rho1, rho2, terms", [(0.0, 1.0, {"cm"}), (1.0, 0.0, {"gd"})])
 def test_cm_alone_and_gd_alone_from_toml(rho1, rho2, terms, tiny_pipeline):
-    tiny_pipeline["certify"]["enabled"] = False
-    tiny_pipeline["train"].update(epochs=1, regularizers=[{"name": "drt", "rho1": rho1, "rho2": rho2}])
+    tiny_pipeline["certification"]["enabled"] = False
+    tiny_pipeline["training"].update(epochs=1, regularizers=[{"name": "drt", "rho1": rho1, "rho2": rho2}])
     result = run(tiny_pipeline)
     (record,) = json.loads((result.output / "train_log.json").read_text())["epochs"]
     assert {"gd", "cm"} & set(record) == terms and record["loss"] == pytest.approx(

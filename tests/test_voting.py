@@ -142,9 +142,9 @@ def k_consensus_pipeline(tmp_path, **aggregator):
         "data": {"name": "digits"},
         "noise": {"name": "gaussian", "sigma": 0.25},
         "ensemble": {"members": 4, "model": {"name": "mlp", "hidden": [32]}, "aggregator": aggregator},
-        "train": {"epochs": 2, "batch_size": 128, "lr": 0.1},
-        "certify": {
-            "mechanisms": [{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}],
+        "training": {"epochs": 2, "batch_size": 128, "lr": 0.1},
+        "certification": {
+            "certifiers": [{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}],
             "batch_size": 100,
             "skip": 40,
             "radii": [0.0],
@@ -161,7 +161,7 @@ def test_k_consensus_in_a_pipeline_holds_out_ranks_records_and_reuses(tmp_path):
     saved = json.loads((out / "aggregator.json").read_text())["aggregator"]
     assert saved["name"] == "k_consensus" and sorted(saved["order"]) == [0, 1, 2, 3]
     assert result.ensemble.aggregator.order == saved["order"]
-    summary = result.summary.mechanisms["cohen"]
+    summary = result.summary.certifiers["cohen"]
     assert 0 < summary.details["kcr"] <= 1
     # evaluations: k per sample, plus the rest for unsettled samples, against 4 per sample for the full ensemble
     assert summary.evaluation_share == pytest.approx(0.5 + 0.5 * (1 - summary.details["kcr"]), rel=1e-9)

@@ -8,13 +8,13 @@ All problems are collected and raised together as one :class:`~ensemblecert.Conf
 from .loading import apply_overrides, default_pipeline_data, default_pipeline_text, load_pipeline, read_toml
 from .schema import (
     MAX_SEED,
-    CertifyConfig,
+    CertificationConfig,
     Engine,
     EnsembleConfig,
-    EvaluateConfig,
+    EvaluationConfig,
     HeldoutConfig,
     Pipeline,
-    TrainConfig,
+    TrainingConfig,
     component,
     component_list,
     section,
@@ -23,13 +23,13 @@ from .structure import build_component, describe, make_converter, structure
 
 __all__ = [
     "MAX_SEED",
-    "CertifyConfig",
+    "CertificationConfig",
     "Engine",
     "EnsembleConfig",
-    "EvaluateConfig",
+    "EvaluationConfig",
     "HeldoutConfig",
     "Pipeline",
-    "TrainConfig",
+    "TrainingConfig",
     "apply_overrides",
     "build_component",
     "component",

@@ -62,7 +62,7 @@ def _parse_path(path: str) -> list[str | int]:
         parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
         pos = m.end()
     if pos != len(path) or not parts or isinstance(parts[0], int):
-        raise UserError(f"--set {path!r}: not a setting path like 'train.epochs' or 'certify.mechanisms[0].n'")
+        raise UserError(f"--set {path!r}: not a setting path like 'training.epochs' or 'certification.certifiers[0].n'")
     return parts
 
 
@@ -104,7 +104,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     for item in overrides:
         path, sep, text = item.partition("=")
         if not sep:
-            raise UserError(f"--set {item!r}: expected PATH=VALUE, e.g. --set train.epochs=5")
+            raise UserError(f"--set {item!r}: expected PATH=VALUE, e.g. --set training.epochs=5")
         parts = _parse_path(path.strip())
         node: Any = result
         for i, part in enumerate(parts[:-1]):

@@ -100,8 +100,8 @@ class EnsembleConfig:
 
 
 @attrs.frozen(kw_only=True)
-class TrainConfig:
-    """``[train]``: SGD with momentum and a step learning-rate schedule, all members together."""
+class TrainingConfig:
+    """``[training]``: SGD with momentum and a step learning-rate schedule, all members together."""
 
     enabled: bool = True
     epochs: int = attrs.field(default=30, validator=in_range(1))
@@ -127,11 +127,11 @@ class TrainConfig:
 
 
 @attrs.frozen(kw_only=True)
-class CertifyConfig:
-    """``[certify]``: which mechanisms certify which test inputs, and the radii to report."""
+class CertificationConfig:
+    """``[certification]``: which certifiers certify which test inputs, and the radii to report."""
 
     enabled: bool = True
-    mechanisms: list[Certifier] = component_list("certifier", [{"name": "cohen"}])
+    certifiers: list[Certifier] = component_list("certifier", [{"name": "cohen"}])
     #: Noisy copies evaluated per forward pass; bounds memory, not the statistics.
     batch_size: int = attrs.field(default=1000, validator=in_range(1))
     radii: list[float] = attrs.field(factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], validator=[non_empty, in_range(0)])
@@ -142,13 +142,13 @@ class CertifyConfig:
 
 
 @attrs.frozen(kw_only=True)
-class EvaluateConfig:
-    """``[evaluate]``: empirical robustness, accuracy on clean test inputs and under each attack, per combiner.
+class EvaluationConfig:
+    """``[evaluation]``: empirical robustness, accuracy on clean test inputs and under each attack, per aggregator.
     Runs when ``attacks`` lists any."""
 
     attacks: list[Attack] = component_list("attack", [], empty=True)
     #: How the attacks see the ensemble: aggregators (``we``: the average; ``max``: the elementwise maximum).
-    combiners: list[Aggregator] = component_list("aggregator", [{"name": "we"}], single=True)
+    aggregators: list[Aggregator] = component_list("aggregator", [{"name": "we"}], single=True)
     #: Test inputs attacked together.
     batch_size: int = attrs.field(default=250, validator=in_range(1))
     #: Evaluate every ``skip``-th test input.
@@ -159,7 +159,7 @@ class EvaluateConfig:
 
 @attrs.frozen(kw_only=True)
 class HeldoutConfig:
-    """``[heldout]``: labelled data kept from training, never certified, for protocols that calibrate
+    """``[heldout]``: labelled data kept from training, never certified, for aggregators that calibrate
     (K-consensus ranks members on it, weighted soft voting fits weights). Carved only when one asks."""
 
     #: Share of the training data set aside, chosen with the pipeline seed; recorded in heldout.json.
@@ -173,9 +173,9 @@ class Pipeline:
     data: Dataset = component("dataset", {"name": "digits"})
     noise: NoiseSampler = component("noise", {"name": "gaussian", "sigma": 0.25})
     ensemble: EnsembleConfig = section()
-    train: TrainConfig = section()
-    certify: CertifyConfig = section()
-    evaluate: EvaluateConfig = section()
+    training: TrainingConfig = section()
+    certification: CertificationConfig = section()
+    evaluation: EvaluationConfig = section()
     heldout: HeldoutConfig = section()
     engine: Engine = section()
     #: Seeds initialisation, shuffling and noise; any integer that fits in 63 bits.
@@ -194,7 +194,7 @@ class Pipeline:
 
     @property
     def train_noise(self) -> NoiseSampler:
-        return self.train.noise if self.train.noise is not None else self.noise
+        return self.training.noise if self.training.noise is not None else self.noise
 
 
 # ------------------------------------------------------------------------------ structuring

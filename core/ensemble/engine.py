@@ -136,7 +136,7 @@ class Members:
         return self.layout != "loop"
 
     def describe(self) -> dict:
-        """The choices made, for the record (``certify.json``)."""
+        """The choices made, for the record (``certification.meta.json``)."""
         return {
             "layout": self.layout,
             "compiled": self.compiled,

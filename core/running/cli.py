@@ -24,7 +24,7 @@ from .report import Reporter
 EPILOG = """\
 examples:
   ensemblecert run                                 # the built-in default pipeline (digits, offline)
-  ensemblecert run examples/digits.toml --set train.epochs=5 --set certify.mechanisms[0].n=2000
+  ensemblecert run examples/digits.toml --set training.epochs=5 --set certification.certifiers[0].n=2000
   ensemblecert validate my_pipeline.toml
   ensemblecert plugins
   ensemblecert default > my_pipeline.toml          # start a pipeline from the default
@@ -43,7 +43,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PATH=VALUE",
-        help="override a setting, e.g. --set train.epochs=5 or --set certify.mechanisms[0].alpha=0.01 "
+        help="override a setting, e.g. --set training.epochs=5 or --set certification.certifiers[0].alpha=0.01 "
         "(VALUE is read as TOML; bare words are strings); repeatable",
     )
 
@@ -211,9 +211,9 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.device is not None:
         overrides.append(f"device={_toml_string(args.device)}")
     if args.skip_train:
-        overrides.append("train.enabled=false")
+        overrides.append("training.enabled=false")
     if args.skip_certify:
-        overrides.append("certify.enabled=false")
+        overrides.append("certification.enabled=false")
     pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
     if args.processes is not None and "WORLD_SIZE" not in os.environ:
         check_pipeline(pipeline)  # one message, before any process starts
@@ -225,7 +225,7 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if result.rank != 0:
         return 0  # rank 0 prints
     if result.summary is not None:
-        reporter.summary(result.summary, pipeline.certify.radii, console=out)
+        reporter.summary(result.summary, pipeline.certification.radii, console=out)
     if result.evaluation is not None:
         reporter.evaluation(result.evaluation, console=out)
     if result.summary is None and result.evaluation is None:
@@ -247,7 +247,7 @@ def _validate(args: argparse.Namespace, out: Console) -> int:
     table.add_column("value")
     for key in ("data", "noise"):
         table.add_row(key, escape(_inline(config[key])))
-    for section in ("ensemble", "train", "certify", "evaluate"):
+    for section in ("ensemble", "training", "certification", "evaluation"):
         for key, value in config[section].items():
             table.add_row(f"{section}.{key}", escape(_inline(value)))
     for key in ("seed", "device", "output", "plugins"):

@@ -44,14 +44,14 @@ class Outputs:
     TRAIN_PLOT = "train_log.png"
     HELDOUT = "heldout.json"
     AGGREGATOR = "aggregator.json"
-    CERTIFY_TSV = "certify.tsv"
-    CERTIFY_PARTS = "certify.part-*.tsv"
-    CERTIFY_PART = "certify.part-{rank}.tsv"
-    CERTIFY_META = "certify.json"
-    SUMMARY = "summary.json"
-    CERTIFY_PLOT = "certified_accuracy.png"
-    EVALUATE_TSV = "evaluate.tsv"
-    EVALUATE_META = "evaluation.json"
+    CERTIFICATION_TSV = "certification.tsv"
+    CERTIFICATION_PARTS = "certification.part-*.tsv"
+    CERTIFICATION_PART = "certification.part-{rank}.tsv"
+    CERTIFICATION_META = "certification.meta.json"
+    CERTIFICATION_SUMMARY = "certification.json"
+    CERTIFICATION_PLOT = "certified_accuracy.png"
+    EVALUATION_TSV = "evaluation.tsv"
+    EVALUATION_SUMMARY = "evaluation.json"
 
 
 @attrs.define(eq=False)

@@ -1,10 +1,10 @@
 """The evaluation stage: empirical robustness, i.e. accuracy on clean test inputs and under each attack, for each
-combiner through which the attacks see the ensemble (Deng23, Eq. 12 and Section 6: the average or the maximum).
+aggregator through which the attacks see the ensemble (Deng23, Eq. 12 and Section 6: the average or the maximum).
 
-Inputs are attacked a batch at a time. ``evaluate.tsv`` gets one row per input as each batch finishes:
-``idx``, ``label``, then for every combiner ``<combiner>:natural`` and ``<combiner>:<attack>``, the predicted
+Inputs are attacked a batch at a time. ``evaluation.tsv`` gets one row per input as each batch finishes:
+``idx``, ``label``, then for every aggregator ``<aggregator>:natural`` and ``<aggregator>:<attack>``, the predicted
 class. Batches are fixed chunks of the evaluated indices and each batch's random starts come from a generator
-seeded by the pipeline seed, the batch's first index, the combiner and the attack, so a resumed run computes
+seeded by the pipeline seed, the batch's first index, the aggregator and the attack, so a resumed run computes
 exactly the rows an uninterrupted one would have. ``evaluation.json`` holds the accuracies.
 """
 
@@ -28,7 +28,7 @@ from ..smoothing.results import cut_partial_line
 
 @attrs.frozen
 class EvaluationSummary:
-    """Accuracy (share of inputs classified correctly) per combiner, clean (``natural``) and under each attack."""
+    """Accuracy (share of inputs classified correctly) per aggregator, clean (``natural``) and under each attack."""
 
     examples: int
     accuracy: Mapping[str, Mapping[str, float]]
@@ -37,12 +37,12 @@ class EvaluationSummary:
         return {"examples": self.examples, "accuracy": {c: dict(v) for c, v in self.accuracy.items()}}
 
 
-def columns(combiners: Sequence[str], attacks: Sequence[str]) -> list[str]:
-    return ["idx", "label", *(f"{c}:{a}" for c in combiners for a in ("natural", *attacks))]
+def columns(aggregators: Sequence[str], attacks: Sequence[str]) -> list[str]:
+    return ["idx", "label", *(f"{c}:{a}" for c in aggregators for a in ("natural", *attacks))]
 
 
 def read_rows(path: Path, header: list[str]) -> dict[int, list[int]]:
-    """The complete rows of an earlier run's ``evaluate.tsv`` by input index; a truncated last line is dropped."""
+    """The complete rows of an earlier run's ``evaluation.tsv`` by input index; a truncated last line is dropped."""
     if not path.exists():
         return {}
     cut_partial_line(path)  # a crash mid-write: the partial line goes before anything is appended
@@ -73,16 +73,16 @@ def _rewrite(path: Path, header: list[str], rows: Mapping[int, list[int]]) -> No
     write_text(path, "\n".join(lines) + "\n")
 
 
-def probability_model(members: Sequence[torch.nn.Module], combiner: Aggregator) -> Callable[[Tensor], Tensor]:
-    """The ensemble seen through ``combiner``: a differentiable map from inputs to class probabilities, as attacks
+def probability_model(members: Sequence[torch.nn.Module], aggregator: Aggregator) -> Callable[[Tensor], Tensor]:
+    """The ensemble seen through ``aggregator``: a differentiable map from inputs to class probabilities, as attacks
     see it (members run in whatever mode they are in)."""
-    ensemble = Ensemble(members, combiner)
+    ensemble = Ensemble(members, aggregator)
     return lambda x: ensemble.evaluate(x).probs
 
 
 def evaluate(
     members: Sequence[torch.nn.Module],
-    combiners: Mapping[str, Aggregator],
+    aggregators: Mapping[str, Aggregator],
     attacks: Mapping[str, Attack],
     dataset: torch.utils.data.Dataset,
     indices: Sequence[int],
@@ -94,7 +94,7 @@ def evaluate(
     on_batch: Callable[[int], None] | None = None,
 ) -> EvaluationSummary:
     """Evaluate the inputs ``indices`` of ``dataset`` and return the accuracies (rows go to ``path`` as they come)."""
-    header = columns(list(combiners), list(attacks))
+    header = columns(list(aggregators), list(attacks))
     done = read_rows(path, header)
     wanted = set(indices)
     if any(i not in wanted for i in done):  # rows of another input selection (skip, max_examples): dropped
@@ -102,7 +102,7 @@ def evaluate(
         _rewrite(path, header, done)
     for m in members:
         m.eval()
-    models = {name: probability_model(members, c) for name, c in combiners.items()}
+    models = {name: probability_model(members, c) for name, c in aggregators.items()}
     with path.open("a", encoding="utf-8", newline="") as fh:
         if path.stat().st_size == 0:
             fh.write("\t".join(header) + "\n")
@@ -136,7 +136,7 @@ def evaluate(
                 on_batch(len(chunk))
     names = header[2:]
     rows = [done[i] for i in indices if i in done]
-    accuracy: dict[str, dict[str, float]] = {c: {} for c in combiners}
+    accuracy: dict[str, dict[str, float]] = {c: {} for c in aggregators}
     for k, column in enumerate(names):
         cname, _, aname = column.partition(":")
         accuracy[cname][aname] = sum(r[k + 1] == r[0] for r in rows) / max(len(rows), 1)

@@ -32,7 +32,7 @@ def load_member(
     if fingerprint is not None and ckpt.get("fingerprint") != fingerprint:
         raise UserError(
             f"{path}: was trained with a different configuration than this pipeline's; "
-            "run with --fresh to retrain, choose another output directory, or set train.enabled = false "
+            "run with --fresh to retrain, choose another output directory, or set training.enabled = false "
             "to certify the existing members as they are"
         )
     saved = ckpt.get("data_info") if isinstance(ckpt.get("data_info"), Mapping) else {}

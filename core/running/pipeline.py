@@ -62,11 +62,11 @@ def stages_of(pipeline: Pipeline, registry: Registry) -> list[tuple[str, Stage]]
 
 
 def _refuse_deleting_inputs(pipeline: Pipeline, out: Path, doomed: Sequence[Path]) -> None:
-    """A UserError when ``--fresh`` would delete a file this run reads (``train.start_from``,
+    """A UserError when ``--fresh`` would delete a file this run reads (``training.start_from``,
     ``ensemble.checkpoints``)."""
     inputs = [("ensemble.checkpoints", Path(p)) for p in pipeline.ensemble.checkpoints or []]
-    if pipeline.train.enabled:
-        inputs += [("train.start_from", p) for p in start_checkpoints(pipeline)]
+    if pipeline.training.enabled:
+        inputs += [("training.start_from", p) for p in start_checkpoints(pipeline)]
     doomed = [p.resolve() for p in doomed]
     for setting, path in inputs:
         where = path.resolve()

@@ -40,14 +40,14 @@ def check_pipeline(pipeline: Pipeline) -> None:
         resolve_device(pipeline.device)
     except UserError as exc:
         problems.append(str(exc))
-    for i, mech in enumerate(pipeline.certify.mechanisms):
+    for i, mech in enumerate(pipeline.certification.certifiers):
         why = mech.check_noise(pipeline.noise)
         if why:
-            problems.append(f"certify.mechanisms[{i}]: {why}")
+            problems.append(f"certification.certifiers[{i}]: {why}")
         for j, strategy in enumerate(pipeline.ensemble.smoothing):
-            why = strategy.check_mechanism(mech)
+            why = strategy.check_certifier(mech)
             if why:
-                problems.append(f"ensemble.smoothing[{j}]: certify.mechanisms[{i}]: {why}")
+                problems.append(f"ensemble.smoothing[{j}]: certification.certifiers[{i}]: {why}")
     aggregator = pipeline.ensemble.aggregator
     for j, strategy in enumerate(pipeline.ensemble.smoothing):
         if strategy.needs_member_counts and aggregator.skips_members:
@@ -65,11 +65,11 @@ def check_pipeline(pipeline: Pipeline) -> None:
     why = pipeline.ensemble.aggregator.check_members(pipeline.ensemble.members)
     if why:
         problems.append(f"ensemble.aggregator: {why}")
-    if pipeline.train.enabled:
-        for i, reg in enumerate(pipeline.train.regularizers):
+    if pipeline.training.enabled:
+        for i, reg in enumerate(pipeline.training.regularizers):
             why = reg.check_members(pipeline.ensemble.members)
             if why:
-                problems.append(f"train.regularizers[{i}]: {why}")
+                problems.append(f"training.regularizers[{i}]: {why}")
         try:
             start_checkpoints(pipeline)
         except UserError as exc:
@@ -79,9 +79,9 @@ def check_pipeline(pipeline: Pipeline) -> None:
 
 
 def start_checkpoints(pipeline: Pipeline) -> list[Path]:
-    """The member checkpoints ``train.start_from`` names (one per member), or none; a UserError when they do not
+    """The member checkpoints ``training.start_from`` names (one per member), or none; a UserError when they do not
     fit the ensemble or do not exist."""
-    names = pipeline.train.start_from
+    names = pipeline.training.start_from
     if not names:
         return []
     members = pipeline.ensemble.members
@@ -89,13 +89,13 @@ def start_checkpoints(pipeline: Pipeline) -> list[Path]:
         run_dir = Path(names[0])
         if not run_dir.is_dir():
             raise UserError(
-                f"train.start_from: no such run directory {names[0]!r}; run the pipeline that trains it first, "
+                f"training.start_from: no such run directory {names[0]!r}; run the pipeline that trains it first, "
                 "or name one checkpoint file per member"
             )
         paths = [run_dir / "checkpoints" / f"member_{i}.pt" for i in range(members)]
     elif len(names) != members:
         raise UserError(
-            f"train.start_from: {len(names)} files for {members} members; name one checkpoint per member, "
+            f"training.start_from: {len(names)} files for {members} members; name one checkpoint per member, "
             "or one run directory whose checkpoints/ holds them"
         )
     else:
@@ -103,7 +103,7 @@ def start_checkpoints(pipeline: Pipeline) -> list[Path]:
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         raise UserError(
-            f"train.start_from: no such checkpoint {', '.join(missing)}; train that run first or fix the path"
+            f"training.start_from: no such checkpoint {', '.join(missing)}; train that run first or fix the path"
         )
     return paths
 

@@ -54,7 +54,7 @@ class Reporter:
 
 
 def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
-    """Certified accuracy at each radius and ACR, one row per mechanism, with the smoothed classifier each certifies;
+    """Certified accuracy at each radius and ACR, one row per certifier, with the smoothed classifier each certifies;
     a run whose counts may be wrong (reduced precision) says so in the title and caption."""
     title = f"Certified accuracy ({summary.examples} test inputs)"
     caption = None
@@ -62,13 +62,13 @@ def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
         title = f"NOT SOUND ({summary.precision}): {title}"
         caption = f"members ran in {summary.precision}: the radii are not sound certificates of the float32 ensemble"
     table = Table(title=escape(title), caption=caption and escape(caption), caption_style="bold red")
-    table.add_column("mechanism", style="bold")
+    table.add_column("certifier", style="bold")
     table.add_column("classifier")
     for r in radii:
         table.add_column(f"r = {r:g}", justify="right")
     for col in ("ACR", "abstain", "samples/input", "s/input"):
         table.add_column(col, justify="right")
-    for name, m in summary.mechanisms.items():
+    for name, m in summary.certifiers.items():
         table.add_row(
             escape(name),
             m.classifier,
@@ -82,9 +82,9 @@ def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
 
 
 def evaluation_table(summary: EvaluationSummary) -> Table:
-    """Accuracy, clean and under each attack, one row per combiner."""
+    """Accuracy, clean and under each attack, one row per aggregator."""
     table = Table(title=f"Accuracy under attack ({summary.examples} test inputs)")
-    table.add_column("combiner", style="bold")
+    table.add_column("aggregator", style="bold")
     columns = list(next(iter(summary.accuracy.values())))
     for col in columns:
         table.add_column(escape(col), justify="right")

@@ -1,9 +1,9 @@
 """Certifying inputs one by one, with reproducible noise: the one loop behind the API, the pipeline and the
 soundness harness.
 
-:func:`certify_inputs` certifies each input with every planned (strategy, mechanism) pair, from noise that depends
+:func:`certification_loop` certifies each input with every planned (strategy, certifier) pair, from noise that depends
 only on the seed and the input's index, and stamps each certificate with the smoothed classifier it is about;
-:func:`certify` is its short form for one mechanism, no pipeline needed.
+:func:`certify_inputs` is its short form for one certifier, no pipeline needed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .sampling import Classifier, MonteCarloSampler, SharedTallies, SmoothedClas
 
 
 def input_generator(seed: int, index: int, slot: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator for the noise of input ``index`` and mechanism ``slot``.
+    """A generator for the noise of input ``index`` and certifier ``slot``.
 
     Depends only on ``(seed, index, slot)``, so a resumed or sharded run draws exactly the noise an
     uninterrupted run would have drawn for the same input.
@@ -33,7 +33,7 @@ def input_generator(seed: int, index: int, slot: int = 0, device: torch.device |
 
 class DirectSmoothing(SmoothingStrategy):
     """Smooth the classifier as it is (for an ensemble: its aggregated prediction, as EBS does) and certify with
-    the mechanism alone; what :func:`certify` uses when no strategy is given."""
+    the certifier alone; what :func:`certify_inputs` uses when no strategy is given."""
 
     def smooth(self, ensemble: Ensemble, noise: NoiseSampler, *, batch_size: int) -> SmoothedClassifier:
         return MonteCarloSampler(ensemble, noise, batch_size=batch_size)
@@ -41,16 +41,16 @@ class DirectSmoothing(SmoothingStrategy):
 
 @attrs.frozen
 class Planned:
-    """One column of results: ``mechanism`` certified through ``strategy`` on ``smoothed`` (shared by every entry
+    """One column of results: ``certifier`` certified through ``strategy`` on ``smoothed`` (shared by every entry
     of the same strategy), under ``label``."""
 
     label: str
     strategy: SmoothingStrategy
-    mechanism: Certifier
+    certifier: Certifier
     smoothed: SharedTallies
 
 
-def certify_inputs(
+def certification_loop(
     plan: Sequence[Planned],
     indices: Sequence[int],
     fetch: Callable[[int], Tensor],
@@ -63,11 +63,11 @@ def certify_inputs(
     Every entry of the plan starts from the input's one noise stream (``input_generator(seed, i)``), so entries
     with equal sampling settings share their draws (:class:`SharedTallies`), and small first draws of upcoming
     inputs are drawn together in one forward pass. Each outcome records its certificate (stamped with the smoothed
-    classifier the strategy and mechanism certify), its seconds and its member evaluations.
+    classifier the strategy and certifier certify), its seconds and its member evaluations.
     """
     samplers = list(dict.fromkeys(entry.smoothed for entry in plan))
     ahead = {id(s): 0 for s in samplers}  # per sampler: the position in indices up to which first draws are drawn
-    classifiers = [entry.strategy.classifier(entry.mechanism) for entry in plan]
+    classifiers = [entry.strategy.classifier(entry.certifier) for entry in plan]
     fetched: dict[int, Tensor] = {}  # inputs read ahead for a prefetch, each read once
 
     def get(i: int) -> Tensor:
@@ -90,7 +90,9 @@ def certify_inputs(
             usage = entry.smoothed.usage
             before = usage.snapshot() if usage is not None else None
             start = time.perf_counter()
-            cert = entry.strategy.certify(entry.mechanism, entry.smoothed, x, input_generator(seed, index, 0, device))
+            cert = entry.strategy.certificate(
+                entry.certifier, entry.smoothed, x, input_generator(seed, index, 0, device)
+            )
             seconds = time.perf_counter() - start
             cert = attrs.evolve(cert, classifier=classifier)
             spent = usage - before if usage is not None else None
@@ -100,8 +102,8 @@ def certify_inputs(
         yield index, outcomes
 
 
-def certify(
-    mechanism: Certifier,
+def certify_inputs(
+    certifier: Certifier,
     classifier: Classifier | SmoothedClassifier,
     inputs: Iterable[Tensor] | Tensor,
     noise: NoiseSampler | None = None,
@@ -113,7 +115,7 @@ def certify(
     indices: Sequence[int] | None = None,
     device: torch.device | str | None = None,
 ) -> list[Certificate]:
-    """Certify each input with ``mechanism``, no pipeline needed.
+    """Certify each input with ``certifier``, no pipeline needed.
 
     ``classifier`` is any callable from a batch of inputs to logits (an :class:`~ensemblecert.Ensemble`
     included), smoothed with ``noise`` by ``strategy`` (for example EAS; default: the classifier as it is); or
@@ -135,7 +137,7 @@ def certify(
             smoothed = MonteCarloSampler(
                 classifier, noise, num_classes=num_classes, batch_size=batch_size, device=device
             )
-    for problem in (mechanism.check_noise(smoothed.noise), strategy.check_mechanism(mechanism)):
+    for problem in (certifier.check_noise(smoothed.noise), strategy.check_certifier(certifier)):
         if problem:
             raise ValueError(problem)
     inputs = list(inputs)
@@ -146,7 +148,9 @@ def certify(
     position = {int(i): k for k, i in enumerate(indices)}
     if len(position) != len(inputs):
         raise ValueError("indices must be distinct: each input's noise comes from its index")
-    plan = [Planned("certificate", strategy, mechanism, SharedTallies(smoothed))]
+    plan = [Planned("certificate", strategy, certifier, SharedTallies(smoothed))]
     gen_device = smoothed.device if isinstance(smoothed, MonteCarloSampler) else (device or "cpu")
-    loop = certify_inputs(plan, [int(i) for i in indices], lambda i: inputs[position[i]], seed=seed, device=gen_device)
+    loop = certification_loop(
+        plan, [int(i) for i in indices], lambda i: inputs[position[i]], seed=seed, device=gen_device
+    )
     return [outcomes["certificate"].certificate for _, outcomes in loop]

@@ -1,8 +1,8 @@
 """Results: one TSV row per certified input, written as soon as it is known, and a summary.
 
 Columns: the base columns (``idx label predict radius correct time samples evaluations classifier``) for the
-first mechanism, ``classifier`` naming the smoothed classifier the certificate is about (``hard`` or ``soft``);
-with several mechanisms the same per mechanism as ``<label>:<field>``; then extra columns ``<label>:<key>`` for
+first certifier, ``classifier`` naming the smoothed classifier the certificate is about (``hard`` or ``soft``);
+with several certifiers the same per certifier as ``<label>:<field>``; then extra columns ``<label>:<key>`` for
 everything a certificate's ``details`` holds (bounds, counts, stages, per-member radii) and, where an aggregator
 settled samples early, ``<label>:kcr``. The extra columns are fixed by the first
 row written; a resumed run reads them back.
@@ -29,7 +29,7 @@ _PER_MECHANISM = ("predict", "radius", "correct", "time", "samples", "evaluation
 
 @attrs.frozen
 class Outcome:
-    """One mechanism's result on one input: its certificate, the seconds it took, the member evaluations it
+    """One certifier's result on one input: its certificate, the seconds it took, the member evaluations it
     spent, and how many of its noisy samples the aggregator settled early (K-consensus), where known."""
 
     certificate: Certificate
@@ -47,19 +47,19 @@ class Outcome:
 
 @attrs.frozen
 class ExampleResult:
-    """Every mechanism's result on one test input (``index`` into the test split)."""
+    """Every certifier's result on one test input (``index`` into the test split)."""
 
     index: int
     label: int
     outcomes: Mapping[str, Outcome]
 
-    def correct(self, mechanism: str) -> bool:
-        return self.outcomes[mechanism].certificate.prediction == self.label
+    def correct(self, certifier: str) -> bool:
+        return self.outcomes[certifier].certificate.prediction == self.label
 
 
 @attrs.frozen
 class MechanismSummary:
-    """Certified accuracy at each radius, average certified radius (ACR) and costs, for one mechanism.
+    """Certified accuracy at each radius, average certified radius (ACR) and costs, for one certifier.
 
     ``evaluation_share``: member evaluations spent over those the full ensemble would have spent on the
     same samples (below 1 when an aggregator skipped members). ``details``: the mean of every extra column.
@@ -81,11 +81,11 @@ class MechanismSummary:
 
 @attrs.frozen
 class Summary:
-    """Every mechanism's summary over ``examples`` inputs. ``precision`` is the members' arithmetic; ``sound`` is
+    """Every certifier's summary over ``examples`` inputs. ``precision`` is the members' arithmetic; ``sound`` is
     false when a reduced precision could have changed what was counted (the radii then promise nothing)."""
 
     examples: int
-    mechanisms: Mapping[str, MechanismSummary]
+    certifiers: Mapping[str, MechanismSummary]
     precision: str = "fp32"
     sound: bool = True
 
@@ -94,13 +94,13 @@ class Summary:
             "examples": self.examples,
             "precision": self.precision,
             "sound": self.sound,
-            "mechanisms": {
+            "certifiers": {
                 name: {
                     **attrs.asdict(m, recurse=False),
                     "certified_accuracy": {f"{r:g}": acc for r, acc in m.certified_accuracy.items()},
                     "details": dict(m.details),
                 }
-                for name, m in self.mechanisms.items()
+                for name, m in self.certifiers.items()
             },
         }
 
@@ -111,7 +111,7 @@ def _mean(values: Sequence[float]) -> float:
 
 def summarize(
     results: Sequence[ExampleResult],
-    mechanisms: Sequence[str],
+    certifiers: Sequence[str],
     radii: Sequence[float],
     *,
     members: int | None = None,
@@ -125,7 +125,7 @@ def summarize(
     """
     n = len(results)
     out = {}
-    for name in mechanisms:
+    for name in certifiers:
         outcomes = [r.outcomes[name] for r in results]
         certs = [(o.certificate, r.correct(name)) for o, r in zip(outcomes, results)]
         samples = [c.samples for c, _ in certs]
@@ -148,37 +148,37 @@ def summarize(
             details={k: _mean([e[k] for e in extras if k in e and not math.isnan(e[k])]) for k in keys},
             classifier=_classifier(outcomes, name),
         )
-    return Summary(examples=n, mechanisms=out, precision=precision, sound=sound)
+    return Summary(examples=n, certifiers=out, precision=precision, sound=sound)
 
 
 def _classifier(outcomes: Sequence[Outcome], name: str) -> str:
-    """The one smoothed classifier a mechanism's certificates are about (``hard`` when there are none)."""
+    """The one smoothed classifier a certifier's certificates are about (``hard`` when there are none)."""
     found = {o.certificate.classifier for o in outcomes}
     if len(found) > 1:
         raise UserError(f"{name}: certificates about both the hard and the soft smoothed classifier in one column")
     return found.pop() if found else HARD
 
 
-def columns(mechanisms: Sequence[str], extras: Sequence[str] = ()) -> list[str]:
-    """TSV header: the base columns for the first mechanism, per-mechanism columns when there are several,
-    then the extra columns ``<mechanism>:<key>``."""
+def columns(certifiers: Sequence[str], extras: Sequence[str] = ()) -> list[str]:
+    """TSV header: the base columns for the first certifier, per-certifier columns when there are several,
+    then the extra columns ``<certifier>:<key>``."""
     cols = list(BASE_COLUMNS)
-    if len(mechanisms) > 1:
-        for name in mechanisms:
+    if len(certifiers) > 1:
+        for name in certifiers:
             cols += [f"{name}:{f}" for f in _PER_MECHANISM]
     return cols + list(extras)
 
 
-def extra_columns(result: ExampleResult, mechanisms: Sequence[str]) -> list[str]:
-    """The extra columns a row of ``result`` calls for, in mechanism order."""
-    return [f"{name}:{key}" for name in mechanisms for key in result.outcomes[name].extras()]
+def extra_columns(result: ExampleResult, certifiers: Sequence[str]) -> list[str]:
+    """The extra columns a row of ``result`` calls for, in certifier order."""
+    return [f"{name}:{key}" for name in certifiers for key in result.outcomes[name].extras()]
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-def _row(result: ExampleResult, mechanisms: Sequence[str], extras: Sequence[str]) -> list[str]:
+def _row(result: ExampleResult, certifiers: Sequence[str], extras: Sequence[str]) -> list[str]:
     def fields(name: str) -> list[str]:
         o = result.outcomes[name]
         c = o.certificate
@@ -193,11 +193,11 @@ def _row(result: ExampleResult, mechanisms: Sequence[str], extras: Sequence[str]
             c.classifier,
         ]
 
-    row = [str(result.index), str(result.label), *fields(mechanisms[0])]
-    if len(mechanisms) > 1:
-        for name in mechanisms:
+    row = [str(result.index), str(result.label), *fields(certifiers[0])]
+    if len(certifiers) > 1:
+        for name in certifiers:
             row += fields(name)
-    values = {f"{name}:{k}": v for name in mechanisms for k, v in result.outcomes[name].extras().items()}
+    values = {f"{name}:{k}": v for name in certifiers for k, v in result.outcomes[name].extras().items()}
     return row + [_fmt(values.get(col)) for col in extras]
 
 
@@ -209,20 +209,20 @@ class ResultsWriter:
     anything is appended, so it can never run into the next row.
     """
 
-    def __init__(self, path: str | Path, mechanisms: Sequence[str]) -> None:
+    def __init__(self, path: str | Path, certifiers: Sequence[str]) -> None:
         self.path = Path(path)
-        self.mechanisms = list(mechanisms)
+        self.certifiers = list(certifiers)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         cut_partial_line(self.path)
         fresh = not self.path.exists() or self.path.stat().st_size == 0
-        self.extras: list[str] | None = None if fresh else _read_header(self.path)[len(columns(self.mechanisms)) :]
+        self.extras: list[str] | None = None if fresh else _read_header(self.path)[len(columns(self.certifiers)) :]
         self._fh = self.path.open("a", encoding="utf-8", newline="")
 
     def write(self, result: ExampleResult) -> None:
         if self.extras is None:
-            self.extras = extra_columns(result, self.mechanisms)
-            self._fh.write("\t".join(columns(self.mechanisms, self.extras)) + "\n")
-        self._fh.write("\t".join(_row(result, self.mechanisms, self.extras)) + "\n")
+            self.extras = extra_columns(result, self.certifiers)
+            self._fh.write("\t".join(columns(self.certifiers, self.extras)) + "\n")
+        self._fh.write("\t".join(_row(result, self.certifiers, self.extras)) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
@@ -251,11 +251,11 @@ def cut_partial_line(path: Path) -> None:
         fh.truncate(data.rfind(b"\n") + 1)
 
 
-def rewrite_results(path: Path, results: Sequence[ExampleResult], mechanisms: Sequence[str]) -> None:
+def rewrite_results(path: Path, results: Sequence[ExampleResult], certifiers: Sequence[str]) -> None:
     """Replace ``path`` atomically with exactly ``results`` (one row each, in the given order)."""
     tmp = path.with_name(f".{path.name}.rewrite.tmp")
     tmp.unlink(missing_ok=True)
-    with ResultsWriter(tmp, mechanisms) as writer:
+    with ResultsWriter(tmp, certifiers) as writer:
         for result in results:
             writer.write(result)
     if not results:
@@ -281,22 +281,22 @@ def _read_header(path: Path) -> list[str]:
     return first.split("\t") if first else []
 
 
-def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleResult]:
-    """Read a results TSV written for ``mechanisms``; a truncated last line (a crash mid-write) is dropped."""
+def read_results(path: str | Path, certifiers: Sequence[str]) -> list[ExampleResult]:
+    """Read a results TSV written for ``certifiers``; a truncated last line (a crash mid-write) is dropped."""
     path = Path(path)
     text = _read_text(path)
     lines = text.split("\n")
     complete = lines[:-1] if not text.endswith("\n") else lines
     reader = csv.reader([ln for ln in complete if ln], delimiter="\t")
     header = next(reader, None)
-    expected = columns(mechanisms)
+    expected = columns(certifiers)
     if header is None:
         return []
     extras = header[len(expected) :]
-    if header[: len(expected)] != expected or not all(_is_extra(c, mechanisms) for c in extras):
+    if header[: len(expected)] != expected or not all(_is_extra(c, certifiers) for c in extras):
         raise UserError(
-            f"{path}: its columns {header[: len(expected)]} do not match this pipeline's mechanisms "
-            f"{list(mechanisms)}; "
+            f"{path}: its columns {header[: len(expected)]} do not match this pipeline's certifiers "
+            f"{list(certifiers)}; "
             "use --fresh to start over or choose another output directory"
         )
     at = {c: i for i, c in enumerate(header)}
@@ -305,14 +305,14 @@ def read_results(path: str | Path, mechanisms: Sequence[str]) -> list[ExampleRes
         if len(row) != len(header):
             raise UserError(f"{path}, line {line}: {len(row)} fields where the header has {len(header)}; {_FIX}")
         try:
-            results.append(_parse_row(row, at, mechanisms))
+            results.append(_parse_row(row, at, certifiers))
         except ValueError as exc:
             raise UserError(f"{path}, line {line}: {exc}; {_FIX}") from None
     cut_partial_line(path)  # before anything is appended
     return results
 
 
-def merge_results(paths: Sequence[str | Path], into: str | Path, mechanisms: Sequence[str]) -> list[ExampleResult]:
+def merge_results(paths: Sequence[str | Path], into: str | Path, certifiers: Sequence[str]) -> list[ExampleResult]:
     """Merge the records of ``paths`` (``into`` itself among them when it exists) into ``into``, one row per
     input in index order, and return them. ``into`` is replaced atomically; the merged files other than ``into``
     are deleted only afterwards, so a run killed while merging loses nothing (a record met twice is kept once)."""
@@ -320,18 +320,18 @@ def merge_results(paths: Sequence[str | Path], into: str | Path, mechanisms: Seq
     found: dict[int, ExampleResult] = {}
     for path in [into, *paths]:
         if Path(path).exists():
-            for result in read_results(path, mechanisms):
+            for result in read_results(path, certifiers):
                 found.setdefault(result.index, result)
     merged = [found[i] for i in sorted(found)]
-    rewrite_results(into, merged, mechanisms)
+    rewrite_results(into, merged, certifiers)
     for path in paths:
         if Path(path) != into:
             Path(path).unlink(missing_ok=True)
     return merged
 
 
-def _is_extra(column: str, mechanisms: Sequence[str]) -> bool:
-    return any(column.startswith(f"{name}:") for name in mechanisms)
+def _is_extra(column: str, certifiers: Sequence[str]) -> bool:
+    return any(column.startswith(f"{name}:") for name in certifiers)
 
 
 def _number(text: str, kind: type[int] | type[float], column: str) -> int | float:
@@ -347,10 +347,10 @@ def _number(text: str, kind: type[int] | type[float], column: str) -> int | floa
     return value
 
 
-def _parse_row(row: Sequence[str], at: Mapping[str, int], mechanisms: Sequence[str]) -> ExampleResult:
+def _parse_row(row: Sequence[str], at: Mapping[str, int], certifiers: Sequence[str]) -> ExampleResult:
     outcomes = {}
-    for name in mechanisms:
-        prefix = f"{name}:" if len(mechanisms) > 1 else ""
+    for name in certifiers:
+        prefix = f"{name}:" if len(certifiers) > 1 else ""
         value = {f: row[at[prefix + f]] for f in ("predict", "radius", "time", "samples", "evaluations", "classifier")}
         if value["classifier"] not in SMOOTHED_CLASSIFIERS:
             raise ValueError(
@@ -380,8 +380,8 @@ def _parse_row(row: Sequence[str], at: Mapping[str, int], mechanisms: Sequence[s
     return ExampleResult(index=_number(row[0], int, "idx"), label=_number(row[1], int, "label"), outcomes=outcomes)
 
 
-def plot_certified_accuracy(results: Iterable[ExampleResult], mechanisms: Sequence[str], path: str | Path) -> Path:
-    """Save certified accuracy against radius (one curve per mechanism) as a PNG."""
+def plot_certified_accuracy(results: Iterable[ExampleResult], certifiers: Sequence[str], path: str | Path) -> Path:
+    """Save certified accuracy against radius (one curve per certifier) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,7 +389,7 @@ def plot_certified_accuracy(results: Iterable[ExampleResult], mechanisms: Sequen
 
     results = list(results)
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    for name in mechanisms:
+    for name in certifiers:
         radii = sorted(r.outcomes[name].certificate.radius for r in results if r.correct(name))
         top = max([*radii, 1e-9])
         grid = [1.05 * top * i / 200 for i in range(201)]

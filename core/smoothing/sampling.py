@@ -332,9 +332,9 @@ def _device_of(classifier: Classifier) -> torch.device:
 
 
 class SharedTallies:
-    """A smoothed classifier that draws each distinct tally of an input once, for every mechanism that asks.
+    """A smoothed classifier that draws each distinct tally of an input once, for every certifier that asks.
 
-    Mechanisms of one run draw the noise of an input from generators seeded alike, so two mechanisms with the
+    Certifiers of one run draw the noise of an input from generators seeded alike, so two certifiers with the
     same sampling settings ask for the same tallies in the same order. A tally is remembered under the
     generator's state before the draw, ``n`` and whether per-member counts were asked for (softmax sums are
     always kept, so the multinomial and softmax views share the draws); a repeated request returns the

@@ -18,13 +18,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..components import Aggregator, DataSplits, NoiseSampler
-from ..config import TrainConfig
+from ..config import TrainingConfig
 from ..distributed import SINGLE, World
 from ..seeds import generator
 from .objectives import TrainBatch, total
 
 
-def batch_terms(config: TrainConfig, batch: TrainBatch) -> dict[str, torch.Tensor]:
+def batch_terms(config: TrainingConfig, batch: TrainBatch) -> dict[str, torch.Tensor]:
     """Every named term of the objective on ``batch``: the base loss's, then each regularizer's (a name that
     repeats is prefixed with its regularizer's position)."""
     terms = dict(config.loss.terms(batch))
@@ -37,7 +37,7 @@ def batch_terms(config: TrainConfig, batch: TrainBatch) -> dict[str, torch.Tenso
 def train_ensemble(
     members: Sequence[nn.Module],
     data: DataSplits,
-    config: TrainConfig,
+    config: TrainingConfig,
     *,
     noise: NoiseSampler,
     aggregator: Aggregator,

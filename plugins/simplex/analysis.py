@@ -126,16 +126,17 @@ class MechanismRecord:
 def read_run(run_dir: str | Path) -> tuple[list[MechanismRecord], list[float]]:
     """The records of every certifier in ``run_dir`` that reported ``e0`` and ``e1``, and the run's radii."""
     run_dir = Path(run_dir)
-    meta_path, tsv = run_dir / "certify.json", run_dir / "certify.tsv"
+    meta_path, tsv = run_dir / "certification.meta.json", run_dir / "certification.tsv"
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; give the output directory of `ensemblecert run`")
     if not tsv.exists() or not meta_path.exists():
         raise UserError(
-            f"{run_dir}: holds no certification results (certify.tsv and certify.json); run the pipeline first"
+            f"{run_dir}: holds no certification results (certification.tsv and certification.meta.json); "
+            "run the pipeline first"
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        labels = [str(m) for m in meta["mechanisms"]]
+        labels = [str(m) for m in meta["certifiers"]]
     except (ValueError, KeyError, TypeError):
         raise UserError(
             f"{meta_path}: damaged (no list of mechanisms in it); run the pipeline again with --fresh"
@@ -143,7 +144,8 @@ def read_run(run_dir: str | Path) -> tuple[list[MechanismRecord], list[float]]:
     radii = [0.0, 0.25, 0.5, 0.75, 1.0]
     try:
         radii = [
-            float(r) for r in json.loads((run_dir / "pipeline.json").read_text(encoding="utf-8"))["certify"]["radii"]
+            float(r)
+            for r in json.loads((run_dir / "pipeline.json").read_text(encoding="utf-8"))["certification"]["radii"]
         ]
     except (OSError, ValueError, KeyError, TypeError):
         pass

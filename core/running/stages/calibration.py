@@ -73,7 +73,7 @@ class CalibrationStage(Stage):
             noise=p.noise,
             generator=generator(p.seed, "heldout-noise", device=run.device),
             device=run.device,
-            batch_size=p.certify.batch_size,
+            batch_size=p.certification.batch_size,
         )
         for m in run.members:
             m.eval()

@@ -1,8 +1,8 @@
-"""The certification stage: certify the selected test inputs with every smoothing strategy and mechanism.
+"""The certification stage: certify the selected test inputs with every smoothing strategy and certifier.
 
-One row per input goes to ``certify.tsv`` as soon as it is certified (under torchrun each rank writes
-``certify.part-<rank>.tsv``, merged by rank 0 at the end); a resumed run skips the inputs already there, and the
-file keeps exactly the rows of the inputs this configuration selects. ``summary.json`` and the plot are written at
+One row per input goes to ``certification.tsv`` as soon as it is certified (under torchrun each rank writes
+``certification.part-<rank>.tsv``, merged by rank 0 at the end); a resumed run skips the inputs already there, and the
+file keeps exactly the rows of the inputs this configuration selects. ``certification.json`` and the plot are written at
 the end.
 """
 
@@ -13,7 +13,7 @@ import attrs
 from ...checkpoints import plain, write_json
 from ...components import Stage
 from ...config import describe
-from ...smoothing.certification import Planned, certify_inputs
+from ...smoothing.certification import Planned, certification_loop
 from ...smoothing.results import (
     ExampleResult,
     ResultsWriter,
@@ -28,21 +28,21 @@ from ..context import Outputs, RunContext, weights_digest
 
 
 def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:
-    """``(label, strategy index, mechanism index)`` for every smoothing strategy and mechanism, in results order.
+    """``(label, strategy index, certifier index)`` for every smoothing strategy and certifier, in results order.
 
-    Labels are the mechanisms' names (numbered when one repeats), prefixed by the strategy's name (``eas/cohen``)
+    Labels are the certifiers' names (numbered when one repeats), prefixed by the strategy's name (``eas/cohen``)
     when the pipeline compares several strategies.
     """
     p = run.pipeline
-    mechanisms, strategies = run.labels(p.certify.mechanisms), run.labels(p.ensemble.smoothing)
+    certifiers, strategies = run.labels(p.certification.certifiers), run.labels(p.ensemble.smoothing)
     if len(strategies) == 1:
-        return [(label, 0, k) for k, label in enumerate(mechanisms)]
-    return [(f"{s}/{m}", i, k) for i, s in enumerate(strategies) for k, m in enumerate(mechanisms)]
+        return [(label, 0, k) for k, label in enumerate(certifiers)]
+    return [(f"{s}/{m}", i, k) for i, s in enumerate(strategies) for k, m in enumerate(certifiers)]
 
 
 def selected(run: RunContext) -> list[int]:
     """The test inputs this configuration certifies (``skip``, ``max_examples``)."""
-    c = run.pipeline.certify
+    c = run.pipeline.certification
     indices = list(range(0, len(run.data.test), c.skip))
     return indices if c.max_examples is None else indices[: c.max_examples]
 
@@ -51,14 +51,20 @@ def selected(run: RunContext) -> list[int]:
 class CertificationStage(Stage):
     """Certify; leaves ``run.results`` (in input order) and ``run.summary``."""
 
-    outputs = (Outputs.CERTIFY_TSV, Outputs.CERTIFY_PARTS, Outputs.CERTIFY_META, Outputs.SUMMARY, Outputs.CERTIFY_PLOT)
+    outputs = (
+        Outputs.CERTIFICATION_TSV,
+        Outputs.CERTIFICATION_PARTS,
+        Outputs.CERTIFICATION_META,
+        Outputs.CERTIFICATION_SUMMARY,
+        Outputs.CERTIFICATION_PLOT,
+    )
     refusal = (
         "holds results of a different model or certification setup; run with --fresh to replace them or choose "
         "another output directory"
     )
 
     def enabled(self, run: RunContext) -> bool:
-        return run.pipeline.certify.enabled
+        return run.pipeline.certification.enabled
 
     def fingerprint(self, run: RunContext) -> object | None:
         p, ensemble = run.pipeline, run.assembled()
@@ -67,19 +73,19 @@ class CertificationStage(Stage):
             "aggregator": plain(describe(ensemble.aggregator, run.registry)),
             "smoothing": run.config["ensemble"]["smoothing"],
             "noise": run.config["noise"],
-            "mechanisms": run.config["certify"]["mechanisms"],
-            "batch_size": p.certify.batch_size,
+            "certifiers": run.config["certification"]["certifiers"],
+            "batch_size": p.certification.batch_size,
             "seed": p.seed,
-            "draws": "shared",  # every mechanism starts from the input's one noise stream
+            "draws": "shared",  # every certifier starts from the input's one noise stream
             # layout and compilation change only rounding; a reduced precision changes what is counted
             **({"precision": p.engine.precision} if p.engine.reduced else {}),
         }
 
     def run(self, run: RunContext) -> None:
-        p, c, world, ensemble = run.pipeline, run.pipeline.certify, run.world, run.assembled()
+        p, c, world, ensemble = run.pipeline, run.pipeline.certification, run.world, run.assembled()
         labels = [label for label, _, _ in certification_plan(run)]
-        tsv = run.path(Outputs.CERTIFY_TSV)
-        files = [path for path in [tsv, *sorted(run.out.glob(Outputs.CERTIFY_PARTS))] if path.exists()]
+        tsv = run.path(Outputs.CERTIFICATION_TSV)
+        files = [path for path in [tsv, *sorted(run.out.glob(Outputs.CERTIFICATION_PARTS))] if path.exists()]
         records = {path: read_results(path, labels) for path in files}
         found: dict[int, ExampleResult] = {}
         for rows in records.values():
@@ -90,7 +96,7 @@ class CertificationStage(Stage):
         world.barrier()  # every rank has read the records before rank 0 writes anything
         if world.main:
             engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe(), "processes": world.size}
-            write_json(run.path(Outputs.CERTIFY_META), {"mechanisms": labels, "engine": engine})
+            write_json(run.path(Outputs.CERTIFICATION_META), {"certifiers": labels, "engine": engine})
             for path, rows in records.items():  # rows of inputs this configuration no longer selects are dropped
                 if any(r.index not in wanted for r in rows):
                     rewrite_results(path, [r for r in rows if r.index in wanted], labels)
@@ -101,24 +107,24 @@ class CertificationStage(Stage):
         todo = world.shard([i for i in indices if i not in finished])
         if results:
             run.reporter.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already certified")
-        mine = tsv if not world.distributed else run.path(Outputs.CERTIFY_PART, rank=world.rank)
+        mine = tsv if not world.distributed else run.path(Outputs.CERTIFICATION_PART, rank=world.rank)
         strategies = p.ensemble.smoothing
-        # mechanisms with equal sampling settings ask for the same draws of an input: each is drawn once
+        # certifiers with equal sampling settings ask for the same draws of an input: each is drawn once
         smoothed = [SharedTallies(s.smooth(ensemble, p.noise, batch_size=c.batch_size)) for s in strategies]
-        plan = [Planned(label, strategies[i], c.mechanisms[k], smoothed[i]) for label, i, k in certification_plan(run)]
+        plan = [Planned(label, strategies[i], c.certifiers[k], smoothed[i]) for label, i, k in certification_plan(run)]
         correct = sum(r.correct(labels[0]) for r in results)
         with ResultsWriter(mine, labels) as writer, run.reporter.progress() as bar:
             title = "certify" if not world.distributed else f"certify (rank {world.rank} of {world.size})"
             task = bar.add_task(title, total=len(todo) + len(results), completed=len(results), status="")
             test = run.data.test
-            for index, outcomes in certify_inputs(plan, todo, lambda i: test[i][0], seed=p.seed, device=run.device):
+            for index, outcomes in certification_loop(plan, todo, lambda i: test[i][0], seed=p.seed, device=run.device):
                 result = ExampleResult(index=index, label=int(test[index][1]), outcomes=outcomes)
                 writer.write(result)
                 results.append(result)
                 correct += result.correct(labels[0])
                 bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
         world.barrier()  # every rank's records are written
-        parts = sorted(run.out.glob(Outputs.CERTIFY_PARTS))
+        parts = sorted(run.out.glob(Outputs.CERTIFICATION_PARTS))
         if world.main and parts:
             merge_results(parts, tsv, labels)
         world.barrier()
@@ -135,10 +141,10 @@ class CertificationStage(Stage):
             sound=not p.engine.reduced,
         )
         if world.main:
-            write_json(run.path(Outputs.SUMMARY), {**run.summary.to_dict(), "tsv": str(tsv)})
+            write_json(run.path(Outputs.CERTIFICATION_SUMMARY), {**run.summary.to_dict(), "tsv": str(tsv)})
             if results:
-                plot_certified_accuracy(results, labels, run.path(Outputs.CERTIFY_PLOT))
-            run.reporter.info(f"Results: {tsv}, {run.path(Outputs.SUMMARY)}")
+                plot_certified_accuracy(results, labels, run.path(Outputs.CERTIFICATION_PLOT))
+            run.reporter.info(f"Results: {tsv}, {run.path(Outputs.CERTIFICATION_SUMMARY)}")
 
     @staticmethod
     def _announce(run: RunContext) -> None:
@@ -152,5 +158,5 @@ class CertificationStage(Stage):
             )
         if world.distributed:
             run.reporter.info(
-                f"Certifying on {world.size} processes; each writes certify.part-<rank>.tsv, merged at the end"
+                f"Certifying on {world.size} processes; each writes certification.part-<rank>.tsv, merged at the end"
             )

@@ -1,6 +1,6 @@
-"""The evaluation stage: accuracy on clean test inputs and under each attack, per combiner (``[evaluate]``).
+"""The evaluation stage: accuracy on clean test inputs and under each attack, per aggregator (``[evaluation]``).
 
-Rows go to ``evaluate.tsv`` batch by batch (see :mod:`ensemblecert.evaluation`) and the accuracies to
+Rows go to ``evaluation.tsv`` batch by batch (see :mod:`ensemblecert.evaluation`) and the accuracies to
 ``evaluation.json``. It runs on rank 0 alone: attacks are cheap next to certification.
 """
 
@@ -16,43 +16,43 @@ from ..evaluation import evaluate
 
 @attrs.frozen
 class EvaluationStage(Stage):
-    """Evaluate the members under ``[evaluate]``'s attacks; leaves ``run.evaluation``."""
+    """Evaluate the members under ``[evaluation]``'s attacks; leaves ``run.evaluation``."""
 
-    outputs = (Outputs.EVALUATE_TSV, Outputs.EVALUATE_META)
+    outputs = (Outputs.EVALUATION_TSV, Outputs.EVALUATION_SUMMARY)
     refusal = (
         "holds results of a different model or evaluation setup; run with --fresh to replace them or choose "
         "another output directory"
     )
 
     def enabled(self, run: RunContext) -> bool:
-        return bool(run.pipeline.evaluate.attacks)
+        return bool(run.pipeline.evaluation.attacks)
 
     def check(self, run: RunContext) -> list[str]:
         classes = run.data.info.num_classes
-        problems = [(i, attack.check_classes(classes)) for i, attack in enumerate(run.pipeline.evaluate.attacks)]
-        return [f"evaluate.attacks[{i}]: {why}" for i, why in problems if why]
+        problems = [(i, attack.check_classes(classes)) for i, attack in enumerate(run.pipeline.evaluation.attacks)]
+        return [f"evaluation.attacks[{i}]: {why}" for i, why in problems if why]
 
     def fingerprint(self, run: RunContext) -> object | None:
         return {
             "weights": weights_digest(run.members),
             # a row depends on its batch, i.e. on skip and batch_size, but not on how many inputs are evaluated
-            "evaluate": {k: v for k, v in run.config["evaluate"].items() if k != "max_examples"},
+            "evaluation": {k: v for k, v in run.config["evaluation"].items() if k != "max_examples"},
             "seed": run.pipeline.seed,
         }
 
     def run(self, run: RunContext) -> None:
         if not run.world.main:  # on rank 0 alone
             return
-        p, e = run.pipeline, run.pipeline.evaluate
-        combiners = dict(zip(run.labels(e.combiners), e.combiners))
+        p, e = run.pipeline, run.pipeline.evaluation
+        aggregators = dict(zip(run.labels(e.aggregators), e.aggregators))
         attacks = dict(zip(run.labels(e.attacks), e.attacks))
-        tsv, meta = run.path(Outputs.EVALUATE_TSV), run.path(Outputs.EVALUATE_META)
+        tsv, meta = run.path(Outputs.EVALUATION_TSV), run.path(Outputs.EVALUATION_SUMMARY)
         indices = list(range(0, len(run.data.test), e.skip))[: e.max_examples]
         with run.reporter.progress() as bar:
             task = bar.add_task("evaluate", total=len(indices), status=", ".join(attacks))
             run.evaluation = evaluate(
                 run.members,
-                combiners,
+                aggregators,
                 attacks,
                 run.data.test,
                 indices,

@@ -33,11 +33,11 @@ def training_setup(run: RunContext) -> dict[str, Any]:
         "data": c["data"],
         "model": c["ensemble"]["model"],
         "members": c["ensemble"]["members"],
-        "noise": c["train"]["noise"] or c["noise"],
+        "noise": c["training"]["noise"] or c["noise"],
         "seed": c["seed"],
-        "train": {k: v for k, v in c["train"].items() if k not in ("enabled", "noise")},
+        "training": {k: v for k, v in c["training"].items() if k not in ("enabled", "noise")},
         "heldout": c["heldout"] if p.ensemble.aggregator.needs_heldout() else None,
-        "start_from": [file_digest(path) for path in start_checkpoints(p)] if p.train.enabled else [],
+        "start_from": [file_digest(path) for path in start_checkpoints(p)] if p.training.enabled else [],
     }
 
 
@@ -49,13 +49,13 @@ class MembersStage(Stage):
     outputs = (Outputs.MEMBER.format(index="*"), Outputs.TRAIN_STATE, Outputs.TRAIN_LOG, Outputs.TRAIN_PLOT)
     refusal = (
         "was trained with a different configuration than this pipeline's; run with --fresh to retrain, choose "
-        "another output directory, or set train.enabled = false to certify the existing members as they are"
+        "another output directory, or set training.enabled = false to certify the existing members as they are"
     )
 
     def fingerprint(self, run: RunContext) -> object | None:
         """The training setup when this run trains its members; nothing to check when it only loads them."""
         p = run.pipeline
-        return training_setup(run) if p.train.enabled and not p.ensemble.checkpoints else None
+        return training_setup(run) if p.training.enabled and not p.ensemble.checkpoints else None
 
     def recorded(self, run: RunContext, name: str) -> str | None:
         """Member checkpoints and the training state carry the digest of the setup that made them (so trained
@@ -82,20 +82,20 @@ class MembersStage(Stage):
             return
         paths = [run.path(Outputs.MEMBER, index=i) for i in range(len(members))]
         if all(path.exists() for path in paths):
-            expected = fingerprint(training_setup(run)) if p.train.enabled else None
+            expected = fingerprint(training_setup(run)) if p.training.enabled else None
             for member, path in zip(members, paths):
                 load_member(member, path, model=model, info=info, fingerprint=expected)
             run.reporter.info(f"Reusing the {len(members)} trained members in {run.path(Outputs.CHECKPOINTS)}")
             return
-        if not p.train.enabled:
+        if not p.training.enabled:
             raise UserError(
                 f"no trained members in {run.path(Outputs.CHECKPOINTS)} (expected {', '.join(x.name for x in paths)}); "
-                "enable training (train.enabled = true) or name existing files in ensemble.checkpoints"
+                "enable training (training.enabled = true) or name existing files in ensemble.checkpoints"
             )
         run.losses = self._train(run, members)
 
     def _train(self, run: RunContext, members: list[nn.Module]) -> list[float]:
-        p, t, world = run.pipeline, run.pipeline.train, run.world
+        p, t, world = run.pipeline, run.pipeline.training, run.world
         setup = fingerprint(training_setup(run))
         state_path = run.path(Outputs.TRAIN_STATE)
         resume = None
@@ -116,7 +116,7 @@ class MembersStage(Stage):
                 try:
                     load_member(member, path, model=run.config["ensemble"]["model"], info=run.data.info)
                 except UserError as exc:
-                    raise UserError(f"train.start_from: {exc}") from None
+                    raise UserError(f"training.start_from: {exc}") from None
             run.reporter.info(f"Fine-tuning from {', '.join(map(str, starts))}")
         log = TrainLog(run.path(Outputs.TRAIN_LOG), start)
         with run.reporter.progress() as bar:
