@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .components import ABSTAIN, HARD, SOFT, Certificate, Certifier, NoiseSampler, SmoothingStrategy
 from .ensemble.assembly import Ensemble
 from .smoothing.certification import DirectSmoothing, Planned, certification_loop
-from .smoothing.sampling import MonteCarloSampler, SharedTallies
+from .smoothing.sampling import MonteCarloSampler, SharedTallies, SmoothedClassifier
 
 
 class ReferenceModel(Protocol):
@@ -54,7 +54,7 @@ class ReferenceModel(Protocol):
     def exact_radius(self, x: Tensor, sigma: float, classifier: str = HARD) -> float: ...
 
 
-def _known(classifier: str, model: object) -> None:
+def _known(classifier: str, model: ReferenceModel) -> None:
     if classifier not in (HARD, SOFT):
         raise ValueError(f"classifier must be {HARD!r} or {SOFT!r}, got {classifier!r}")
     if classifier == SOFT and not model.soft_known:
@@ -80,6 +80,8 @@ class LinearModel(nn.Module):
 
     num_classes = 2
     soft_known = True
+    w: Tensor
+    b: Tensor
 
     def __init__(self, dim: int, seed: int = 0) -> None:
         super().__init__()
@@ -160,13 +162,20 @@ class HardSoftModel(LinearModel):
             raise ValueError(f"the soft smoothed classifier never has top-class probability {p} (at most {self.high})")
         return self.point_at(sigma * float(stats.norm.ppf(options[seed % len(options)])), seed)
 
-    def smoothed_class(self, x: Tensor, sigma: float, classifier: str = HARD) -> int:
+    def _boundary(self, sigma: float | None, classifier: str) -> float:
+        """Where the named smoothed classifier changes class: ``m = 0`` (hard) or ``m = m*`` (soft)."""
         _known(classifier, self)
-        return int(self._m(x) > (0.0 if classifier == HARD else self.soft_threshold(sigma)))
+        if classifier == HARD:
+            return 0.0
+        if sigma is None:
+            raise ValueError("the soft smoothed classifier depends on sigma; pass sigma")
+        return self.soft_threshold(sigma)
 
-    def exact_radius(self, x: Tensor, sigma: float, classifier: str = HARD) -> float:
-        _known(classifier, self)
-        return abs(self._m(x) - (0.0 if classifier == HARD else self.soft_threshold(sigma)))
+    def smoothed_class(self, x: Tensor, sigma: float | None = None, classifier: str = HARD) -> int:
+        return int(self._m(x) > self._boundary(sigma, classifier))
+
+    def exact_radius(self, x: Tensor, sigma: float | None = None, classifier: str = HARD) -> float:
+        return abs(self._m(x) - self._boundary(sigma, classifier))
 
 
 def nearest_sign_change(
@@ -210,6 +219,10 @@ class IntervalModel(nn.Module):
     expected softmax equals the class probabilities above: the same closed form holds for softmax expectations.
     Otherwise the logits are minus the distance from ``m`` to each class's interval.
     """
+
+    w: Tensor
+    b: Tensor
+    t: Tensor
 
     def __init__(self, dim: int, thresholds: Sequence[float], seed: int = 0, *, one_hot: bool = False) -> None:
         super().__init__()
@@ -408,7 +421,7 @@ def overclaims(cert: Certificate, model: ReferenceModel, x: Tensor, sigma: float
 def _run_region(
     certifier: Certifier,
     strategy: SmoothingStrategy,
-    smoothed: MonteCarloSampler,
+    smoothed: SmoothedClassifier,
     model: ReferenceModel,
     region: Region,
     *,

@@ -42,8 +42,10 @@ def in_range(
         text = f"must be in {left}{_fmt(low)}, {_fmt(high)}{right}"
     elif low is not None:
         text = f"must be {'>' if low_open else '>='} {_fmt(low)}"
-    else:
+    elif high is not None:
         text = f"must be {'<' if high_open else '<='} {_fmt(high)}"
+    else:
+        raise ValueError("in_range needs a lower or an upper bound")
 
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]

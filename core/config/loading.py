@@ -88,11 +88,10 @@ def _schema_default(parts: Sequence[str | int]) -> Any:
                 continue
             value = copy.deepcopy(f.metadata.get("default_spec"))
             cls = None
-        elif isinstance(value, (dict, list)):
-            try:
-                value = value[part]
-            except (KeyError, IndexError, TypeError):
-                return None
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and -len(value) <= part < len(value):
+            value = value[part]
         else:
             return None
     return value

@@ -140,7 +140,7 @@ class _Structurer:
             return _INVALID if _INVALID in items else items
         if kind:
             return self.component(kind, raw, path, f.metadata.get("default_spec"))
-        if f.metadata.get("section"):
+        if f.metadata.get("section") and isinstance(f.type, type):
             return self.table(f.type, raw, path)
         if f.type is None or isinstance(f.type, str):
             return raw

@@ -15,6 +15,9 @@ from .engine import Engine, Members
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel; the first layer of every member, so noise lives in pixel space."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
@@ -56,13 +59,11 @@ class Ensemble(nn.Module):
         """The :class:`~ensemblecert.engine.Members` that evaluate the members. A stacked or fused layout holds
         copies of the weights, so it is rebuilt whenever a weight changed or the mode switched."""
         key = (self.training, tuple((id(p), p._version) for p in self.parameters()))
-        stale = self._runner is None or (
-            key != self._runner_key if self._runner.vectorized else key[0] != self._runner_key[0]
-        )
-        if stale:
-            self._runner = Members(list(self.members), self.engine)
+        runner, known = self._runner, self._runner_key
+        if runner is None or known is None or (key != known if runner.vectorized else key[0] != known[0]):
+            runner = self._runner = Members(list(self.members), self.engine)
             self._runner_key = key
-        return self._runner
+        return runner
 
     def evaluate(self, x: Tensor) -> Aggregate:
         return self.aggregator.forward(self.runner(), x)

@@ -73,25 +73,26 @@ class GroupedLinear(nn.Module):
         return out.transpose(0, 1).reshape(batch, -1)
 
 
-def _cat_param(modules: Sequence[nn.Module], name: str) -> nn.Parameter | None:
-    values = [getattr(m, name) for m in modules]
-    if values[0] is None:
-        return None
-    return nn.Parameter(torch.cat([v.detach() for v in values]))
+def _concatenate(target: nn.Module, modules: Sequence[nn.Module], *names: str) -> None:
+    """Set each parameter ``name`` of ``target`` to the members' ones concatenated (``None`` where they have none)."""
+    for name in names:
+        values = [getattr(m, name) for m in modules]
+        setattr(target, name, None if values[0] is None else nn.Parameter(torch.cat([v.detach() for v in values])))
 
 
 def _wide(layers: Sequence[nn.Module]) -> nn.Module:
     """The first weighted layer of all members as one layer with their outputs concatenated."""
     first = layers[0]
+    wide: nn.Module
     if isinstance(first, nn.Linear):
         wide = nn.Linear(first.in_features, first.out_features * len(layers), bias=first.bias is not None)
     elif isinstance(first, nn.Conv2d) and first.groups == 1:
-        wide = copy.deepcopy(first)
-        wide.out_channels = first.out_channels * len(layers)
+        conv = copy.deepcopy(first)
+        conv.out_channels = first.out_channels * len(layers)
+        wide = conv
     else:
         raise FusionError(f"the first weighted layer is a {type(first).__name__}, which has no wide form")
-    wide.weight = _cat_param(layers, "weight")
-    wide.bias = _cat_param(layers, "bias")
+    _concatenate(wide, layers, "weight", "bias")
     return wide.to(first.weight.device)
 
 
@@ -99,24 +100,22 @@ def _grouped(layers: Sequence[nn.Module]) -> nn.Module:
     """A later layer of all members, side by side on their channel blocks."""
     first, count = layers[0], len(layers)
     if isinstance(first, nn.Linear):
-        return GroupedLinear(layers)
+        return GroupedLinear([layer for layer in layers if isinstance(layer, nn.Linear)])
     if isinstance(first, nn.Conv2d):
-        grouped = copy.deepcopy(first)
-        grouped.in_channels, grouped.out_channels = first.in_channels * count, first.out_channels * count
-        grouped.groups = first.groups * count
-        grouped.weight = _cat_param(layers, "weight")
-        grouped.bias = _cat_param(layers, "bias")
-        return grouped
+        conv = copy.deepcopy(first)
+        conv.in_channels, conv.out_channels = first.in_channels * count, first.out_channels * count
+        conv.groups = first.groups * count
+        _concatenate(conv, layers, "weight", "bias")
+        return conv
     if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
         if not first.track_running_stats:
             raise FusionError(f"{type(first).__name__} without running statistics")
-        grouped = copy.deepcopy(first)
-        grouped.num_features = first.num_features * count
-        grouped.weight = _cat_param(layers, "weight")
-        grouped.bias = _cat_param(layers, "bias")
-        grouped.running_mean = torch.cat([layer.running_mean for layer in layers])
-        grouped.running_var = torch.cat([layer.running_var for layer in layers])
-        return grouped
+        norm = copy.deepcopy(first)
+        norm.num_features = first.num_features * count
+        _concatenate(norm, layers, "weight", "bias")
+        for name in ("running_mean", "running_var"):
+            setattr(norm, name, torch.cat([getattr(layer, name) for layer in layers]))
+        return norm
     if isinstance(first, CHANNELWISE):
         return first
     if not _has_state(first):

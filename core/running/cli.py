@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 from rich.console import Console
@@ -297,10 +298,10 @@ def _plugins(args: argparse.Namespace, out: Console) -> int:
 
 
 def _default(a: attrs.Attribute) -> str:
-    d = a.default
+    d: Any = a.default
     if d is attrs.NOTHING:
         return "(required)"
-    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
+    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a function in the stubs
         d = d.factory() if not d.takes_self else "..."
     return _inline(d)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import torch
@@ -30,6 +30,11 @@ from ..registry import Registry
 from ..smoothing.results import ExampleResult, Summary
 from .evaluation import EvaluationSummary
 from .report import Reporter
+
+
+def size(dataset: torch.utils.data.Dataset) -> int:
+    """The number of examples of a map-style data set (torch's ``Dataset`` type does not declare ``__len__``)."""
+    return len(cast(Sized, dataset))
 
 
 class Outputs:
@@ -72,7 +77,7 @@ class RunContext:
     #: The resolved configuration as plain data (``pipeline.json``).
     config: dict[str, Any]
     data: DataSplits
-    heldout: torch.utils.data.Dataset | None = None
+    heldout: torch.utils.data.Subset | None = None
     members: list[nn.Module] = attrs.Factory(list)
     losses: list[float] = attrs.Factory(list)
     aggregator: Aggregator | None = None
@@ -113,7 +118,7 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def weights_digest(members: Sequence[nn.Module]) -> str:
+def weights_digest(members: Iterable[nn.Module]) -> str:
     """A digest of every member's weights and buffers."""
     h = hashlib.sha256()
     for m in members:

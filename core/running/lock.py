@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 from ..errors import UserError
 from .preflight import OUTPUT_FIX as _FIX
@@ -36,7 +37,7 @@ class OutputLock:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
-        self._fh = None
+        self._fh: TextIO | None = None
 
     def acquire(self) -> OutputLock:
         d = self.directory

@@ -35,7 +35,8 @@ def load_member(
             "run with --fresh to retrain, choose another output directory, or set training.enabled = false "
             "to certify the existing members as they are"
         )
-    saved = ckpt.get("data_info") if isinstance(ckpt.get("data_info"), Mapping) else {}
+    data_info = ckpt.get("data_info")
+    saved: Mapping[str, Any] = data_info if isinstance(data_info, Mapping) else {}
     if info is not None and saved.get("num_classes") not in (None, info.num_classes):
         raise UserError(
             f"{path}: was saved for {saved['num_classes']} classes, but this pipeline's data has "

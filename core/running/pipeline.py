@@ -25,7 +25,7 @@ from ..ensemble.assembly import Ensemble
 from ..errors import ConfigError, UserError
 from ..registry import Registry
 from ..smoothing.results import ExampleResult, Summary
-from .context import Outputs, RunContext, owned, remove, resume_or_refuse
+from .context import Outputs, RunContext, owned, remove, resume_or_refuse, size
 from .evaluation import EvaluationSummary
 from .lock import OutputLock
 from .member_checkpoints import CHECKPOINT_FORMAT
@@ -101,7 +101,7 @@ def _start(
     device = resolve_device(pipeline.device)
     data = pipeline.data.load()
     reporter.info(
-        f"Data: {len(data.train)} training and {len(data.test)} test inputs of shape "
+        f"Data: {size(data.train)} training and {size(data.test)} test inputs of shape "
         f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes; device {device}"
     )
     heldout = None

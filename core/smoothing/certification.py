@@ -95,7 +95,7 @@ def certification_loop(
             )
             seconds = time.perf_counter() - start
             cert = attrs.evolve(cert, classifier=classifier)
-            spent = usage - before if usage is not None else None
+            spent = usage - before if usage is not None and before is not None else None
             outcomes[entry.label] = Outcome(
                 cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None
             )

@@ -22,7 +22,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from .sampling import SmoothedClassifier
+from .sampling import SmoothedClassifier, Tally
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 
 #: What is averaged over the noise: the predicted class (one-hot) or the softmax output.
@@ -39,19 +39,17 @@ def _select(
     ``top``, when given, is the class (chosen elsewhere, from draws independent of ``values`` for soundness)."""
     if procedure not in PROCEDURES:
         raise ValueError(f"procedure must be one of {PROCEDURES}, got {procedure!r}")
-    if top is not None:
-        top = np.broadcast_to(np.asarray(top, dtype=np.int64), values.shape[:-1])
+    given = None if top is None else np.broadcast_to(np.asarray(top, dtype=np.int64), values.shape[:-1])
     if procedure == "paper":
-        if top is None:
-            top = np.argmax(values, axis=-1)
+        classes = given if given is not None else np.argmax(values, axis=-1)
         rest = values.copy()
-        np.put_along_axis(rest, top[..., None], -np.inf, axis=-1)
-        return top, np.argmax(rest, axis=-1)
-    if top is None:
-        if selection is None:
-            raise ValueError("the sound procedure needs the outputs of a separate selection draw")
-        top = np.argmax(np.atleast_2d(np.asarray(selection)), axis=-1)
-    return top, None
+        np.put_along_axis(rest, classes[..., None], -np.inf, axis=-1)
+        return classes, np.argmax(rest, axis=-1)
+    if given is not None:
+        return given, None
+    if selection is None:
+        raise ValueError("the sound procedure needs the outputs of a separate selection draw")
+    return np.argmax(np.atleast_2d(np.asarray(selection)), axis=-1), None
 
 
 def multinomial_bounds(
@@ -146,7 +144,7 @@ class ExpectationDraws:
         """``(class, E0, E1)`` for ``expectation`` at joint level ``1 - alpha`` (see :func:`multinomial_bounds`);
         ``top`` fixes the class (so that bounds of both expectations speak of one class)."""
         if expectation == "multinomial":
-            top, e0, e1 = multinomial_bounds(
+            classes, e0, e1 = multinomial_bounds(
                 self.counts[None],
                 self.n,
                 alpha,
@@ -155,7 +153,7 @@ class ExpectationDraws:
                 selection=None if self.selection_counts is None else self.selection_counts[None],
             )
         elif expectation == "softmax":
-            top, e0, e1 = softmax_bounds(
+            classes, e0, e1 = softmax_bounds(
                 self.means[None],
                 self.n,
                 alpha,
@@ -165,7 +163,14 @@ class ExpectationDraws:
             )
         else:
             raise ValueError(f"expectation must be one of {EXPECTATIONS}, got {expectation!r}")
-        return int(top[0]), float(e0[0]), float(e1[0])
+        return int(classes[0]), float(e0[0]), float(e1[0])
+
+
+def _means(tally: Tally, n: int) -> np.ndarray:
+    """The mean softmax output of a tally drawn with ``softmax=True``."""
+    if tally.prob_sums is None:
+        raise ValueError("the smoothed classifier returned no softmax sums; it must support tally(..., softmax=True)")
+    return (tally.prob_sums / n).numpy()
 
 
 def draw_expectations(
@@ -185,13 +190,13 @@ def draw_expectations(
     samples = n
     if procedure == "sound":
         first = smoothed.tally(x, n0, generator=generator, softmax=True)
-        sel_counts, sel_means = first.counts.numpy().astype(np.float64), (first.prob_sums / n0).numpy()
+        sel_counts, sel_means = first.counts.numpy().astype(np.float64), _means(first, n0)
         samples += n0
     tally = smoothed.tally(x, n, generator=generator, softmax=True)
     return ExpectationDraws(
         n=n,
         counts=tally.counts.numpy().astype(np.float64),
-        means=(tally.prob_sums / n).numpy(),
+        means=_means(tally, n),
         selection_counts=sel_counts,
         selection_means=sel_means,
         samples=samples,

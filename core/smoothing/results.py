@@ -16,6 +16,7 @@ import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 
@@ -24,7 +25,8 @@ from ..errors import UserError
 
 #: The leading columns, as in the original randomized-smoothing tooling, then the costs.
 BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "samples", "evaluations", "classifier")
-_PER_MECHANISM = ("predict", "radius", "correct", "time", "samples", "evaluations", "classifier")
+_Number = TypeVar("_Number", int, float)
+_PER_CERTIFIER = ("predict", "radius", "correct", "time", "samples", "evaluations", "classifier")
 
 
 @attrs.frozen
@@ -165,7 +167,7 @@ def columns(certifiers: Sequence[str], extras: Sequence[str] = ()) -> list[str]:
     cols = list(BASE_COLUMNS)
     if len(certifiers) > 1:
         for name in certifiers:
-            cols += [f"{name}:{f}" for f in _PER_MECHANISM]
+            cols += [f"{name}:{f}" for f in _PER_CERTIFIER]
     return cols + list(extras)
 
 
@@ -334,7 +336,7 @@ def _is_extra(column: str, certifiers: Sequence[str]) -> bool:
     return any(column.startswith(f"{name}:") for name in certifiers)
 
 
-def _number(text: str, kind: type[int] | type[float], column: str) -> int | float:
+def _number(text: str, kind: type[_Number], column: str) -> _Number:
     """``text`` read as ``kind``; a ValueError naming the column otherwise (NaN is not a number here)."""
     try:
         value = kind(text)
@@ -360,7 +362,7 @@ def _parse_row(row: Sequence[str], at: Mapping[str, int], certifiers: Sequence[s
         extras = {
             column[len(name) + 1 :]: _number(row[i], float, column)
             for column, i in at.items()
-            if column.startswith(f"{name}:") and column[len(name) + 1 :] not in _PER_MECHANISM and row[i] != ""
+            if column.startswith(f"{name}:") and column[len(name) + 1 :] not in _PER_CERTIFIER and row[i] != ""
         }
         samples = _number(value["samples"], int, prefix + "samples")
         kcr = extras.pop("kcr", None)

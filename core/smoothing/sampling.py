@@ -74,7 +74,8 @@ class Usage:
 class SmoothedClassifier(Protocol):
     """What certifiers sample from: a base classifier smoothed by a noise distribution."""
 
-    num_classes: int
+    #: ``None`` until the first tally, for a sampler that infers the class count from the classifier's output.
+    num_classes: int | None
     noise: NoiseSampler
 
     def tally(
@@ -371,19 +372,20 @@ class SharedTallies:
 
     def inputs_per_pass(self) -> int:
         """How many inputs' first draws fit in one batch (0 or 1: prefetching would not help)."""
-        if not self._batchable or self._first is None:
+        if not self._batchable or self._sampler is None or self._first is None:
             return 0
         return self._sampler.batch_size // self._first[0]
 
     def prefetch(self, xs: Sequence[Tensor], generators: Sequence[torch.Generator]) -> None:
         """Draw the first tally of each upcoming input (``generators`` in the state their input starts from)."""
-        if self.inputs_per_pass() < 2 or not xs:
+        sampler, first = self._sampler, self._first
+        if sampler is None or first is None or self.inputs_per_pass() < 2 or not xs:
             return
-        n, members = self._first
+        n, members = first
         keys = [(g.get_state().numpy().tobytes(), n, members) for g in generators]
-        usage = self._sampler.usage
+        usage = sampler.usage
         before = usage.snapshot()
-        tallies = self._sampler.tally_many(xs, n, generators=generators, softmax=True, members=members)
+        tallies = sampler.tally_many(xs, n, generators=generators, softmax=True, members=members)
         usage.draws, usage.evaluations = before.draws, before.evaluations  # charged when asked for (tally)
         if tallies is None:  # the aggregator skips members: tally inputs one by one
             self._batchable = False

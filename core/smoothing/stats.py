@@ -26,7 +26,8 @@ def _check(successes: ArrayLike, trials: ArrayLike, alpha: float) -> tuple[np.nd
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
-        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
+        got = f"{np.asarray(successes)}/{np.asarray(trials)}"
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {got}")
     return k, n
 
 

@@ -94,10 +94,12 @@ def train_ensemble(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if world.distributed:  # every rank must send every gradient, used or not
+                grads = []
                 for p in params:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
-                world.average_([p.grad for p in params])
+                    grads.append(p.grad)
+                world.average_(grads)
             opt.step()
             world.broadcast_(buffers)
             values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}

@@ -18,17 +18,17 @@ from ...config import build_component, describe
 from ...ensemble.engine import Members
 from ...errors import UserError
 from ...seeds import generator
-from ..context import Outputs, RunContext, read_json, weights_digest
+from ..context import Outputs, RunContext, read_json, size, weights_digest
 
 
 def split_heldout(data: DataSplits, fraction: float, seed: int) -> tuple[DataSplits, torch.utils.data.Subset]:
     """Set ``fraction`` of the training data aside, chosen with ``seed``: the remaining splits and the held-out part
     (its ``indices`` say which inputs)."""
-    size = len(data.train)
-    count = max(1, round(fraction * size))
-    if count >= size:
-        raise UserError(f"heldout.fraction: {fraction} leaves no training data of {size} inputs")
-    order = torch.randperm(size, generator=generator(seed, "heldout")).tolist()
+    total = size(data.train)
+    count = max(1, round(fraction * total))
+    if count >= total:
+        raise UserError(f"heldout.fraction: {fraction} leaves no training data of {total} inputs")
+    order = torch.randperm(total, generator=generator(seed, "heldout")).tolist()
     held, kept = sorted(order[:count]), sorted(order[count:])
     subset = torch.utils.data.Subset
     return attrs.evolve(data, train=subset(data.train, kept)), subset(data.train, held)
@@ -56,11 +56,13 @@ class CalibrationStage(Stage):
     def run(self, run: RunContext) -> None:
         p, path = run.pipeline, run.path(Outputs.AGGREGATOR)
         held = run.heldout
+        if held is None:  # not enabled without it
+            return
         if run.world.main:
             indices = [int(i) for i in held.indices]
             write_json(
                 run.path(Outputs.HELDOUT),
-                {"fraction": p.heldout.fraction, "size": len(held.dataset), "indices": indices},
+                {"fraction": p.heldout.fraction, "size": size(held.dataset), "indices": indices},
             )
         saved = read_json(path, "the calibration")
         if isinstance(saved.get("aggregator"), dict):

@@ -24,7 +24,7 @@ from ...smoothing.results import (
     summarize,
 )
 from ...smoothing.sampling import SharedTallies
-from ..context import Outputs, RunContext, weights_digest
+from ..context import Outputs, RunContext, size, weights_digest
 
 
 def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:
@@ -43,7 +43,7 @@ def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:
 def selected(run: RunContext) -> list[int]:
     """The test inputs this configuration certifies (``skip``, ``max_examples``)."""
     c = run.pipeline.certification
-    indices = list(range(0, len(run.data.test), c.skip))
+    indices = list(range(0, size(run.data.test), c.skip))
     return indices if c.max_examples is None else indices[: c.max_examples]
 
 

@@ -10,7 +10,7 @@ import attrs
 
 from ...checkpoints import write_json
 from ...components import Stage
-from ..context import Outputs, RunContext, weights_digest
+from ..context import Outputs, RunContext, size, weights_digest
 from ..evaluation import evaluate
 
 
@@ -47,7 +47,7 @@ class EvaluationStage(Stage):
         aggregators = dict(zip(run.labels(e.aggregators), e.aggregators))
         attacks = dict(zip(run.labels(e.attacks), e.attacks))
         tsv, meta = run.path(Outputs.EVALUATION_TSV), run.path(Outputs.EVALUATION_SUMMARY)
-        indices = list(range(0, len(run.data.test), e.skip))[: e.max_examples]
+        indices = list(range(0, size(run.data.test), e.skip))[: e.max_examples]
         with run.reporter.progress() as bar:
             task = bar.add_task("evaluate", total=len(indices), status=", ".join(attacks))
             run.evaluation = evaluate(

@@ -8,6 +8,7 @@ after its last finished epoch and ends with the weights an uninterrupted one wou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from ...errors import UserError
 from ...training.log import TrainLog
 from ...training.log import status as train_status
 from ...training.loop import train_ensemble
-from ..context import Outputs, RunContext, file_digest, fingerprint
+from ..context import Outputs, RunContext, file_digest, fingerprint, size
 from ..member_checkpoints import CHECKPOINT_FORMAT, load_member
 from ..preflight import start_checkpoints
 
@@ -74,9 +75,9 @@ class MembersStage(Stage):
         model = run.config["ensemble"]["model"]
         if p.ensemble.checkpoints:
             run.reporter.info(f"Loading {len(members)} members from ensemble.checkpoints (training skipped)")
-            for member, path in zip(members, p.ensemble.checkpoints):
+            for member, file in zip(members, p.ensemble.checkpoints):
                 try:
-                    load_member(member, Path(path), model=model, info=info)
+                    load_member(member, Path(file), model=model, info=info)
                 except UserError as exc:
                     raise UserError(f"ensemble.checkpoints: {exc}") from None
             return
@@ -108,7 +109,7 @@ class MembersStage(Stage):
                 )
             resume = state
             run.reporter.info(f"Resuming training after epoch {state['epoch']} from {state_path}")
-        batches = -(-len(run.data.train) // t.batch_size)
+        batches = -(-size(run.data.train) // t.batch_size)
         start = int(resume["epoch"]) if resume else 0
         starts = start_checkpoints(p)
         if starts and resume is None:
@@ -123,7 +124,7 @@ class MembersStage(Stage):
             epochs = bar.add_task("train", total=t.epochs, completed=start, status="")
             steps = bar.add_task("  epoch", total=batches, status="")
 
-            def on_epoch(epoch: int, record: dict[str, float], state: dict[str, Any]) -> None:
+            def on_epoch(epoch: int, record: Mapping[str, float], state: dict[str, Any]) -> None:
                 if world.main:
                     log.add(epoch, record)
                     save_checkpoint({**state, "fingerprint": setup}, state_path)
@@ -131,7 +132,7 @@ class MembersStage(Stage):
                 bar.update(epochs, completed=epoch, status=train_status(record))
                 bar.reset(steps)
 
-            def on_batch(record: dict[str, float]) -> None:
+            def on_batch(record: Mapping[str, float]) -> None:
                 bar.advance(steps)
                 if record:
                     bar.update(steps, status=train_status(record))
