@@ -38,7 +38,7 @@ def train(output: str) -> ec.RunResult:
 def certify_all(name, certifier, ensemble, noise, inputs, labels, indices, batch_size):
     sampler = ec.MonteCarloSampler(ensemble, noise, num_classes=10, batch_size=batch_size)
     start = time.perf_counter()
-    certs = ec.certify(certifier, sampler, inputs, indices=indices)
+    certs = ec.certify_inputs(certifier, sampler, inputs, indices=indices)
     seconds = time.perf_counter() - start
     return {
         "name": name,
