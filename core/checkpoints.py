@@ -17,10 +17,17 @@ from .errors import UserError
 _TMP_SUFFIX = ".tmp"
 
 
+def _umask() -> int:
+    current = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(current)
+    return current
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as any file the user writes (mkstemp makes it private, 0600)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -339,11 +339,12 @@ class Attack(ABC):
 class Stage(ABC):
     """One stage of a run (train or load the members, calibrate, certify, evaluate, or a plugin's own).
 
-    A run is a list of stages, each run in turn with the run's shared :class:`~ensemblecert.context.RunContext`.
-    The core asks each stage, through these declarations only, what it owns and what its results depend on, and
-    resumes or refuses it in one place (:func:`ensemblecert.context.resume_or_refuse`): a stage whose outputs exist
-    and whose fingerprint changed is refused (or, with ``on_change = "redo"``, run again from scratch), so results of
-    different configurations are never mixed. Stages from plugins are frozen attrs classes like any component,
+    A run is a list of stages, each run in turn with the run's shared
+    :class:`~ensemblecert.running.context.RunContext`. The core asks each stage, through these declarations only,
+    what it owns and what its results depend on, and resumes or refuses it in one place
+    (:func:`ensemblecert.running.context.resume_or_refuse`): a stage whose outputs exist and whose fingerprint
+    changed is refused (or, with ``on_change = "redo"``, run again from scratch), so results of different
+    configurations are never mixed. Stages from plugins are frozen attrs classes like any component,
     listed under ``stages = [...]`` in a pipeline and run after the built-in ones.
     """
 

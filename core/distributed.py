@@ -12,7 +12,7 @@ What each stage does with it:
   rank 0's, so the members stay identical on every rank; rank 0 writes the checkpoints;
 * certification: inputs are dealt out round-robin, each rank appends its records to its own
   ``certification.part-<rank>.tsv``, and rank 0 merges every part into ``certification.tsv`` (see
-  :func:`ensemblecert.results.merge_results`); a run started again finds the records of every part and of the
+  :func:`ensemblecert.smoothing.results.merge_results`); a run started again finds the records of every part and of the
   merged file, whatever the number of processes before;
 * everything else that writes a file (summary, plots, the evaluation stage) runs on rank 0.
 

@@ -148,9 +148,9 @@ def register_stages(register: Register) -> None:
 
     The built-in stages (members, calibration, certification, evaluation) are registered by the core itself. A
     pipeline lists further stages under ``stages = [{ name = "...", ... }]``; they run after the built-in ones, in
-    order, each with the run's :class:`~ensemblecert.context.RunContext`. ``Stage.outputs`` names the files the stage
-    owns (``--fresh`` removes them), ``Stage.fingerprint(run)`` what they depend on (a changed fingerprint with
-    outputs present is refused), ``Stage.check(run)`` problems found once the data is loaded, and
+    order, each with the run's :class:`~ensemblecert.running.context.RunContext`. ``Stage.outputs`` names the files
+    the stage owns (``--fresh`` removes them), ``Stage.fingerprint(run)`` what they depend on (a changed fingerprint
+    with outputs present is refused), ``Stage.check(run)`` problems found once the data is loaded, and
     ``Stage.run(run)`` does the work, resuming from its outputs.
     """
 

@@ -60,6 +60,8 @@ def make_plugin_manager(
                 f"plugins[{index}]: cannot import plugin module {name!r}: {type(exc).__name__}: {exc}. "
                 "Check the module name and that its package is installed in this environment"
             ) from exc
+        if pm.is_registered(plugin):  # installed too, and already registered through its entry point
+            continue
         _register(pm, plugin, name)
     for plugin in plugins:
         _register(pm, plugin, None)

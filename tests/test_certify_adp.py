@@ -132,9 +132,9 @@ def test_certify_adp_in_a_pipeline(tiny_pipeline):
         {"name": "certify_adp", "radius": 0.5, "n0": 20, "stages": [100, 400], "alpha": 0.01},
     ]
     result = run(tiny_pipeline)
-    assert set(result.summary.certifiers) == {"certify_adp#1", "certify_adp#2"}
+    assert set(result.summary.certifiers) == {"certify_adp (radius=0.25)", "certify_adp (radius=0.5)"}
     for r in result.results:
-        for label, target in (("certify_adp#1", 0.25), ("certify_adp#2", 0.5)):
+        for label, target in (("certify_adp (radius=0.25)", 0.25), ("certify_adp (radius=0.5)", 0.5)):
             cert = r.outcomes[label].certificate
             assert cert.radius in (0.0, target) and cert.samples in (120, 520)
 

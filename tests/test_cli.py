@@ -240,3 +240,35 @@ def test_validate_shows_values_that_look_like_markup(tmp_path, cli):
 def test_an_error_message_keeps_values_that_look_like_markup(tmp_path, cli):
     proc = cli("validate", "--set", 'ensemble.aggregator="[red]avg"', cwd=tmp_path)
     one_clear_error(proc, "unknown aggregator '[red]avg'")
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["default"], ["run", "--no-such-option"], ["run", "--help"], ["validate", "--help"], []]
+)
+def test_answers_that_need_no_work_do_not_import_torch(argv, tmp_path):
+    """Parsing comes first: help, the default pipeline and argument errors never load torch or a plugin
+    (benchmarks/startup.py measures what that saves)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from ensemblecert.running.cli import main\n"
+        "try:\n"
+        f"    code = main({argv!r})\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "heavy = ('torch', 'scipy', 'ensemblecert.plugins', 'ensemblecert.components')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
+        "print('HEAVY', heavy, code, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert "HEAVY [] " in proc.stderr, proc.stderr[-2000:]
+    if argv == ["default"]:
+        assert proc.stdout.startswith("# The built-in default pipeline")
+
+
+def test_a_plugin_command_still_parses_its_own_arguments(tmp_path, cli):
+    proc = cli("simplex", "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "--resolution" in proc.stdout
+    assert "plugins add commands" in cli("--help", cwd=tmp_path).stdout.lower()

@@ -104,3 +104,50 @@ def test_the_architecture_page_lists_every_module_of_the_core():
     assert listed == modules, (sorted(modules - listed), sorted(listed - modules))
     packages = {p.parent.relative_to(core).parts[0] for p in core.rglob("__init__.py") if p.parent != core}
     assert all(re.search(rf"^  {name}/", block, flags=re.M) for name in packages), packages
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``ensemblecert.a.b.c`` names a module, or an attribute of one, that exists."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_every_dotted_name_in_code_and_docs_exists():
+    """``ensemblecert.x.y`` in docstrings and docs names something real (modules moved once; references did not)."""
+    pattern = re.compile(r"(?<![\w./-])ensemblecert(?:\.[A-Za-z_]\w*)+(?![\w/-])")
+    files = [REPO / "README.md", *(REPO / "docs").rglob("*.md")]
+    files += [p for d in ("core", "plugins") for p in (REPO / d).rglob("*.py")]
+    missing = sorted(
+        {
+            f"{p.relative_to(REPO)}: {m.group(0)}"
+            for p in files
+            for m in pattern.finditer(p.read_text())
+            if not resolves(m.group(0))
+        }
+    )
+    assert not missing, missing
+
+
+def test_repository_paths_in_the_docs_exist():
+    """A path the docs name (``core/hookspecs.py``, ``benchmarks/startup.py``) is where they say; the import package
+    is never written as a folder (``ensemblecert/hookspecs.py`` is ``core/hookspecs.py`` in the repository)."""
+    pattern = re.compile(r"`((?:core|plugins|tests|benchmarks|examples|docs)/[\w./-]+\.(?:py|toml|md))`")
+    texts = {p: p.read_text() for p in [REPO / "README.md", *(REPO / "docs").rglob("*.md")]}
+    missing = sorted(
+        f"{p.name}: {m}" for p, text in texts.items() for m in pattern.findall(text) if not (REPO / m).exists()
+    )
+    assert not missing, missing
+    folders = sorted(p.name for p, text in texts.items() if re.search(r"`ensemblecert/\w+\.py`", text))
+    assert not folders, folders

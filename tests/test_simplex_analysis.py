@@ -50,6 +50,9 @@ def test_the_bare_map_from_the_command_line(tmp_path, cli):
     assert proc.returncode == 2 and "--of: unknown mechanisms ['dpp']" in proc.stderr and "Traceback" not in proc.stderr
 
 
+DEFAULT, CHOSEN = "best (of=none)", "best (of=[cohen cohen_two_sided li lecuyer dp])"  # labels: what differs
+
+
 def test_a_runs_inputs_and_the_gain_of_best(tiny_pipeline, tmp_path, cli):
     own = ["cohen", "cohen_two_sided", "li", "lecuyer", "dp"]
     tiny_pipeline["certification"]["certifiers"] = [
@@ -59,7 +62,7 @@ def test_a_runs_inputs_and_the_gain_of_best(tiny_pipeline, tmp_path, cli):
     tiny_pipeline["certification"]["skip"] = 15
     result = run(tiny_pipeline)
     records, radii = read_run(result.output)
-    assert [r.label for r in records] == ["best#1", "best#2"] and radii == [0.0, 0.25]
+    assert [r.label for r in records] == [DEFAULT, CHOSEN] and radii == [0.0, 0.25]
     for record in records:
         labels = [r.label for r in result.results]
         label = record.label
@@ -78,11 +81,12 @@ def test_a_runs_inputs_and_the_gain_of_best(tiny_pipeline, tmp_path, cli):
         assert record.labels.tolist() == labels
     proc = cli("simplex", str(result.output), "--resolution", "40", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for slug in ("best_1", "best_2"):
+    assert proc.stdout.count(": mapping where") == 2  # says what it is doing before each slow step
+    for slug in ("best_of_none_", "best_of_cohen_cohen_two_sided_li_lecuyer_dp_"):
         assert (result.output / f"simplex_{slug}.png").stat().st_size > 5000
     report = json.loads((result.output / "simplex.json").read_text())
-    rows = report["best#2"]["rows"]
-    assert [r["mechanism"] for r in rows] == [*own, "best#2"]
+    rows = report[CHOSEN]["rows"]
+    assert [r["mechanism"] for r in rows] == [*own, CHOSEN]
     assert sum(r["wins"] for r in rows[:-1]) == pytest.approx(1.0)
     assert all(r["gain"] >= -1e-12 for r in rows)
 

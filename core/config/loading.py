@@ -6,12 +6,12 @@ import copy
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from ..defaults import default_pipeline_text
 from ..errors import ConfigError, UserError
 from ..registry import Registry
 from .schema import Pipeline
@@ -39,11 +39,6 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid TOML (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read the pipeline file: {exc.strerror or exc}") from None
-
-
-def default_pipeline_text() -> str:
-    """The built-in default pipeline (``examples/digits.toml``) as TOML text."""
-    return resources.files("ensemblecert").joinpath("defaults", "digits.toml").read_text("utf-8")
 
 
 def default_pipeline_data() -> dict[str, Any]:
@@ -162,4 +157,4 @@ def load_pipeline(
         pipeline = structure(Pipeline, data, registry)
     except ConfigError as exc:
         raise ConfigError(exc.problems, label) from None
-    return attrs.evolve(pipeline, source=data, label=label), registry
+    return attrs.evolve(pipeline, source=data, origin=label), registry

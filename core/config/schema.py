@@ -190,7 +190,12 @@ class Pipeline:
     #: The configuration as read (after overrides), saved next to checkpoints and results.
     source: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False, metadata={"internal": True})
     #: Where the configuration came from (a file name), for messages.
-    label: str | None = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
+    origin: str | None = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
+    #: The labels given to listed components (``label = "..."``), by the list's TOML path; ``None`` where none was
+    #: given (see :mod:`ensemblecert.config.labels`).
+    labels: Mapping[str, tuple[str | None, ...]] = attrs.field(
+        factory=dict, repr=False, metadata={"internal": True, "labels": True}
+    )
 
     @property
     def train_noise(self) -> NoiseSampler:

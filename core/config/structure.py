@@ -19,6 +19,7 @@ import cattrs
 from ..errors import ConfigError
 from ..registry import Registry, UnknownComponentError
 from ..validators import FieldError
+from .labels import label_problem
 
 _INVALID = object()
 
@@ -69,6 +70,8 @@ class _Structurer:
         self.registry = registry
         self.converter = make_converter()
         self.problems: list[str] = []
+        #: The labels taken out of component lists, by the list's path.
+        self.labels: dict[str, tuple[str | None, ...]] = {}
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path or '(top level)'}: {message}")
@@ -136,8 +139,11 @@ class _Structurer:
             if not isinstance(raw, list):
                 self.problem(path, f"expected a list of {kind} tables, got {raw!r}")
                 return _INVALID
+            raw = self.take_labels(raw, path)
             items = [self.component(kind, item, _join(path, i), None) for i, item in enumerate(raw)]
             return _INVALID if _INVALID in items else items
+        if kind and raw is None and f.default is None:  # an optional component left out (as describe writes it)
+            return None
         if kind:
             return self.component(kind, raw, path, f.metadata.get("default_spec"))
         if f.metadata.get("section") and isinstance(f.type, type):
@@ -154,6 +160,27 @@ class _Structurer:
                 message, _, where = line.rpartition(" @ ")
                 self.problems.append(f"{where}: {message}")
             return _INVALID
+
+    def take_labels(self, raw: list[Any], path: str) -> list[Any]:
+        """``raw`` with the ``label`` of each entry taken out, checked and recorded under ``path``."""
+        labels: list[str | None] = []
+        items = []
+        for i, item in enumerate(raw):
+            label = None
+            if isinstance(item, Mapping) and "label" in item:
+                label, item = item["label"], {k: v for k, v in item.items() if k != "label"}
+                where = _join(_join(path, i), "label")
+                problem = label_problem(label)
+                if problem is None and label in labels:
+                    problem = f"{label!r} already labels {_join(path, labels.index(label))}; give each its own"
+                if problem is not None:
+                    self.problem(where, problem)
+                    label = None
+            labels.append(label)
+            items.append(item)
+        if any(label is not None for label in labels):
+            self.labels[path] = tuple(labels)
+        return items
 
     def component(self, kind: str, raw: Any, path: str, default: Mapping[str, Any] | None) -> Any:
         if isinstance(raw, str):
@@ -193,7 +220,8 @@ def structure(cls: type, data: Mapping[str, Any], registry: Registry, *, path: s
     result = s.table(cls, data, path)
     if s.problems or result is _INVALID:
         raise ConfigError(s.problems or ["invalid configuration"])
-    return result
+    holders = [f for f in attrs.fields(cls) if f.metadata.get("labels")]
+    return attrs.evolve(result, **{holders[0].alias: s.labels}) if holders else result
 
 
 def build_component(kind: str, spec: Mapping[str, Any] | str, registry: Registry) -> Any:
@@ -206,6 +234,17 @@ def build_component(kind: str, spec: Mapping[str, Any] | str, registry: Registry
 
 
 # -------------------------------------------------------------------------------- reading
+def _put_labels(data: dict[str, Any], path: str, labels: Sequence[str | None]) -> None:
+    """Write the labels of the component list at the dotted ``path`` back into its tables."""
+    node: Any = data
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    if isinstance(node, list):
+        for item, label in zip(node, labels):
+            if label is not None and isinstance(item, dict):
+                item["label"] = label
+
+
 def describe(obj: Any, registry: Registry) -> Any:
     """The resolved configuration as plain data: components become ``{name = ..., params...}`` tables."""
     if attrs.has(type(obj)):
@@ -216,6 +255,10 @@ def describe(obj: Any, registry: Registry) -> Any:
         for f in attrs.fields(type(obj)):
             if not f.metadata.get("internal"):
                 out[f.alias] = describe(getattr(obj, f.name), registry)
+        for f in attrs.fields(type(obj)):
+            if f.metadata.get("labels"):
+                for path, labels in getattr(obj, f.name).items():
+                    _put_labels(out, path, labels)
         return out
     if isinstance(obj, (list, tuple)):
         return [describe(v, registry) for v in obj]

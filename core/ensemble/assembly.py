@@ -56,7 +56,7 @@ class Ensemble(nn.Module):
         self._runner_key: tuple | None = None
 
     def runner(self) -> Members:
-        """The :class:`~ensemblecert.engine.Members` that evaluate the members. A stacked or fused layout holds
+        """The :class:`~ensemblecert.ensemble.engine.Members` that evaluate the members. A stacked or fused layout holds
         copies of the weights, so it is rebuilt whenever a weight changed or the mode switched."""
         key = (self.training, tuple((id(p), p._version) for p in self.parameters()))
         runner, known = self._runner, self._runner_key

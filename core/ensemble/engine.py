@@ -4,7 +4,7 @@ Three layouts compute the same logits ``[N, B, C]``:
 
 * ``loop``: one member after another;
 * ``vmap``: one ``torch.func.vmap`` call over the members' stacked weights;
-* ``fused``: one wider network (:mod:`ensemblecert.fusion`): the first layer of all members as one layer, later
+* ``fused``: one wider network (:mod:`ensemblecert.ensemble.fusion`): the first layer of all members as one layer, later
   ones grouped.
 
 ``auto`` takes what measured fastest (``benchmarks/engine.py``, ``docs/engine.md``): the fused network for

@@ -7,22 +7,29 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import attrs
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..components import Command
-from ..config import default_pipeline_text, describe, load_pipeline
+from ..defaults import default_pipeline_text
 from ..errors import UserError
-from ..manager import load_registry
-from ..registry import KINDS, Registry
-from .pipeline import check_pipeline, run_pipeline
-from .report import Reporter
+from .terminal import console
+
+if TYPE_CHECKING:
+    import attrs
+
+    from ..components import Command
+    from ..registry import Registry
+
+# Only what parsing needs is imported above: torch and the rest load inside the command that needs them, so that
+# --help, `default` and a mistyped option answer at once.
 
 EPILOG = """\
+Plugins add commands of their own (`ensemblecert plugins` lists them under "command");
+`ensemblecert COMMAND --help` describes each.
+
 examples:
   ensemblecert run                                 # the built-in default pipeline (digits, offline)
   ensemblecert run examples/digits.toml --set training.epochs=5 --set certification.certifiers[0].n=2000
@@ -32,12 +39,20 @@ examples:
 """
 
 
-def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "pipeline",
-        nargs="?",
-        help="pipeline TOML file (default: the built-in digits pipeline, see `ensemblecert default`)",
-    )
+def _add_pipeline_args(p: argparse.ArgumentParser, *, several: bool = False) -> None:
+    if several:
+        p.add_argument(
+            "pipelines",
+            nargs="*",
+            metavar="PIPELINE",
+            help="pipeline TOML files (default: the built-in digits pipeline, see `ensemblecert default`)",
+        )
+    else:
+        p.add_argument(
+            "pipeline",
+            nargs="?",
+            help="pipeline TOML file (default: the built-in digits pipeline, see `ensemblecert default`)",
+        )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -101,10 +116,11 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 
     val = sub.add_parser(
         "validate",
-        help="check a pipeline file without running it",
-        description="Load a pipeline, resolve every component and check every value; print what would run.",
+        help="check pipeline files without running them",
+        description="Load each pipeline, resolve every component and check every value; print what would run. "
+        "Every file is checked; the exit status is 2 if any is invalid.",
     )
-    _add_pipeline_args(val)
+    _add_pipeline_args(val, several=True)
 
     plug = sub.add_parser(
         "plugins",
@@ -127,13 +143,22 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
     return parser
 
 
+def _first_command(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (the first argument that is not an option), if any."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    out = Console()
-    err = Console(stderr=True)
-    try:
-        commands = plugin_commands(load_registry())
-    except UserError as exc:
-        return _fail(err, exc)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out, err = console(), console(stderr=True)
+    commands: dict[str, Command] = {}
+    if _first_command(argv) not in (None, *BUILT_IN):  # perhaps a plugin's command: load the plugins to know
+        from ..manager import load_registry
+
+        try:
+            commands = plugin_commands(load_registry())
+        except UserError as exc:
+            return _fail(err, exc)
     parser = build_parser(commands)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -143,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args, out, err)
         if args.command == "validate":
-            return _validate(args, out)
+            return _validate_all(args, out, err)
         if args.command == "plugins":
             return _plugins(args, out)
         if args.command == "default":
@@ -204,6 +229,10 @@ def _check_processes(processes: int, device: str) -> None:
 
 
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ..config import load_pipeline
+    from .pipeline import check_pipeline, run_pipeline
+    from .report import Reporter
+
     overrides = list(args.overrides)
     if args.output is not None:
         if not args.output.strip():
@@ -239,11 +268,25 @@ def _toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _validate(args: argparse.Namespace, out: Console) -> int:
-    pipeline, registry = load_pipeline(args.pipeline, overrides=args.overrides)
+def _validate_all(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Validate every file named (the default pipeline when none is); one message per invalid file."""
+    status = 0
+    for path in args.pipelines or [None]:
+        try:
+            _validate(path, args.overrides, out)
+        except UserError as exc:
+            status = max(status, _fail(err, exc))
+    return status
+
+
+def _validate(path: str | None, overrides: Sequence[str], out: Console) -> None:
+    from ..config import describe, load_pipeline
+    from .pipeline import check_pipeline
+
+    pipeline, registry = load_pipeline(path, overrides=overrides)
     check_pipeline(pipeline)
     config = describe(pipeline, registry)
-    table = Table(title=escape(f"{args.pipeline or 'built-in default pipeline'}: valid"), show_header=False)
+    table = Table(title=escape(f"{path or 'built-in default pipeline'}: valid"), show_header=False)
     table.add_column("setting", style="bold")
     table.add_column("value")
     for key in ("data", "noise"):
@@ -254,7 +297,6 @@ def _validate(args: argparse.Namespace, out: Console) -> int:
     for key in ("seed", "device", "output", "plugins"):
         table.add_row(key, escape(_inline(config[key])))
     out.print(table)
-    return 0
 
 
 def _inline(value: object) -> str:
@@ -272,6 +314,9 @@ def _inline(value: object) -> str:
 
 
 def _plugins(args: argparse.Namespace, out: Console) -> int:
+    from ..manager import load_registry
+    from ..registry import KINDS
+
     registry = load_registry(args.modules)
     table = Table(title="Registered components")
     table.add_column("kind", style="bold")
@@ -298,6 +343,8 @@ def _plugins(args: argparse.Namespace, out: Console) -> int:
 
 
 def _default(a: attrs.Attribute) -> str:
+    import attrs
+
     d: Any = a.default
     if d is attrs.NOTHING:
         return "(required)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +23,7 @@ from torch import nn
 from ..checkpoints import plain, write_json
 from ..components import Aggregator, DataSplits, Stage
 from ..config import Pipeline
+from ..config.labels import component_labels
 from ..distributed import World
 from ..ensemble.assembly import Ensemble
 from ..errors import UserError
@@ -103,10 +104,14 @@ class RunContext:
             self.ensemble = Ensemble(self.members, aggregator, engine=self.pipeline.engine).to(self.device).eval()
         return self.ensemble
 
-    def labels(self, components: Sequence[object]) -> list[str]:
-        """Components' registered names, numbered where a name repeats (``cohen#1``, ``cohen#2``)."""
-        names = [self.registry.name_of(type(c)) or type(c).__name__ for c in components]
-        return [n if names.count(n) == 1 else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
+    def labels(self, path: str) -> list[str]:
+        """The labels of the component list at the TOML ``path`` (``"certification.certifiers"``): each entry's
+        ``label``, or its name and what sets it apart from entries of the same name
+        (:mod:`ensemblecert.config.labels`)."""
+        node: Any = self.config
+        for key in path.split("."):
+            node = node[key]
+        return component_labels(node)
 
 
 def fingerprint(obj: Any) -> str:

@@ -91,9 +91,12 @@ def evaluate(
     batch_size: int,
     seed: int,
     device: torch.device,
-    on_batch: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, str], None] | None = None,
 ) -> EvaluationSummary:
-    """Evaluate the inputs ``indices`` of ``dataset`` and return the accuracies (rows go to ``path`` as they come)."""
+    """Evaluate the inputs ``indices`` of ``dataset`` and return the accuracies (rows go to ``path`` as they come).
+
+    ``on_progress(count, what)`` hears of every evaluation of ``count`` inputs as it ends (``what``: the aggregator
+    and the attack, or ``natural``): ``len(indices) * len(aggregators) * (1 + len(attacks))`` in all."""
     header = columns(list(aggregators), list(attacks))
     done = read_rows(path, header)
     wanted = set(indices)
@@ -110,8 +113,8 @@ def evaluate(
             chunk = list(indices[start : start + batch_size])
             todo = [i for i in chunk if i not in done]
             if not todo:
-                if on_batch is not None:
-                    on_batch(len(chunk))
+                if on_progress is not None:
+                    on_progress(len(chunk) * len(models) * (1 + len(attacks)), "resumed")
                 continue
             pairs = [dataset[i] for i in chunk]
             x = torch.stack([torch.as_tensor(p[0]) for p in pairs]).to(device)
@@ -120,11 +123,15 @@ def evaluate(
             for c, (cname, model) in enumerate(models.items()):
                 with torch.no_grad():
                     predictions.append(model(x).argmax(dim=1))
+                if on_progress is not None:
+                    on_progress(len(chunk), f"{cname}: natural")
                 for a, (aname, attack) in enumerate(attacks.items()):
                     gen = generator(seed, "attack", chunk[0], c, a, device=device)
                     adversarial = attack.perturb(model, x, y, generator=gen)
                     with torch.no_grad():
                         predictions.append(model(adversarial).argmax(dim=1))
+                    if on_progress is not None:
+                        on_progress(len(chunk), f"{cname}: {aname}")
             table = torch.stack([y, *predictions], dim=1).cpu().tolist()
             for index, row in zip(chunk, table):
                 if index in done:
@@ -132,8 +139,6 @@ def evaluate(
                 done[index] = row
                 fh.write("\t".join(map(str, [index, *row])) + "\n")
             fh.flush()
-            if on_batch is not None:
-                on_batch(len(chunk))
     names = header[2:]
     rows = [done[i] for i in indices if i in done]
     accuracy: dict[str, dict[str, float]] = {c: {} for c in aggregators}

@@ -1,10 +1,10 @@
 """Running a pipeline: check it, build the run's context, and run its stages in turn.
 
 A run is a list of stages (:class:`ensemblecert.Stage`): the built-in ones (members, calibration, certification,
-evaluation; :mod:`ensemblecert.stages`), then those the pipeline lists under ``stages``. Each stage is resumed or
-refused by one rule (:func:`ensemblecert.context.resume_or_refuse`) and writes its outputs under
-``pipeline.output`` as it works (:class:`ensemblecert.context.Outputs` names them), so a run that was interrupted
-picks up where it stopped when started again with the same configuration.
+evaluation; :mod:`ensemblecert.running.stages`), then those the pipeline lists under ``stages``. Each stage is
+resumed or refused by one rule (:func:`ensemblecert.running.context.resume_or_refuse`) and writes its outputs under
+``pipeline.output`` as it works (:class:`ensemblecert.running.context.Outputs` names them), so a run that was
+interrupted picks up where it stopped when started again with the same configuration.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rich.console import Console
 from ..checkpoints import write_json
 from ..components import DataInfo, Stage
 from ..config import Pipeline, describe, load_pipeline
+from ..config.labels import component_labels
 from ..distributed import World, join, leave
 from ..ensemble.assembly import Ensemble
 from ..errors import ConfigError, UserError
@@ -54,10 +55,9 @@ class RunResult:
 
 
 def stages_of(pipeline: Pipeline, registry: Registry) -> list[tuple[str, Stage]]:
-    """The run's stages with their registered names: the built-in ones, then the pipeline's own."""
+    """The run's stages with their names: the built-in ones, then the pipeline's own (by their labels)."""
     built_in = [(name, registry.get("stage", name).cls()) for name in BUILT_IN]
-    names = [registry.name_of(type(s)) or type(s).__name__ for s in pipeline.stages]
-    names = [n if names.count(n) == 1 else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
+    names = component_labels(describe(pipeline, registry)["stages"])
     return built_in + list(zip(names, pipeline.stages))
 
 
@@ -128,7 +128,7 @@ def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: R
     run = _start(pipeline, registry, stages, fresh, reporter, world)
     problems = [problem for _, stage in stages if stage.enabled(run) for problem in stage.check(run)]
     if problems:
-        raise ConfigError(problems, pipeline.label)
+        raise ConfigError(problems, pipeline.origin)
     for name, stage in stages:
         if stage.enabled(run):
             resume_or_refuse(run, stage, name)

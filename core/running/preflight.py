@@ -75,7 +75,7 @@ def check_pipeline(pipeline: Pipeline) -> None:
         except UserError as exc:
             problems.append(str(exc))
     if problems:
-        raise ConfigError(problems, pipeline.label)
+        raise ConfigError(problems, pipeline.origin)
 
 
 def start_checkpoints(pipeline: Pipeline) -> list[Path]:

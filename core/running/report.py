@@ -6,18 +6,20 @@ from collections.abc import Sequence
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from ..smoothing.results import Summary
+from . import terminal
 from .evaluation import EvaluationSummary
+from .terminal import LogProgress
 
 
 class Reporter:
     """Terminal output of a run; ``quiet`` silences everything but errors."""
 
     def __init__(self, console: Console | None = None, *, quiet: bool = False) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console if console is not None else terminal.console(stderr=True)
         self.quiet = quiet
 
     def info(self, message: str) -> None:
@@ -32,18 +34,9 @@ class Reporter:
         """A warning that results are not sound certificates: printed even when ``quiet``."""
         self.console.print(f"[bold red]warning: not sound:[/] {escape(message)}", highlight=False)
 
-    def progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=self.quiet,
-        )
+    def progress(self) -> Progress | LogProgress:
+        """A live bar on a terminal, plain progress lines in a log."""
+        return terminal.progress(self.console, quiet=self.quiet)
 
     def evaluation(self, summary: EvaluationSummary, console: Console | None = None) -> None:
         (console or self.console).print(evaluation_table(summary))

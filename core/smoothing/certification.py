@@ -63,7 +63,8 @@ def certification_loop(
     Every entry of the plan starts from the input's one noise stream (``input_generator(seed, i)``), so entries
     with equal sampling settings share their draws (:class:`SharedTallies`), and small first draws of upcoming
     inputs are drawn together in one forward pass. Each outcome records its certificate (stamped with the smoothed
-    classifier the strategy and certifier certify), its seconds and its member evaluations.
+    classifier the strategy and certifier certify), its seconds (its own work plus an equal share of every tally it
+    used with others: :meth:`SharedTallies.time_shares`) and its member evaluations.
     """
     samplers = list(dict.fromkeys(entry.smoothed for entry in plan))
     ahead = {id(s): 0 for s in samplers}  # per sampler: the position in indices up to which first draws are drawn
@@ -89,6 +90,7 @@ def certification_loop(
         for entry, classifier in zip(plan, classifiers):
             usage = entry.smoothed.usage
             before = usage.snapshot() if usage is not None else None
+            entry.smoothed.asking = entry.label
             start = time.perf_counter()
             cert = entry.strategy.certificate(
                 entry.certifier, entry.smoothed, x, input_generator(seed, index, 0, device)
@@ -99,6 +101,11 @@ def certification_loop(
             outcomes[entry.label] = Outcome(
                 cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None
             )
+        for shared in samplers:  # shared draws cost each of their users an equal share
+            for label, extra in shared.time_shares().items():
+                if label in outcomes:
+                    outcome = outcomes[label]
+                    outcomes[label] = attrs.evolve(outcome, seconds=max(0.0, outcome.seconds + extra))
         yield index, outcomes
 
 

@@ -17,6 +17,7 @@ Two things make a tally depend only on the input, ``n`` and the generator:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
@@ -332,6 +333,16 @@ def _device_of(classifier: Classifier) -> torch.device:
     return torch.device("cpu")
 
 
+@attrs.define
+class _Drawn:
+    """One tally of an input: the seconds it took, whether that was inside a request (so inside the first user's
+    wall time) rather than ahead of it, and who used it, first user first."""
+
+    seconds: float
+    inside: bool
+    users: list[object]
+
+
 class SharedTallies:
     """A smoothed classifier that draws each distinct tally of an input once, for every certifier that asks.
 
@@ -348,12 +359,19 @@ class SharedTallies:
     draws fit in one batch, and :meth:`prefetch` draws them for upcoming inputs in one pass (the same noise, from
     the same generators). A prefetched tally is charged to the sampler's usage when it is first asked for, so
     every record reads as if it had been drawn alone.
+
+    Time is split by use: whoever asks names itself in :attr:`asking`, and :meth:`time_shares` says, per asker,
+    how much to add to (or take from) the wall time of its requests so that every tally costs each of its users an
+    equal share (a prefetched tally's share of the pass that drew it included).
     """
 
     def __init__(self, smoothed: SmoothedClassifier) -> None:
         self.smoothed = smoothed
         self._seen: dict[tuple[bytes, int, bool], tuple[Tally, Tensor]] = {}
-        self._ahead: dict[tuple[bytes, int, bool], tuple[Tally, Tensor]] = {}
+        self._ahead: dict[tuple[bytes, int, bool], tuple[Tally, Tensor, float]] = {}
+        self._drawn: dict[tuple[bytes, int, bool], _Drawn] = {}  # this input's tallies: cost and users
+        #: Who is asking for tallies now (a label of the caller's choosing), for :meth:`time_shares`.
+        self.asking: object = None
         self._first: tuple[int, bool] | None = None
         self._fresh = True  # no request since clear()
         self._sampler = smoothed if isinstance(smoothed, MonteCarloSampler) else None
@@ -368,7 +386,19 @@ class SharedTallies:
 
     def clear(self) -> None:
         self._seen.clear()
+        self._drawn.clear()
         self._fresh = True
+
+    def time_shares(self) -> dict[object, float]:
+        """Seconds to add to each asker's wall time since :meth:`clear`: an equal share of every tally it used,
+        less what it spent drawing tallies that others used too."""
+        shares: dict[object, float] = {}
+        for drawn in self._drawn.values():
+            if drawn.inside:  # the first user's wall time holds the draw
+                shares[drawn.users[0]] = shares.get(drawn.users[0], 0.0) - drawn.seconds
+            for user in drawn.users:
+                shares[user] = shares.get(user, 0.0) + drawn.seconds / len(drawn.users)
+        return shares
 
     def inputs_per_pass(self) -> int:
         """How many inputs' first draws fit in one batch (0 or 1: prefetching would not help)."""
@@ -385,13 +415,15 @@ class SharedTallies:
         keys = [(g.get_state().numpy().tobytes(), n, members) for g in generators]
         usage = sampler.usage
         before = usage.snapshot()
+        start = time.perf_counter()
         tallies = sampler.tally_many(xs, n, generators=generators, softmax=True, members=members)
+        each = (time.perf_counter() - start) / len(xs)
         usage.draws, usage.evaluations = before.draws, before.evaluations  # charged when asked for (tally)
         if tallies is None:  # the aggregator skips members: tally inputs one by one
             self._batchable = False
             return
         for key, tally, g in zip(keys, tallies, generators):
-            self._ahead[key] = (tally, g.get_state())
+            self._ahead[key] = (tally, g.get_state(), each)
 
     def tally(
         self,
@@ -412,16 +444,22 @@ class SharedTallies:
         if key in self._seen:
             tally, after = self._seen[key]
             generator.set_state(after)
+            if key in self._drawn and self.asking not in self._drawn[key].users:
+                self._drawn[key].users.append(self.asking)
             return tally
         if key in self._ahead:
-            tally, after = self._ahead.pop(key)
+            tally, after, seconds = self._ahead.pop(key)
             generator.set_state(after)
             usage = self.usage
             if usage is not None:  # charged now, as if drawn now
                 usage.draws += tally.n
                 usage.evaluations += tally.evaluations
+            inside = False
         else:
+            start = time.perf_counter()
             tally = self.smoothed.tally(x, n, generator=generator, softmax=True, members=members)
+            seconds, inside = time.perf_counter() - start, True
             after = generator.get_state()
         self._seen[key] = (tally, after)
+        self._drawn[key] = _Drawn(seconds, inside, [self.asking])
         return tally

@@ -58,6 +58,7 @@ class SimplexCommand(Command):
 
     def _bare(self, args: argparse.Namespace, console: Console) -> int:
         names = _names(args.of or ",".join(DEFAULT_SETS["multinomial"]))
+        console.print(f"Mapping where {', '.join(names)} win on {args.resolution} cells along E0 ...", highlight=False)
         found = winner_map(names, args.resolution)
         ratios = ceiling_ratios(names, args.resolution)
         path = draw(found, args.output or "simplex_regions.png", title=f"Winning regions: {', '.join(names)}")
@@ -87,6 +88,8 @@ class SimplexCommand(Command):
         for record in ranked:
             names = list(dict.fromkeys(mechanism_of(e) for e in record.entries))
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", record.label)
+            doing = f"mapping where {', '.join(names)} win and placing {len(record.labels)} inputs"
+            console.print(escape(f"{record.label}: {doing} ..."), highlight=False)
             path = draw(
                 winner_map(names, args.resolution),
                 out_dir / f"simplex_{slug}.png",

@@ -1,7 +1,7 @@
 """The built-in stages of a run, registered by the core as any plugin registers its own.
 
 A run is ``members -> calibration -> certification -> evaluation``, then the stages a pipeline lists under
-``stages = [...]``. Each stage is one module; :mod:`ensemblecert.context` holds what they share.
+``stages = [...]``. Each stage is one module; :mod:`ensemblecert.running.context` holds what they share.
 """
 
 from __future__ import annotations

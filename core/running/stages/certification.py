@@ -30,11 +30,10 @@ from ..context import Outputs, RunContext, size, weights_digest
 def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:
     """``(label, strategy index, certifier index)`` for every smoothing strategy and certifier, in results order.
 
-    Labels are the certifiers' names (numbered when one repeats), prefixed by the strategy's name (``eas/cohen``)
-    when the pipeline compares several strategies.
+    Labels are the certifiers' labels (:mod:`ensemblecert.config.labels`), prefixed by the strategy's
+    (``eas/cohen``) when the pipeline compares several strategies.
     """
-    p = run.pipeline
-    certifiers, strategies = run.labels(p.certification.certifiers), run.labels(p.ensemble.smoothing)
+    certifiers, strategies = run.labels("certification.certifiers"), run.labels("ensemble.smoothing")
     if len(strategies) == 1:
         return [(label, 0, k) for k, label in enumerate(certifiers)]
     return [(f"{s}/{m}", i, k) for i, s in enumerate(strategies) for k, m in enumerate(certifiers)]

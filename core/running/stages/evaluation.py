@@ -1,6 +1,6 @@
 """The evaluation stage: accuracy on clean test inputs and under each attack, per aggregator (``[evaluation]``).
 
-Rows go to ``evaluation.tsv`` batch by batch (see :mod:`ensemblecert.evaluation`) and the accuracies to
+Rows go to ``evaluation.tsv`` batch by batch (see :mod:`ensemblecert.running.evaluation`) and the accuracies to
 ``evaluation.json``. It runs on rank 0 alone: attacks are cheap next to certification.
 """
 
@@ -44,12 +44,13 @@ class EvaluationStage(Stage):
         if not run.world.main:  # on rank 0 alone
             return
         p, e = run.pipeline, run.pipeline.evaluation
-        aggregators = dict(zip(run.labels(e.aggregators), e.aggregators))
-        attacks = dict(zip(run.labels(e.attacks), e.attacks))
+        aggregators = dict(zip(run.labels("evaluation.aggregators"), e.aggregators))
+        attacks = dict(zip(run.labels("evaluation.attacks"), e.attacks))
         tsv, meta = run.path(Outputs.EVALUATION_TSV), run.path(Outputs.EVALUATION_SUMMARY)
         indices = list(range(0, size(run.data.test), e.skip))[: e.max_examples]
         with run.reporter.progress() as bar:
-            task = bar.add_task("evaluate", total=len(indices), status=", ".join(attacks))
+            steps = len(indices) * len(aggregators) * (1 + len(attacks))  # each input, clean and under each attack
+            task = bar.add_task("evaluate", total=steps, status=", ".join(attacks))
             run.evaluation = evaluate(
                 run.members,
                 aggregators,
@@ -60,7 +61,7 @@ class EvaluationStage(Stage):
                 batch_size=e.batch_size,
                 seed=p.seed,
                 device=run.device,
-                on_batch=lambda k: bar.advance(task, k),
+                on_progress=lambda k, what: bar.update(task, advance=k, status=what),
             )
         write_json(meta, {**run.evaluation.to_dict(), "tsv": str(tsv)})
         run.reporter.info(f"Accuracy under attack: {tsv}, {meta}")
