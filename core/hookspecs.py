@@ -146,7 +146,7 @@ def register_attacks(register: Register) -> None:
 def register_stages(register: Register) -> None:
     """Register run stages: subclasses of :class:`ensemblecert.Stage`.
 
-    The built-in stages (members, calibration, certification, evaluation) are registered by the core itself. A
+    The built-in stages (members, calibration, certification, evaluation, report) are registered by the core itself. A
     pipeline lists further stages under ``stages = [{ name = "...", ... }]``; they run after the built-in ones, in
     order, each with the run's :class:`~ensemblecert.running.context.RunContext`. ``Stage.outputs`` names the files
     the stage owns (``--fresh`` removes them), ``Stage.fingerprint(run)`` what they depend on (a changed fingerprint

@@ -65,10 +65,10 @@ def test_the_run_is_the_built_in_stages_then_the_pipelines_own():
     plugin = toy_plugin()
     pipeline, registry = load_pipeline({"stages": ["toy", {"name": "toy", "message": "again"}]}, plugins=[plugin])
     names = [name for name, _ in stages_of(pipeline, registry)]
-    assert names == ["members", "calibration", "certification", "evaluation", "toy (hello)", "toy (again)"]
+    assert names == ["members", "calibration", "certification", "evaluation", "report", "toy (hello)", "toy (again)"]
     registered = {c.name: c.plugin for c in load_registry(entry_points=False) if c.kind == "stage"}
     assert registered == dict.fromkeys(
-        ["members", "calibration", "certification", "evaluation"], "ensemblecert.running.stages"
+        ["members", "calibration", "certification", "evaluation", "report"], "ensemblecert.running.stages"
     )
 
 

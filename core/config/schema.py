@@ -185,7 +185,7 @@ class Pipeline:
     output: str = attrs.field(default="runs/default", validator=path_string)
     #: Extra plugin modules to load for this pipeline.
     plugins: list[str] = attrs.field(factory=list)
-    #: Stages from plugins, run after the built-in ones (members, calibration, certification, evaluation).
+    #: Stages from plugins, run after the built-in ones (members, calibration, certification, evaluation, report).
     stages: list[Stage] = component_list("stage", [], empty=True)
     #: The configuration as read (after overrides), saved next to checkpoints and results.
     source: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False, metadata={"internal": True})

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -64,7 +65,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, several: bool = False) -> 
     )
 
 
-BUILT_IN = ("run", "validate", "plugins", "default")
+BUILT_IN = ("run", "validate", "plugins", "default", "report")
 
 
 def plugin_commands(registry: Registry) -> dict[str, Command]:
@@ -134,6 +135,23 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
     sub.add_parser(
         "default", help="print the built-in default pipeline (TOML)", description="Print the built-in default pipeline."
     )
+
+    rep = sub.add_parser(
+        "report",
+        help="compare runs: certified accuracy tables and figures of their results",
+        description="Read the certification results of one or more runs and write a report: report.md (a table of "
+        "certified accuracy at chosen radii, ACR, abstentions and wrong predictions, samples and member "
+        "evaluations per input, the best value of each column marked, and the figures), report.tex (the table), "
+        "certified_accuracy.png/.pdf (accuracy against radius) and lower_bounds.png/.pdf (the distribution of the "
+        "lower confidence bounds). `ensemblecert run` writes the same report for its own run.",
+    )
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run output directories")
+    rep.add_argument(
+        "--output", "-o", help="folder for the report (default: the run's directory, or ./report for several runs)"
+    )
+    rep.add_argument(
+        "--radii", type=float, nargs="+", metavar="R", help="radii of the table (default: the first run's)"
+    )
     for name, command in (commands or {}).items():
         doc = (type(command).__doc__ or name).strip()
         parser_ = sub.add_parser(
@@ -174,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "default":
             sys.stdout.write(default_pipeline_text())
             return 0
+        if args.command == "report":
+            return _report(args, argv, out)
         if args.command in commands:
             return commands[args.command].run(args, out)
     except UserError as exc:
@@ -260,6 +280,24 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         reporter.evaluation(result.evaluation, console=out)
     if result.summary is None and result.evaluation is None:
         reporter.info(f"Trained members are in {result.output / 'checkpoints'}")
+    return 0
+
+
+def _report(args: argparse.Namespace, argv: Sequence[str], out: Console) -> int:
+    import shlex
+
+    from ..reports.runs import read_run
+    from ..reports.tables import rich_table
+    from ..reports.writer import write_report
+
+    records = [read_run(path) for path in args.runs]
+    folder = args.output or (args.runs[0] if len(args.runs) == 1 else "report")
+    if args.radii is not None and any(r < 0 for r in args.radii):
+        raise UserError(f"--radii: radii are at least 0, got {args.radii}")
+    command = "ensemblecert " + " ".join(shlex.quote(a) for a in argv)
+    comparison = write_report(records, folder, radii=args.radii, command=command)
+    out.print(rich_table(comparison))
+    out.print(f"Report: {escape(str(Path(folder) / 'report.md'))}", highlight=False)
     return 0
 
 

@@ -55,7 +55,10 @@ class Outputs:
     CERTIFICATION_PART = "certification.part-{rank}.tsv"
     CERTIFICATION_META = "certification.meta.json"
     CERTIFICATION_SUMMARY = "certification.json"
-    CERTIFICATION_PLOT = "certified_accuracy.png"
+    REPORT = "report.md"  # the run's report (see ensemblecert.reports), with the table as LaTeX and two figures
+    REPORT_TABLE = "report.tex"
+    CERTIFIED_ACCURACY_PLOT = "certified_accuracy"  # .png and .pdf
+    LOWER_BOUNDS_PLOT = "lower_bounds"  # .png and .pdf
     EVALUATION_TSV = "evaluation.tsv"
     EVALUATION_SUMMARY = "evaluation.json"
 

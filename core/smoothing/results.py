@@ -14,7 +14,7 @@ import csv
 import math
 import os
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,7 +60,7 @@ class ExampleResult:
 
 
 @attrs.frozen
-class MechanismSummary:
+class CertifierSummary:
     """Certified accuracy at each radius, average certified radius (ACR) and costs, for one certifier.
 
     ``evaluation_share``: member evaluations spent over those the full ensemble would have spent on the
@@ -87,7 +87,7 @@ class Summary:
     false when a reduced precision could have changed what was counted (the radii then promise nothing)."""
 
     examples: int
-    certifiers: Mapping[str, MechanismSummary]
+    certifiers: Mapping[str, CertifierSummary]
     precision: str = "fp32"
     sound: bool = True
 
@@ -135,7 +135,7 @@ def summarize(
         counted = [o.certificate.samples for o in outcomes if o.evaluations is not None]
         extras = [o.extras() for o in outcomes]
         keys = sorted({k for e in extras for k in e})
-        out[name] = MechanismSummary(
+        out[name] = CertifierSummary(
             certified_accuracy={
                 float(rad): (sum(ok and c.radius >= rad for c, ok in certs) / n if n else math.nan) for rad in radii
             },
@@ -380,30 +380,3 @@ def _parse_row(row: Sequence[str], at: Mapping[str, int], certifiers: Sequence[s
             round(kcr * samples) if kcr is not None else None,
         )
     return ExampleResult(index=_number(row[0], int, "idx"), label=_number(row[1], int, "label"), outcomes=outcomes)
-
-
-def plot_certified_accuracy(results: Iterable[ExampleResult], certifiers: Sequence[str], path: str | Path) -> Path:
-    """Save certified accuracy against radius (one curve per certifier) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = list(results)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    for name in certifiers:
-        radii = sorted(r.outcomes[name].certificate.radius for r in results if r.correct(name))
-        top = max([*radii, 1e-9])
-        grid = [1.05 * top * i / 200 for i in range(201)]
-        n = max(len(results), 1)
-        ax.plot(grid, [sum(r >= g for r in radii) / n for g in grid], label=name)
-    ax.set_xlabel("L2 radius")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -1,6 +1,6 @@
 """The built-in stages of a run, registered by the core as any plugin registers its own.
 
-A run is ``members -> calibration -> certification -> evaluation``, then the stages a pipeline lists under
+A run is ``members -> calibration -> certification -> evaluation -> report``, then the stages a pipeline lists under
 ``stages = [...]``. Each stage is one module; :mod:`ensemblecert.running.context` holds what they share.
 """
 
@@ -11,6 +11,7 @@ from .calibration import CalibrationStage
 from .certification import CertificationStage
 from .evaluation import EvaluationStage
 from .members import MembersStage
+from .report import ReportStage
 
 #: The built-in stages by registered name, in the order every run runs them.
 BUILT_IN = {
@@ -18,6 +19,7 @@ BUILT_IN = {
     "calibration": CalibrationStage,
     "certification": CertificationStage,
     "evaluation": EvaluationStage,
+    "report": ReportStage,
 }
 
 

@@ -18,7 +18,6 @@ from ...smoothing.results import (
     ExampleResult,
     ResultsWriter,
     merge_results,
-    plot_certified_accuracy,
     read_results,
     rewrite_results,
     summarize,
@@ -55,7 +54,6 @@ class CertificationStage(Stage):
         Outputs.CERTIFICATION_PARTS,
         Outputs.CERTIFICATION_META,
         Outputs.CERTIFICATION_SUMMARY,
-        Outputs.CERTIFICATION_PLOT,
     )
     refusal = (
         "holds results of a different model or certification setup; run with --fresh to replace them or choose "
@@ -141,8 +139,6 @@ class CertificationStage(Stage):
         )
         if world.main:
             write_json(run.path(Outputs.CERTIFICATION_SUMMARY), {**run.summary.to_dict(), "tsv": str(tsv)})
-            if results:
-                plot_certified_accuracy(results, labels, run.path(Outputs.CERTIFICATION_PLOT))
             run.reporter.info(f"Results: {tsv}, {run.path(Outputs.CERTIFICATION_SUMMARY)}")
 
     @staticmethod

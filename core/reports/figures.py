@@ -1,0 +1,102 @@
+"""Figures of certification results: certified accuracy against radius (as the papers draw it, one curve per run
+and certifier, y from 0 to 1), and the empirical distribution of the lower confidence bound on the top class's
+probability per input (ACR alone can hide where the bounds lie). Each saved as PNG and PDF."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .runs import RunRecord, run_names
+
+#: The details holding the lower confidence bound on the top class's probability: ``p_lower`` (CERTIFY and the
+#: certifiers built on it) or ``e0`` (the expectations of Cullen24).
+LOWER_BOUND_KEYS = ("p_lower", "e0")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curves(records: Sequence[RunRecord]) -> list[tuple[str, RunRecord, str]]:
+    names = run_names(records)
+    several = len(records) > 1
+    return [
+        (f"{name}: {label}" if several else label, r, label) for name, r in zip(names, records) for label in r.labels
+    ]
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path)
+    return paths
+
+
+def certified_accuracy_figure(records: Sequence[RunRecord], stem: str | Path) -> list[Path]:
+    """Certified accuracy (correct and certified at radius >= r) against r; saves ``stem``.png and .pdf."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    top = 1e-9
+    for _, record, label in _curves(records):
+        top = max([top, *(r.outcomes[label].certificate.radius for r in record.results)])
+    grid = np.linspace(0.0, 1.05 * top, 300)
+    for name, record, label in _curves(records):
+        radii = np.array([r.outcomes[label].certificate.radius for r in record.results if r.correct(label)])
+        n = max(len(record.results), 1)
+        ax.plot(grid, [(radii >= g).sum() / n for g in grid], label=name)
+    ax.set_xlabel("L2 radius")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, grid[-1])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    try:
+        return _save(fig, Path(stem))
+    finally:
+        plt.close(fig)
+
+
+def lower_bounds(record: RunRecord, label: str) -> np.ndarray:
+    """The lower confidence bound on the top class's probability of every input certified by ``label`` (empty when
+    its certificates do not record one)."""
+    values = []
+    for r in record.results:
+        details = r.outcomes[label].certificate.details
+        key = next((k for k in LOWER_BOUND_KEYS if k in details), None)
+        if key is None:
+            return np.array([])
+        values.append(details[key])
+    return np.array(values, dtype=float)
+
+
+def lower_bound_figure(records: Sequence[RunRecord], stem: str | Path) -> list[Path]:
+    """The empirical CDF of each certifier's lower bounds; saves ``stem``.png and .pdf (nothing when no certifier
+    records a bound)."""
+    curves = [(name, lower_bounds(record, label)) for name, record, label in _curves(records)]
+    curves = [(name, np.sort(v)) for name, v in curves if v.size]
+    if not curves:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, values in curves:
+        ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=name)
+    ax.axvline(0.5, color="grey", lw=0.8, ls=":")  # below 1/2 nothing is certified
+    ax.set_xlabel("lower confidence bound on the top class's probability")
+    ax.set_ylabel("share of inputs at or below")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    try:
+        return _save(fig, Path(stem))
+    finally:
+        plt.close(fig)

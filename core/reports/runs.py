@@ -1,0 +1,85 @@
+"""A run's certification results read back from its directory, for reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import UserError
+from ..running.context import Outputs
+from ..smoothing.results import ExampleResult, Summary, read_results, summarize
+
+#: Radii reported when a run does not say (as ``[certification] radii`` defaults).
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@attrs.frozen
+class RunRecord:
+    """One run's certification results: each input's outcome per certifier ``label``, the radii its pipeline
+    reports, and whether its counts are sound (full precision)."""
+
+    directory: Path
+    labels: tuple[str, ...]
+    results: tuple[ExampleResult, ...]
+    radii: tuple[float, ...]
+    sound: bool = True
+
+    def summary(self, radii: Sequence[float] | None = None) -> Summary:
+        return summarize(self.results, self.labels, radii if radii is not None else self.radii, sound=self.sound)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); run the pipeline again to rewrite it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: damaged (not a JSON table); run the pipeline again to rewrite it")
+    return data
+
+
+def read_run(directory: str | Path) -> RunRecord:
+    """The certification results in ``directory`` (a run's output directory); a UserError saying what is missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such run directory")
+    tsv, meta = directory / Outputs.CERTIFICATION_TSV, directory / Outputs.CERTIFICATION_META
+    if not tsv.exists() or not meta.exists():
+        raise UserError(
+            f"{directory}: holds no certification results ({Outputs.CERTIFICATION_TSV}); run its pipeline with "
+            "certification enabled first"
+        )
+    labels = _json(meta).get("certifiers")
+    if not isinstance(labels, list) or not labels:
+        raise UserError(f"{meta}: damaged (no list of certifiers in it); run the pipeline again with --fresh")
+    try:
+        results = read_results(tsv, [str(label) for label in labels])
+    except ValueError as exc:
+        raise UserError(f"{tsv}: {exc}") from None
+    radii: Any = DEFAULT_RADII
+    pipeline = directory / Outputs.PIPELINE
+    if pipeline.exists():
+        radii = _json(pipeline).get("certification", {}).get("radii", DEFAULT_RADII)
+    summary = directory / Outputs.CERTIFICATION_SUMMARY
+    sound = bool(_json(summary).get("sound", True)) if summary.exists() else True
+    return RunRecord(
+        directory=directory,
+        labels=tuple(str(label) for label in labels),
+        results=tuple(sorted(results, key=lambda r: r.index)),
+        radii=tuple(float(r) for r in radii),
+        sound=sound,
+    )
+
+
+def run_names(records: Sequence[RunRecord]) -> list[str]:
+    """How each run is called in a comparison: its directory's name, or as much of its path as tells it apart."""
+    parts = [r.directory.resolve().parts for r in records]
+    for depth in range(1, max((len(p) for p in parts), default=1) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(r.directory) for r in records]

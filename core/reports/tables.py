@@ -1,0 +1,169 @@
+"""Runs side by side: certified accuracy at chosen radii, ACR, abstentions and wrong predictions counted apart, and
+the cost per input, one row per run and certifier, the best value of each column marked; for the terminal, Markdown
+and LaTeX."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import attrs
+from rich.markup import escape
+from rich.table import Table
+
+from ..components import ABSTAIN
+from .runs import RunRecord, run_names
+
+
+@attrs.frozen
+class Row:
+    """One certifier of one run over its inputs."""
+
+    run: str
+    certifier: str
+    classifier: str
+    inputs: int
+    accuracy: tuple[float, ...]  # certified accuracy at each radius of the table
+    acr: float
+    abstained: int
+    wrong: int  # a class predicted, not the label's
+    samples: float  # mean per input
+    evaluations: float | None  # mean member evaluations per input, where counted
+    sound: bool = True
+
+
+@attrs.frozen
+class Comparison:
+    radii: tuple[float, ...]
+    rows: tuple[Row, ...]
+
+    def best(self) -> tuple[set[int], ...]:
+        """Per radius, then for ACR: the rows holding the column's best value (ties all marked)."""
+        columns = [[row.accuracy[k] for row in self.rows] for k in range(len(self.radii))]
+        columns.append([row.acr for row in self.rows])
+        marks = []
+        for values in columns:
+            finite = [v for v in values if not math.isnan(v)]
+            top = max(finite) if finite else math.nan
+            marks.append({i for i, v in enumerate(values) if len(self.rows) > 1 and v == top})
+        return tuple(marks)
+
+
+def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None) -> Comparison:
+    """Every run's every certifier at ``radii`` (default: the first run's radii)."""
+    radii = tuple(float(r) for r in (radii if radii is not None else (records[0].radii if records else ())))
+    rows = []
+    for name, record in zip(run_names(records), records):
+        summary = record.summary(radii)
+        for label in record.labels:
+            s = summary.certifiers[label]
+            certs = [(r.outcomes[label].certificate, r.label) for r in record.results]
+            rows.append(
+                Row(
+                    run=name,
+                    certifier=label,
+                    classifier=s.classifier,
+                    inputs=summary.examples,
+                    accuracy=tuple(s.certified_accuracy[r] for r in radii),
+                    acr=s.acr,
+                    abstained=sum(c.prediction == ABSTAIN for c, _ in certs),
+                    wrong=sum(c.prediction not in (ABSTAIN, y) for c, y in certs),
+                    samples=s.mean_samples,
+                    evaluations=s.mean_evaluations,
+                    sound=record.sound,
+                )
+            )
+    return Comparison(radii, tuple(rows))
+
+
+def _headers(c: Comparison) -> list[str]:
+    return [
+        "run",
+        "certifier",
+        "classifier",
+        *(f"r = {r:g}" for r in c.radii),
+        "ACR",
+        "abstained",
+        "wrong",
+        "inputs",
+        "samples/input",
+        "evaluations/input",
+    ]
+
+
+def _cells(c: Comparison, i: int, mark) -> list[str]:
+    row, best = c.rows[i], c.best()
+    accuracy = [mark(f"{a:.1%}", i in best[k]) for k, a in enumerate(row.accuracy)]
+    return [
+        row.run if row.sound else f"{row.run} (NOT SOUND)",
+        row.certifier,
+        row.classifier,
+        *accuracy,
+        mark(f"{row.acr:.3f}", i in best[-1]),
+        str(row.abstained),
+        str(row.wrong),
+        str(row.inputs),
+        f"{row.samples:,.0f}",
+        "" if row.evaluations is None else f"{row.evaluations:,.0f}",
+    ]
+
+
+def rich_table(c: Comparison, title: str = "Certified accuracy") -> Table:
+    table = Table(title=title, caption="best of each column in bold" if len(c.rows) > 1 else None)
+    for k, header in enumerate(_headers(c)):
+        table.add_column(header, justify="left" if k < 3 else "right", style="bold" if k == 1 else None)
+    for i in range(len(c.rows)):
+        cells = _cells(c, i, lambda text, best: f"[bold green]{text}[/]" if best else text)
+        cells[0], cells[1] = escape(cells[0]), escape(cells[1])  # names are text, never markup
+        table.add_row(*cells)
+    return table
+
+
+def markdown_table(c: Comparison) -> str:
+    def md(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(_headers(c)) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(_headers(c)) - 3)) + " |",
+    ]
+    for i in range(len(c.rows)):
+        cells = _cells(c, i, lambda text, best: f"**{text}**" if best else text)
+        lines.append("| " + " | ".join(md(x) for x in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def _tex(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex_table(c: Comparison) -> str:
+    """A ``tabular`` (booktabs rules) to paste into a paper; the best of each column in bold."""
+    headers = _headers(c)
+    spec = "lll" + "r" * (len(headers) - 3)
+    lines = [
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(_tex(h) for h in headers) + " \\\\",
+        "\\midrule",
+    ]
+    for i in range(len(c.rows)):
+        cells = _cells(c, i, lambda text, best: f"\x00{text}\x01" if best else text)
+        tex = [_tex(x).replace("\x00", "\\textbf{").replace("\x01", "}") for x in cells]
+        lines.append(" & ".join(tex) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,57 @@
+"""One folder per report: ``report.md`` (the comparison and the figures, ready to paste into a paper or an issue),
+``report.tex`` (the table), ``certified_accuracy.png``/``.pdf`` and ``lower_bounds.png``/``.pdf``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..checkpoints import write_text
+from ..running.context import Outputs
+from .figures import certified_accuracy_figure, lower_bound_figure
+from .runs import RunRecord, run_names
+from .tables import Comparison, compare, latex_table, markdown_table
+
+#: The files a report writes into its folder (glob patterns: the figures are PNG and PDF).
+FILES = (Outputs.REPORT, Outputs.REPORT_TABLE, f"{Outputs.CERTIFIED_ACCURACY_PLOT}.*", f"{Outputs.LOWER_BOUNDS_PLOT}.*")
+
+
+def write_report(
+    records: Sequence[RunRecord], folder: str | Path, *, radii: Sequence[float] | None = None, command: str = ""
+) -> Comparison:
+    """Write the report of ``records`` into ``folder`` (created if missing) and return its comparison. ``command``,
+    when given, is the command line that made it, quoted in ``report.md``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    comparison = compare(records, radii)
+    curves = certified_accuracy_figure(records, folder / Outputs.CERTIFIED_ACCURACY_PLOT)
+    bounds = lower_bound_figure(records, folder / Outputs.LOWER_BOUNDS_PLOT)
+    write_text(folder / Outputs.REPORT_TABLE, latex_table(comparison))
+    names = run_names(records)
+    lines = [f"# Certification report: {', '.join(names)}", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [
+        "Certified accuracy is the share of inputs predicted correctly with a certified L2 radius of at least r; ACR",
+        "averages the radius, counting 0 for abstentions and wrong predictions, which are counted apart. Samples and",
+        "member evaluations are per input.",
+        "",
+        markdown_table(comparison),
+    ]
+    if len(comparison.rows) > 1:
+        lines += ["The best value of each column is in bold.", ""]
+    if not all(r.sound for r in records):
+        lines += ["Runs marked NOT SOUND ran their members in reduced precision: their radii promise nothing.", ""]
+    lines += [f"![Certified accuracy against radius]({curves[0].name})", ""]
+    if bounds:
+        lines += [
+            "Where the lower confidence bounds on the top class's probability lie (an input is certified only",
+            "above 1/2):",
+            "",
+            f"![Distribution of the lower bounds]({bounds[0].name})",
+            "",
+        ]
+    lines += ["Runs:", ""]
+    lines += [f"- {name}: `{r.directory}` ({len(r.results)} inputs)" for name, r in zip(names, records)]
+    write_text(folder / Outputs.REPORT, "\n".join(lines) + "\n")
+    return comparison

@@ -1,0 +1,118 @@
+"""Reports: runs read back, compared side by side (terminal, Markdown, LaTeX) and drawn, by `ensemblecert report`
+and by the report stage at the end of every run."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from ensemblecert import ABSTAIN, run
+from ensemblecert.reports.figures import lower_bounds
+from ensemblecert.reports.runs import read_run, run_names
+from ensemblecert.reports.tables import compare, latex_table, markdown_table
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """One small run with two certifiers, and a copy of it whose rows were changed (a second run to compare)."""
+    base = tmp_path_factory.mktemp("reports")
+    pipeline = {
+        "seed": 3,
+        "device": "cpu",
+        "output": str(base / "first"),
+        "ensemble": {"members": 2, "model": {"name": "mlp", "hidden": [32]}},
+        "training": {"epochs": 2, "batch_size": 128, "lr": 0.1},
+        "certification": {
+            "certifiers": [
+                {"name": "cohen", "n0": 20, "n": 300, "alpha": 0.01},
+                {"name": "cohen", "n0": 20, "n": 300, "alpha": 0.01, "expectation": "softmax", "label": "soft_one"},
+            ],
+            "skip": 30,
+            "radii": [0.0, 0.25, 0.5],
+        },
+    }
+    result = run(pipeline)
+    second = base / "second"
+    shutil.copytree(result.output, second)
+    # the second run abstains on its first input wherever the first certified it
+    tsv = second / "certification.tsv"
+    lines = tsv.read_text().splitlines()
+    header, first = lines[0].split("\t"), lines[1].split("\t")
+    for prefix in ("", "cohen:"):  # the leading columns repeat the first certifier's
+        first[header.index(f"{prefix}predict")] = str(ABSTAIN)
+        first[header.index(f"{prefix}radius")] = "0"
+        first[header.index(f"{prefix}correct")] = "0"
+    tsv.write_text("\n".join([lines[0], "\t".join(first), *lines[2:]]) + "\n")
+    return result, second
+
+
+def test_a_run_writes_its_own_report(two_runs):
+    result, _ = two_runs
+    for name in ("report.md", "report.tex", "certified_accuracy.png", "certified_accuracy.pdf", "lower_bounds.png"):
+        assert (result.output / name).stat().st_size > 200, name
+    assert "| first | cohen | hard |" in (result.output / "report.md").read_text()
+
+
+def test_the_comparison_counts_what_the_rows_say(two_runs):
+    result, second = two_runs
+    records = [read_run(result.output), read_run(second)]
+    assert run_names(records) == ["first", "second"]
+    comparison = compare(records)
+    assert comparison.radii == (0.0, 0.25, 0.5)
+    rows = {(r.run, r.certifier): r for r in comparison.rows}
+    assert set(rows) == {(run_, c) for run_ in ("first", "second") for c in ("cohen", "soft_one")}
+    for label in ("cohen", "soft_one"):
+        mine = rows["first", label]
+        summary = result.summary.certifiers[label]
+        assert mine.acr == pytest.approx(summary.acr)
+        assert mine.accuracy == pytest.approx(tuple(summary.certified_accuracy[r] for r in (0.0, 0.25, 0.5)))
+        certs = [(r.outcomes[label].certificate, r.label) for r in result.results]
+        assert mine.abstained == sum(c.prediction == ABSTAIN for c, _ in certs)
+        assert mine.wrong == sum(c.prediction not in (ABSTAIN, y) for c, y in certs)
+        assert mine.abstained + mine.wrong + round(mine.accuracy[0] * mine.inputs) == mine.inputs
+    assert result.results[0].outcomes["cohen"].certificate.prediction != ABSTAIN  # so the second lost one
+    assert rows["second", "cohen"].abstained == rows["first", "cohen"].abstained + 1
+    # the best of each column is the first run's (the second only lost a certificate), ties marked on both
+    best = comparison.best()
+    acr = [r.acr for r in comparison.rows]
+    assert {comparison.rows[i].acr for i in best[-1]} == {max(acr)}
+    markdown = markdown_table(comparison)
+    assert markdown.count("**") >= 2 and "| second | soft_one |" in markdown
+    latex = latex_table(comparison)
+    assert (
+        "soft\\_one" in latex and "\\textbf{" in latex and "\\%" in latex and latex.strip().endswith("\\end{tabular}")
+    )
+
+
+def test_the_lower_bounds_are_the_certificates_own(two_runs):
+    result, _ = two_runs
+    record = read_run(result.output)
+    got = lower_bounds(record, "cohen")
+    expected = [r.outcomes["cohen"].certificate.details["p_lower"] for r in result.results]
+    assert np.allclose(got, expected)
+    soft = lower_bounds(record, "soft_one")  # the softmax expectation's bound is E0
+    assert np.allclose(soft, [r.outcomes["soft_one"].certificate.details["e0"] for r in result.results])
+    assert all(0 <= v <= 1 and not math.isnan(v) for v in got)
+
+
+def test_report_command_compares_runs(two_runs, tmp_path, cli):
+    result, second = two_runs
+    proc = cli("report", str(result.output), str(second), "-o", "rep", "--radii", "0", "0.5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "second" in proc.stdout and "r = 0.5" in proc.stdout
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert text.startswith("# Certification report: first, second")
+    assert "ensemblecert report" in text and "--radii 0 0.5" in text
+    assert (tmp_path / "rep" / "certified_accuracy.pdf").stat().st_size > 1000
+
+
+def test_report_refuses_what_is_not_a_run(tmp_path, cli):
+    (tmp_path / "empty").mkdir()
+    proc = cli("report", "empty", cwd=tmp_path)
+    assert proc.returncode == 2 and "empty: holds no certification results" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = cli("report", "missing", cwd=tmp_path)
+    assert proc.returncode == 2 and "missing: no such run directory" in proc.stderr
