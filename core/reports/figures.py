@@ -33,11 +33,21 @@ def _curves(records: Sequence[RunRecord]) -> list[tuple[str, RunRecord, str]]:
     ]
 
 
-def _save(fig, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+def _finish(fig, ax, stem: Path, xlabel: str, ylabel: str, right: float) -> list[Path]:
+    """Label the axes (y from 0 to 1, x from 0 to ``right``), save ``stem``.png and .pdf, and close the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, right)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     fig.tight_layout()
-    for path in paths:
-        fig.savefig(path)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    try:
+        for path in paths:
+            fig.savefig(path)
+    finally:
+        _pyplot().close(fig)
     return paths
 
 
@@ -53,16 +63,7 @@ def certified_accuracy_figure(records: Sequence[RunRecord], stem: str | Path) ->
         radii = np.array([r.outcomes[label].certificate.radius for r in record.results if r.correct(label)])
         n = max(len(record.results), 1)
         ax.plot(grid, [(radii >= g).sum() / n for g in grid], label=name)
-    ax.set_xlabel("L2 radius")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_xlim(0, grid[-1])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    try:
-        return _save(fig, Path(stem))
-    finally:
-        plt.close(fig)
+    return _finish(fig, ax, Path(stem), "L2 radius", "certified accuracy", float(grid[-1]))
 
 
 def lower_bounds(record: RunRecord, label: str) -> np.ndarray:
@@ -90,13 +91,6 @@ def lower_bound_figure(records: Sequence[RunRecord], stem: str | Path) -> list[P
     for name, values in curves:
         ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=name)
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")  # below 1/2 nothing is certified
-    ax.set_xlabel("lower confidence bound on the top class's probability")
-    ax.set_ylabel("share of inputs at or below")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    try:
-        return _save(fig, Path(stem))
-    finally:
-        plt.close(fig)
+    return _finish(
+        fig, ax, Path(stem), "lower confidence bound on the top class's probability", "share of inputs at or below", 1.0
+    )
