@@ -2,7 +2,8 @@
 
 The public API, in two groups (docs/api.md lists both, and a test keeps the list and ``__all__`` equal):
 
-* for running pipelines and certifying: ``run``, ``load_pipeline``, ``run_pipeline``, ``certify_inputs``,
+* for running pipelines and certifying: ``run``, ``load_pipeline``, ``run_pipeline``, ``load_study``, ``run_study``,
+  ``certify_inputs``,
   ``load_registry``, ``build_component``, the results (``RunResult``, ``ExampleResult``, ``Summary``,
   ``read_results``) and the errors;
 * for plugin authors: the base class of every component kind (``Certifier``, ``Aggregator``, ``Stage``, ...), the
@@ -88,6 +89,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
     from .registry import Component, Registry
     from .running.evaluation import probability_model
     from .running.pipeline import RunResult, run, run_pipeline
+    from .running.study import Study, load_study, run_study
     from .smoothing.certification import certify_inputs, input_generator
     from .smoothing.expectations import (
         EXPECTATIONS,

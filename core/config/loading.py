@@ -16,6 +16,7 @@ from ..errors import ConfigError, UserError
 from ..registry import Registry
 from .schema import Pipeline
 from .structure import structure
+from .sweeps import SWEEP
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,7 +49,7 @@ def default_pipeline_data() -> dict[str, Any]:
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-def _parse_path(path: str) -> list[str | int]:
+def _parse_path(path: str, where: str) -> list[str | int]:
     parts: list[str | int] = []
     pos = 0
     for m in _PATH_PART.finditer(path):
@@ -57,7 +58,7 @@ def _parse_path(path: str) -> list[str | int]:
         parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
         pos = m.end()
     if pos != len(path) or not parts or isinstance(parts[0], int):
-        raise UserError(f"--set {path!r}: not a setting path like 'training.epochs' or 'certification.certifiers[0].n'")
+        raise UserError(f"{where}: not a setting path like 'training.epochs' or 'certification.certifiers[0].n'")
     return parts
 
 
@@ -92,6 +93,30 @@ def _schema_default(parts: Sequence[str | int]) -> Any:
     return value
 
 
+def set_setting(data: dict[str, Any], path: str, value: Any, *, where: str) -> None:
+    """Set the setting at ``path`` (``training.epochs``, ``certification.certifiers[0].n``) of ``data`` to
+    ``value`` in place, filling in the schema's defaults on the way; ``where`` names the source in messages."""
+    parts = _parse_path(path.strip(), where)
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        try:
+            child = node[part]
+        except (KeyError, IndexError, TypeError):
+            child = _schema_default(parts[: i + 1])
+            if child is None:
+                child = [] if isinstance(nxt, int) else {}
+            try:
+                node[part] = child
+            except (IndexError, TypeError):
+                raise UserError(f"{where}: {path.strip()} does not exist in this pipeline") from None
+        node = child
+    try:
+        node[parts[-1]] = copy.deepcopy(value)
+    except (IndexError, TypeError):
+        raise UserError(f"{where}: {path.strip()} does not exist in this pipeline") from None
+
+
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with ``path=value`` overrides applied (values parsed as TOML)."""
     result = copy.deepcopy(dict(data))
@@ -99,26 +124,19 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         path, sep, text = item.partition("=")
         if not sep:
             raise UserError(f"--set {item!r}: expected PATH=VALUE, e.g. --set training.epochs=5")
-        parts = _parse_path(path.strip())
-        node: Any = result
-        for i, part in enumerate(parts[:-1]):
-            nxt = parts[i + 1]
-            try:
-                child = node[part]
-            except (KeyError, IndexError, TypeError):
-                child = _schema_default(parts[: i + 1])
-                if child is None:
-                    child = [] if isinstance(nxt, int) else {}
-                try:
-                    node[part] = child
-                except (IndexError, TypeError):
-                    raise UserError(f"--set {item!r}: {path.strip()} does not exist in this pipeline") from None
-            node = child
-        try:
-            node[parts[-1]] = _parse_value(text.strip())
-        except (IndexError, TypeError):
-            raise UserError(f"--set {item!r}: {path.strip()} does not exist in this pipeline") from None
+        _parse_path(path.strip(), f"--set {path.strip()!r}")  # a malformed path is named alone
+        set_setting(result, path, _parse_value(text.strip()), where=f"--set {item!r}")
     return result
+
+
+def read_source(source: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """A pipeline's plain data (a TOML path, a dict, or ``None`` for the built-in default) and its name for
+    messages (``None`` for a dict)."""
+    if source is None:
+        return default_pipeline_data(), "the built-in default pipeline"
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source)), None
+    return read_toml(source), str(source)
 
 
 def load_pipeline(
@@ -136,15 +154,12 @@ def load_pipeline(
     """
     from ..manager import load_registry
 
-    label = None
-    if source is None:
-        data = default_pipeline_data()
-        label = "the built-in default pipeline"
-    elif isinstance(source, Mapping):
-        data = copy.deepcopy(dict(source))
-    else:
-        data = read_toml(source)
-        label = str(source)
+    data, label = read_source(source)
+    if SWEEP in data:
+        raise UserError(
+            f"{label or 'the pipeline'}: has a [{SWEEP}] table, so it is a study of several pipelines; run it with "
+            "`ensemblecert run` (or ensemblecert.run_study), or load its points with ensemblecert.load_study"
+        )
     data = apply_overrides(data, overrides)
     modules = data.get("plugins", [])
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):

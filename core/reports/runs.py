@@ -75,6 +75,25 @@ def read_run(directory: str | Path) -> RunRecord:
     )
 
 
+def read_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], bool]:
+    """The runs at ``paths``, a study's folder standing for its points (those with results); and whether any was a
+    study (so the report adds the best over the sweep)."""
+    records, sweep = [], False
+    for path in map(Path, paths):
+        listing = path / Outputs.STUDY
+        if listing.exists():
+            sweep = True
+            points = _json(listing).get("points", [])
+            found = [path / str(p.get("name")) for p in points if isinstance(p, dict)]
+            done = [d for d in found if (d / Outputs.CERTIFICATION_TSV).exists()]
+            if not done:
+                raise UserError(f"{path}: a study whose points hold no certification results yet; run it first")
+            records += [read_run(d) for d in done]
+        else:
+            records.append(read_run(path))
+    return records, sweep
+
+
 def run_names(records: Sequence[RunRecord]) -> list[str]:
     """How each run is called in a comparison: its directory's name, or as much of its path as tells it apart."""
     parts = [r.directory.resolve().parts for r in records]

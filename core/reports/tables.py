@@ -22,14 +22,16 @@ class Row:
     run: str
     certifier: str
     classifier: str
-    inputs: int
+    inputs: int | None
     accuracy: tuple[float, ...]  # certified accuracy at each radius of the table
     acr: float
-    abstained: int
-    wrong: int  # a class predicted, not the label's
-    samples: float  # mean per input
+    abstained: int | None
+    wrong: int | None  # a class predicted, not the label's
+    samples: float | None  # mean per input
     evaluations: float | None  # mean member evaluations per input, where counted
     sound: bool = True
+    #: The best over a sweep's points at each radius (as the DRT paper's tables report), not a run of its own.
+    over_sweep: bool = False
 
 
 @attrs.frozen
@@ -39,18 +41,20 @@ class Comparison:
 
     def best(self) -> tuple[set[int], ...]:
         """Per radius, then for ACR: the rows holding the column's best value (ties all marked)."""
-        columns = [[row.accuracy[k] for row in self.rows] for k in range(len(self.radii))]
-        columns.append([row.acr for row in self.rows])
+        runs = [i for i, row in enumerate(self.rows) if not row.over_sweep]
+        columns = [[self.rows[i].accuracy[k] for i in runs] for k in range(len(self.radii))]
+        columns.append([self.rows[i].acr for i in runs])
         marks = []
         for values in columns:
             finite = [v for v in values if not math.isnan(v)]
             top = max(finite) if finite else math.nan
-            marks.append({i for i, v in enumerate(values) if len(self.rows) > 1 and v == top})
+            marks.append({i for i, v in zip(runs, values) if len(runs) > 1 and v == top})
         return tuple(marks)
 
 
-def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None) -> Comparison:
-    """Every run's every certifier at ``radii`` (default: the first run's radii)."""
+def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None, *, sweep: bool = False) -> Comparison:
+    """Every run's every certifier at ``radii`` (default: the first run's radii); for the points of a ``sweep``,
+    also each certifier's best over the points at each radius (and the best ACR), as one row per certifier."""
     radii = tuple(float(r) for r in (radii if radii is not None else (records[0].radii if records else ())))
     rows = []
     for name, record in zip(run_names(records), records):
@@ -71,6 +75,27 @@ def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None) 
                     samples=s.mean_samples,
                     evaluations=s.mean_evaluations,
                     sound=record.sound,
+                )
+            )
+    if sweep:
+        labels = list(dict.fromkeys(row.certifier for row in rows))
+        for label in labels:
+            mine = [row for row in rows if row.certifier == label]
+            best = tuple(max(row.accuracy[k] for row in mine) for k in range(len(radii)))
+            rows.append(
+                Row(
+                    run="best over the sweep",
+                    certifier=label,
+                    classifier=mine[0].classifier,
+                    inputs=None,
+                    accuracy=best,
+                    acr=max(row.acr for row in mine),
+                    abstained=None,
+                    wrong=None,
+                    samples=None,
+                    evaluations=None,
+                    sound=all(row.sound for row in mine),
+                    over_sweep=True,
                 )
             )
     return Comparison(radii, tuple(rows))
@@ -100,10 +125,10 @@ def _cells(c: Comparison, i: int, mark) -> list[str]:
         row.classifier,
         *accuracy,
         mark(f"{row.acr:.3f}", i in best[-1]),
-        str(row.abstained),
-        str(row.wrong),
-        str(row.inputs),
-        f"{row.samples:,.0f}",
+        "" if row.abstained is None else str(row.abstained),
+        "" if row.wrong is None else str(row.wrong),
+        "" if row.inputs is None else str(row.inputs),
+        "" if row.samples is None else f"{row.samples:,.0f}",
         "" if row.evaluations is None else f"{row.evaluations:,.0f}",
     ]
 

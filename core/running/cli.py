@@ -145,7 +145,9 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         "certified_accuracy.png/.pdf (accuracy against radius) and lower_bounds.png/.pdf (the distribution of the "
         "lower confidence bounds). `ensemblecert run` writes the same report for its own run.",
     )
-    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run output directories")
+    rep.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run output directories (a study's folder: all its points)"
+    )
     rep.add_argument(
         "--output", "-o", help="folder for the report (default: the run's directory, or ./report for several runs)"
     )
@@ -264,6 +266,10 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         overrides.append("training.enabled=false")
     if args.skip_certify:
         overrides.append("certification.enabled=false")
+    from .study import is_study
+
+    if is_study(args.pipeline):
+        return _run_study(args, overrides, out, err)
     pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
     if args.processes is not None and "WORLD_SIZE" not in os.environ:
         check_pipeline(pipeline)  # one message, before any process starts
@@ -286,18 +292,46 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
 def _report(args: argparse.Namespace, argv: Sequence[str], out: Console) -> int:
     import shlex
 
-    from ..reports.runs import read_run
+    from ..reports.runs import read_runs
     from ..reports.tables import rich_table
     from ..reports.writer import write_report
 
-    records = [read_run(path) for path in args.runs]
+    records, sweep = read_runs(args.runs)
     folder = args.output or (args.runs[0] if len(args.runs) == 1 else "report")
     if args.radii is not None and any(r < 0 for r in args.radii):
         raise UserError(f"--radii: radii are at least 0, got {args.radii}")
     command = "ensemblecert " + " ".join(shlex.quote(a) for a in argv)
-    comparison = write_report(records, folder, radii=args.radii, command=command)
+    comparison = write_report(records, folder, radii=args.radii, command=command, sweep=sweep)
     out.print(rich_table(comparison))
     out.print(f"Report: {escape(str(Path(folder) / 'report.md'))}", highlight=False)
+    return 0
+
+
+def _run_study(args: argparse.Namespace, overrides: list[str], out: Console, err: Console) -> int:
+    from ..reports.runs import read_run
+    from ..reports.tables import compare, rich_table
+    from .pipeline import check_pipeline
+    from .report import Reporter
+    from .study import load_study, run_study
+
+    study = load_study(args.pipeline, overrides=overrides)
+    for pipeline in study.pipelines:
+        check_pipeline(pipeline)
+    if args.processes is not None and "WORLD_SIZE" not in os.environ:
+        _check_processes(args.processes, study.pipelines[0].device)
+        if args.processes > 1:
+            _torchrun(args.processes)
+    reporter = Reporter(err, quiet=args.quiet)
+    reporter.info(
+        f"Study of {len(study.points)} points in {study.output}: {study.trainings} of them train, the others "
+        "share their members"
+    )
+    results = run_study(study, fresh=args.fresh, reporter=reporter)
+    if results and results[0].rank != 0:
+        return 0
+    certified = [read_run(r.output) for r in results if r.summary is not None]
+    if certified:
+        out.print(rich_table(compare(certified, sweep=True), title=f"Study {study.output}"))
     return 0
 
 
@@ -320,6 +354,21 @@ def _validate_all(args: argparse.Namespace, out: Console, err: Console) -> int:
 def _validate(path: str | None, overrides: Sequence[str], out: Console) -> None:
     from ..config import describe, load_pipeline
     from .pipeline import check_pipeline
+    from .study import is_study, load_study
+
+    if is_study(path):
+        study = load_study(path, overrides=overrides)
+        for pipeline in study.pipelines:
+            check_pipeline(pipeline)
+        table = Table(title=escape(f"{path}: a valid study of {len(study.points)} points"))
+        for column in ("point", "settings", "members from"):
+            table.add_column(column)
+        for point, leader in zip(study.points, study.trains_with):
+            settings = ", ".join(f"{k} = {_inline(v)}" for k, v in point.settings)
+            trained = "its own training" if study.points[leader] == point else study.points[leader].name
+            table.add_row(escape(point.name), escape(settings), escape(trained))
+        out.print(table)
+        return
 
     pipeline, registry = load_pipeline(path, overrides=overrides)
     check_pipeline(pipeline)

@@ -55,6 +55,7 @@ class Outputs:
     CERTIFICATION_PART = "certification.part-{rank}.tsv"
     CERTIFICATION_META = "certification.meta.json"
     CERTIFICATION_SUMMARY = "certification.json"
+    STUDY = "study.json"  # a study's points (in the study's folder; each point's run has a folder of its own)
     REPORT = "report.md"  # the run's report (see ensemblecert.reports), with the table as LaTeX and two figures
     REPORT_TABLE = "report.tex"
     CERTIFIED_ACCURACY_PLOT = "certified_accuracy"  # .png and .pdf

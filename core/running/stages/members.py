@@ -17,6 +17,7 @@ from torch import nn
 
 from ...checkpoints import load_checkpoint, plain, save_checkpoint
 from ...components import Stage
+from ...config import Pipeline
 from ...ensemble.assembly import build_member
 from ...errors import UserError
 from ...training.log import TrainLog
@@ -27,9 +28,9 @@ from ..member_checkpoints import CHECKPOINT_FORMAT, load_member
 from ..preflight import start_checkpoints
 
 
-def training_setup(run: RunContext) -> dict[str, Any]:
-    """Everything trained members depend on (their checkpoints record its digest)."""
-    c, p = run.config, run.pipeline
+def training_setup(c: Mapping[str, Any], p: Pipeline) -> dict[str, Any]:
+    """Everything trained members depend on (their checkpoints record its digest), from the resolved configuration
+    ``c`` of the pipeline ``p``."""
     return {
         "data": c["data"],
         "model": c["ensemble"]["model"],
@@ -56,7 +57,7 @@ class MembersStage(Stage):
     def fingerprint(self, run: RunContext) -> object | None:
         """The training setup when this run trains its members; nothing to check when it only loads them."""
         p = run.pipeline
-        return training_setup(run) if p.training.enabled and not p.ensemble.checkpoints else None
+        return training_setup(run.config, run.pipeline) if p.training.enabled and not p.ensemble.checkpoints else None
 
     def recorded(self, run: RunContext, name: str) -> str | None:
         """Member checkpoints and the training state carry the digest of the setup that made them (so trained
@@ -83,7 +84,7 @@ class MembersStage(Stage):
             return
         paths = [run.path(Outputs.MEMBER, index=i) for i in range(len(members))]
         if all(path.exists() for path in paths):
-            expected = fingerprint(training_setup(run)) if p.training.enabled else None
+            expected = fingerprint(training_setup(run.config, run.pipeline)) if p.training.enabled else None
             for member, path in zip(members, paths):
                 load_member(member, path, model=model, info=info, fingerprint=expected)
             run.reporter.info(f"Reusing the {len(members)} trained members in {run.path(Outputs.CHECKPOINTS)}")
@@ -97,7 +98,7 @@ class MembersStage(Stage):
 
     def _train(self, run: RunContext, members: list[nn.Module]) -> list[float]:
         p, t, world = run.pipeline, run.pipeline.training, run.world
-        setup = fingerprint(training_setup(run))
+        setup = fingerprint(training_setup(run.config, run.pipeline))
         state_path = run.path(Outputs.TRAIN_STATE)
         resume = None
         if state_path.exists():
