@@ -1,4 +1,8 @@
-"""The CIFAR ResNets of He et al. (2016): depth 6n + 2, basic blocks, 16/32/64 channels."""
+"""The CIFAR ResNets of He et al. (2016): depth 6n + 2, basic blocks, 16/32/64 channels.
+
+Parameters are named as in the CIFAR ResNets of the original randomized-smoothing code (``layer1.0.conv1``,
+``layer2.0.downsample.0``, ``fc``), so its published ``cifar_resnet20`` and ``cifar_resnet110`` checkpoints load.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +17,16 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
+        self.downsample: nn.Module = nn.Identity()
         if stride != 1 or inplanes != planes:  # projection shortcut where the shape changes
-            self.shortcut = nn.Sequential(
+            self.downsample = nn.Sequential(
                 nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
             )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.relu(out + self.downsample(x))
 
 
 class CifarResNet(nn.Module):
@@ -36,13 +40,15 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
-        layers: list[nn.Module] = []
         inplanes = 16
+        stages = []
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            stage = []
             for i in range(blocks):
-                layers.append(BasicBlock(inplanes, planes, stride if i == 0 else 1))
+                stage.append(BasicBlock(inplanes, planes, stride if i == 0 else 1))
                 inplanes = planes
-        self.layers = nn.Sequential(*layers)
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
@@ -53,5 +59,5 @@ class CifarResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.layers(self.relu(self.bn1(self.conv1(x))))
+        out = self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x))))))
         return self.fc(self.pool(out).flatten(1))

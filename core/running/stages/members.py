@@ -17,14 +17,14 @@ from torch import nn
 
 from ...checkpoints import load_checkpoint, plain, save_checkpoint
 from ...components import Stage
-from ...config import Pipeline
+from ...config import Pipeline, build_component
 from ...ensemble.assembly import build_member
 from ...errors import UserError
 from ...training.log import TrainLog
 from ...training.log import status as train_status
 from ...training.loop import train_ensemble
 from ..context import Outputs, RunContext, file_digest, fingerprint, size
-from ..member_checkpoints import CHECKPOINT_FORMAT, load_member
+from ..member_checkpoints import CHECKPOINT_FORMAT, load_member, published_architecture
 from ..preflight import start_checkpoints
 
 
@@ -76,9 +76,15 @@ class MembersStage(Stage):
         model = run.config["ensemble"]["model"]
         if p.ensemble.checkpoints:
             run.reporter.info(f"Loading {len(members)} members from ensemble.checkpoints (training skipped)")
-            for member, file in zip(members, p.ensemble.checkpoints):
+            for i, file in enumerate(p.ensemble.checkpoints):
                 try:
-                    load_member(member, Path(file), model=model, info=info)
+                    ckpt = load_checkpoint(Path(file))
+                    arch = published_architecture(ckpt, Path(file))
+                    if arch is not None and arch != model.get("name"):  # the file says which network it holds
+                        network = build_component("model", {"name": arch}, run.registry)
+                        members[i] = build_member(network, info, p.seed + i).to(run.device)
+                        run.reporter.info(f"  member {i}: {arch}, as {file} says")
+                    load_member(members[i], Path(file), model=arch or model, info=info, ckpt=ckpt, foreign=True)
                 except UserError as exc:
                     raise UserError(f"ensemble.checkpoints: {exc}") from None
             return
