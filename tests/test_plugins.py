@@ -152,7 +152,7 @@ def test_registry_can_be_built_without_entry_points():
     registry = load_registry(entry_points=False)
     assert [(c.kind, c.plugin) for c in registry] == [
         ("stage", "ensemblecert.running.stages")
-    ] * 4  # the core's own stages
+    ] * 5  # the core's own stages
     with pytest.raises(UserError, match="known certifiers: none"):
         registry.get("certifier", "cohen")
 

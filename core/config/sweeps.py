@@ -45,8 +45,9 @@ def _text(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, Mapping):
-        return str(value.get("name", "table"))
+    if isinstance(value, Mapping):  # a whole component: its name and settings (drt-rho1=0.1-rho2=0.2)
+        settings = [f"{k}={_text(v)}" for k, v in value.items() if k != "name"]
+        return "-".join([str(value.get("name", "table")), *settings])
     if isinstance(value, list):
         return "+".join(_text(v) for v in value)
     return str(value)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..checkpoints import load_checkpoint
@@ -43,7 +44,7 @@ def network_weights(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """The network's own weights from a checkpoint of another layout: a published ``{arch, state_dict}`` dict or a
     plain state dict, with the normalization layer's index (``1.``) and ``DataParallel``'s ``module.`` taken off."""
     weights = ckpt.get("state_dict") if isinstance(ckpt.get("state_dict"), Mapping) else ckpt
-    if not weights or not all(isinstance(k, str) and hasattr(v, "shape") for k, v in weights.items()):
+    if not weights or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
         raise UserError(
             f"{path}: not a checkpoint ensemblecert reads: neither its own member file nor a dict of weights "
             "(a state_dict, alone or with arch as the randomized-smoothing code saves it)"
