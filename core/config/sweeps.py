@@ -49,7 +49,7 @@ def _text(value: Any) -> str:
         settings = [f"{k}={_text(v)}" for k, v in value.items() if k != "name"]
         return "-".join([str(value.get("name", "table")), *settings])
     if isinstance(value, list):
-        return "+".join(_text(v) for v in value)
+        return "+".join(_text(v) for v in value) if value else "none"
     return str(value)
 
 
