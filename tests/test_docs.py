@@ -151,3 +151,15 @@ def test_repository_paths_in_the_docs_exist():
     assert not missing, missing
     folders = sorted(p.name for p, text in texts.items() if re.search(r"`ensemblecert/\w+\.py`", text))
     assert not folders, folders
+
+
+def test_the_reference_is_generated_from_the_code():
+    """docs/reference.md is `ensemblecert reference`'s output: regenerate it when a setting, component or command
+    changes (``ensemblecert reference > docs/reference.md``)."""
+    from ensemblecert.manager import load_registry
+    from ensemblecert.running.cli import build_parser, plugin_commands
+    from ensemblecert.running.reference import reference_text
+
+    registry = load_registry()
+    expected = reference_text(registry, build_parser(plugin_commands(registry)))
+    assert (REPO / "docs" / "reference.md").read_text() == expected, "run: ensemblecert reference > docs/reference.md"

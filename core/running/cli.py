@@ -65,7 +65,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, several: bool = False) -> 
     )
 
 
-BUILT_IN = ("run", "validate", "plugins", "default", "report")
+BUILT_IN = ("run", "validate", "plugins", "default", "report", "reference")
 
 
 def plugin_commands(registry: Registry) -> dict[str, Command]:
@@ -136,6 +136,13 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         "default", help="print the built-in default pipeline (TOML)", description="Print the built-in default pipeline."
     )
 
+    sub.add_parser(
+        "reference",
+        help="print the reference of every setting, component and command (Markdown)",
+        description="Print the reference of every pipeline setting, every registered component's parameters and "
+        "every command, generated from the schema, the registry and this parser (docs/reference.md is its output).",
+    )
+
     rep = sub.add_parser(
         "report",
         help="compare runs: certified accuracy tables and figures of their results",
@@ -196,6 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "report":
             return _report(args, argv, out)
+        if args.command == "reference":
+            from ..manager import load_registry
+            from .reference import reference_text
+
+            registry = load_registry()
+            sys.stdout.write(reference_text(registry, build_parser(plugin_commands(registry))))
+            return 0
         if args.command in commands:
             return commands[args.command].run(args, out)
     except UserError as exc:
