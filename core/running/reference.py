@@ -7,6 +7,7 @@ import argparse
 import functools
 import inspect
 import re
+import typing
 from typing import Any
 
 import attrs
@@ -66,9 +67,7 @@ def _type(field: attrs.Attribute) -> str:
     if field.metadata.get("section"):
         return "table"
     kind_of = field.type
-    text = (
-        kind_of if isinstance(kind_of, str) or hasattr(kind_of, "__origin__") else getattr(kind_of, "__name__", kind_of)
-    )
+    text = kind_of.__name__ if isinstance(kind_of, type) and typing.get_origin(kind_of) is None else kind_of
     return str(text).replace("typing.", "").replace(" | ", " or ")
 
 
