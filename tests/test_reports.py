@@ -53,7 +53,9 @@ def test_a_run_writes_its_own_report(two_runs):
     result, _ = two_runs
     for name in ("report.md", "report.tex", "certified_accuracy.png", "certified_accuracy.pdf", "lower_bounds.png"):
         assert (result.output / name).stat().st_size > 200, name
-    assert "| first | cohen | hard |" in (result.output / "report.md").read_text()
+    text = (result.output / "report.md").read_text()
+    assert "| first | cohen | hard |" in text
+    assert "recorded E0 and E1 per input: `ensemblecert simplex RUN_DIR`" in text  # soft_one records them
 
 
 def test_the_comparison_counts_what_the_rows_say(two_runs):

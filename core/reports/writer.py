@@ -63,7 +63,22 @@ def write_report(
             f"![Distribution of the lower bounds]({bounds[0].name})",
             "",
         ]
+    simplex = [name for name, record in zip(names, records) if _records_simplex(record)]
+    if simplex:
+        lines += [
+            f"{', '.join(simplex)} recorded E0 and E1 per input: `ensemblecert simplex RUN_DIR` (the simplex plugin)",
+            "draws each input in the (E0, E1) triangle over the regions where each mechanism wins.",
+            "",
+        ]
     lines += ["Runs:", ""]
     lines += [f"- {name}: `{r.directory}` ({len(r.results)} inputs)" for name, r in zip(names, records)]
     write_text(folder / Outputs.REPORT, "\n".join(lines) + "\n")
     return comparison
+
+
+def _records_simplex(record: RunRecord) -> bool:
+    """Whether a certifier of the run recorded ``(E0, E1)`` per input (Cullen24's certifiers do)."""
+    first = record.results[0] if record.results else None
+    return first is not None and any(
+        {"e0", "e1"} <= set(first.outcomes[label].certificate.details) for label in record.labels
+    )
