@@ -58,13 +58,14 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     _atomic(Path(path), lambda fh: torch.save(obj, fh))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU with ``weights_only=True`` (tensors and plain data only)."""
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint on the CPU with ``weights_only=True`` (tensors and plain data only); with ``mmap`` the
+    tensors stay in the file until read, for when only the plain data is wanted."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # torch refused a global: the file holds arbitrary objects
             raise UserError(

@@ -72,6 +72,13 @@ def test_points_that_train_alike_share_their_members(tiny_pipeline, tmp_path):
     # a smaller alpha certifies no larger radius on the same members and draws
     radii = [[r.outcomes["cohen"].certificate.radius for r in res.results] for res in results[:3]]
     assert all(a >= b >= c for a, b, c in zip(*radii))
+    for point, result in zip(study.points, results):  # each point ran with its own settings, followers included
+        saved = json.loads((result.output / "pipeline.json").read_text())
+        assert (
+            saved["certification"]["certifiers"][0]["alpha"]
+            == dict(point.settings)["certification.certifiers[0].alpha"]
+        )
+        assert saved["training"]["lr"] == dict(point.settings)["training.lr"]
     listing = json.loads((tmp_path / "study" / "study.json").read_text())
     assert [p["trains_with"] for p in listing["points"]][:3] == ["lr=0.1,alpha=0.01"] * 3
     report = (tmp_path / "study" / "report.md").read_text()

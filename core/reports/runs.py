@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import attrs
 
 from ..errors import UserError
-from ..running.context import Outputs
+from ..running.context import Outputs, read_json
 from ..smoothing.results import ExampleResult, Summary, read_results, summarize
 
 #: Radii reported when a run does not say (as ``[certification] radii`` defaults).
@@ -32,16 +31,6 @@ class RunRecord:
         return summarize(self.results, self.labels, radii if radii is not None else self.radii, sound=self.sound)
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable ({exc}); run the pipeline again to rewrite it") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: damaged (not a JSON table); run the pipeline again to rewrite it")
-    return data
-
-
 def read_run(directory: str | Path) -> RunRecord:
     """The certification results in ``directory`` (a run's output directory); a UserError saying what is missing."""
     directory = Path(directory)
@@ -53,19 +42,16 @@ def read_run(directory: str | Path) -> RunRecord:
             f"{directory}: holds no certification results ({Outputs.CERTIFICATION_TSV}); run its pipeline with "
             "certification enabled first"
         )
-    labels = _json(meta).get("certifiers")
+    labels = read_json(meta, "the run").get("certifiers")
     if not isinstance(labels, list) or not labels:
         raise UserError(f"{meta}: damaged (no list of certifiers in it); run the pipeline again with --fresh")
     try:
         results = read_results(tsv, [str(label) for label in labels])
     except ValueError as exc:
         raise UserError(f"{tsv}: {exc}") from None
-    radii: Any = DEFAULT_RADII
-    pipeline = directory / Outputs.PIPELINE
-    if pipeline.exists():
-        radii = _json(pipeline).get("certification", {}).get("radii", DEFAULT_RADII)
-    summary = directory / Outputs.CERTIFICATION_SUMMARY
-    sound = bool(_json(summary).get("sound", True)) if summary.exists() else True
+    config = read_json(directory / Outputs.PIPELINE, "the run")
+    radii: Any = config.get("certification", {}).get("radii", DEFAULT_RADII)
+    sound = bool(read_json(directory / Outputs.CERTIFICATION_SUMMARY, "the run").get("sound", True))
     return RunRecord(
         directory=directory,
         labels=tuple(str(label) for label in labels),
@@ -83,7 +69,7 @@ def read_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], bool]:
         listing = path / Outputs.STUDY
         if listing.exists():
             sweep = True
-            points = _json(listing).get("points", [])
+            points = read_json(listing, "the study").get("points", [])
             found = [path / str(p.get("name")) for p in points if isinstance(p, dict)]
             done = [d for d in found if (d / Outputs.CERTIFICATION_TSV).exists()]
             if not done:

@@ -5,7 +5,7 @@ and LaTeX."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 from rich.markup import escape
@@ -116,31 +116,34 @@ def _headers(c: Comparison) -> list[str]:
     ]
 
 
-def _cells(c: Comparison, i: int, mark) -> list[str]:
-    row, best = c.rows[i], c.best()
-    accuracy = [mark(f"{a:.1%}", i in best[k]) for k, a in enumerate(row.accuracy)]
-    return [
-        row.run if row.sound else f"{row.run} (NOT SOUND)",
-        row.certifier,
-        row.classifier,
-        *accuracy,
-        mark(f"{row.acr:.3f}", i in best[-1]),
-        "" if row.abstained is None else str(row.abstained),
-        "" if row.wrong is None else str(row.wrong),
-        "" if row.inputs is None else str(row.inputs),
-        "" if row.samples is None else f"{row.samples:,.0f}",
-        "" if row.evaluations is None else f"{row.evaluations:,.0f}",
-    ]
+def _body(c: Comparison, mark: Callable[[str, bool], str]) -> list[list[str]]:
+    """Every row's cells, the best value of each column passed through ``mark(text, True)``."""
+    best = c.best()
+    body = []
+    for i, row in enumerate(c.rows):
+        body.append(
+            [
+                row.run if row.sound else f"{row.run} (NOT SOUND)",
+                row.certifier,
+                row.classifier,
+                *(mark(f"{a:.1%}", i in best[k]) for k, a in enumerate(row.accuracy)),
+                mark(f"{row.acr:.3f}", i in best[-1]),
+                "" if row.abstained is None else str(row.abstained),
+                "" if row.wrong is None else str(row.wrong),
+                "" if row.inputs is None else str(row.inputs),
+                "" if row.samples is None else f"{row.samples:,.0f}",
+                "" if row.evaluations is None else f"{row.evaluations:,.0f}",
+            ]
+        )
+    return body
 
 
 def rich_table(c: Comparison, title: str = "Certified accuracy") -> Table:
     table = Table(title=title, caption="best of each column in bold" if len(c.rows) > 1 else None)
     for k, header in enumerate(_headers(c)):
         table.add_column(header, justify="left" if k < 3 else "right", style="bold" if k == 1 else None)
-    for i in range(len(c.rows)):
-        cells = _cells(c, i, lambda text, best: f"[bold green]{text}[/]" if best else text)
-        cells[0], cells[1] = escape(cells[0]), escape(cells[1])  # names are text, never markup
-        table.add_row(*cells)
+    for cells in _body(c, lambda text, best: f"[bold green]{text}[/]" if best else text):
+        table.add_row(escape(cells[0]), escape(cells[1]), *cells[2:])  # names are text, never markup
     return table
 
 
@@ -148,12 +151,12 @@ def markdown_table(c: Comparison) -> str:
     def md(text: str) -> str:
         return text.replace("|", "\\|")
 
+    headers = _headers(c)
     lines = [
-        "| " + " | ".join(_headers(c)) + " |",
-        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(_headers(c)) - 3)) + " |",
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(headers) - 3)) + " |",  # names left, numbers right
     ]
-    for i in range(len(c.rows)):
-        cells = _cells(c, i, lambda text, best: f"**{text}**" if best else text)
+    for cells in _body(c, lambda text, best: f"**{text}**" if best else text):
         lines.append("| " + " | ".join(md(x) for x in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -186,8 +189,7 @@ def latex_table(c: Comparison) -> str:
         " & ".join(_tex(h) for h in headers) + " \\\\",
         "\\midrule",
     ]
-    for i in range(len(c.rows)):
-        cells = _cells(c, i, lambda text, best: f"\x00{text}\x01" if best else text)
+    for cells in _body(c, lambda text, best: f"\x00{text}\x01" if best else text):
         tex = [_tex(x).replace("\x00", "\\textbf{").replace("\x01", "}") for x in cells]
         lines.append(" & ".join(tex) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,8 +19,6 @@ from ..errors import UserError
 from .terminal import console
 
 if TYPE_CHECKING:
-    import attrs
-
     from ..components import Command
     from ..registry import Registry
 
@@ -249,6 +247,15 @@ def _torchrun(processes: int) -> None:
     os.execv(sys.executable, command)
 
 
+def _spread(processes: int | None, device: str) -> None:
+    """With ``--processes K`` (and not already under torchrun): check K, then start K processes under torchrun."""
+    if processes is None or "WORLD_SIZE" in os.environ:
+        return
+    _check_processes(processes, device)
+    if processes > 1:
+        _torchrun(processes)
+
+
 def _check_processes(processes: int, device: str) -> None:
     """A UserError unless ``processes`` is between 1 and what this machine has for ``device``."""
     if processes < 1:
@@ -268,6 +275,7 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from ..config import load_pipeline
     from .pipeline import check_pipeline, run_pipeline
     from .report import Reporter
+    from .study import is_study
 
     overrides = list(args.overrides)
     if args.output is not None:
@@ -280,16 +288,12 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         overrides.append("training.enabled=false")
     if args.skip_certify:
         overrides.append("certification.enabled=false")
-    from .study import is_study
-
     if is_study(args.pipeline):
         return _run_study(args, overrides, out, err)
     pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
-    if args.processes is not None and "WORLD_SIZE" not in os.environ:
+    if args.processes is not None:
         check_pipeline(pipeline)  # one message, before any process starts
-        _check_processes(args.processes, pipeline.device)
-        if args.processes > 1:
-            _torchrun(args.processes)
+    _spread(args.processes, pipeline.device)
     reporter = Reporter(err, quiet=args.quiet)
     result = run_pipeline(pipeline, registry, fresh=args.fresh, reporter=reporter)
     if result.rank != 0:
@@ -331,10 +335,7 @@ def _run_study(args: argparse.Namespace, overrides: list[str], out: Console, err
     study = load_study(args.pipeline, overrides=overrides)
     for pipeline in study.pipelines:
         check_pipeline(pipeline)
-    if args.processes is not None and "WORLD_SIZE" not in os.environ:
-        _check_processes(args.processes, study.pipelines[0].device)
-        if args.processes > 1:
-            _torchrun(args.processes)
+    _spread(args.processes, study.pipelines[0].device)
     reporter = Reporter(err, quiet=args.quiet)
     reporter.info(
         f"Study of {len(study.points)} points in {study.output}: {study.trainings} of them train, the others "
@@ -368,6 +369,7 @@ def _validate_all(args: argparse.Namespace, out: Console, err: Console) -> int:
 def _validate(path: str | None, overrides: Sequence[str], out: Console) -> None:
     from ..config import describe, load_pipeline
     from .pipeline import check_pipeline
+    from .reference import inline
     from .study import is_study, load_study
 
     if is_study(path):
@@ -378,7 +380,7 @@ def _validate(path: str | None, overrides: Sequence[str], out: Console) -> None:
         for column in ("point", "settings", "members from"):
             table.add_column(column)
         for point, leader in zip(study.points, study.trains_with):
-            settings = ", ".join(f"{k} = {_inline(v)}" for k, v in point.settings)
+            settings = ", ".join(f"{k} = {inline(v)}" for k, v in point.settings)
             trained = "its own training" if study.points[leader] == point else study.points[leader].name
             table.add_row(escape(point.name), escape(settings), escape(trained))
         out.print(table)
@@ -391,32 +393,19 @@ def _validate(path: str | None, overrides: Sequence[str], out: Console) -> None:
     table.add_column("setting", style="bold")
     table.add_column("value")
     for key in ("data", "noise"):
-        table.add_row(key, escape(_inline(config[key])))
+        table.add_row(key, escape(inline(config[key])))
     for section in ("ensemble", "training", "certification", "evaluation"):
         for key, value in config[section].items():
-            table.add_row(f"{section}.{key}", escape(_inline(value)))
+            table.add_row(f"{section}.{key}", escape(inline(value)))
     for key in ("seed", "device", "output", "plugins"):
-        table.add_row(key, escape(_inline(config[key])))
+        table.add_row(key, escape(inline(config[key])))
     out.print(table)
-
-
-def _inline(value: object) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_inline(v) for v in value) + "]"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 def _plugins(args: argparse.Namespace, out: Console) -> int:
     from ..manager import load_registry
     from ..registry import KINDS
+    from .reference import field_default
 
     registry = load_registry(args.modules)
     table = Table(title="Registered components")
@@ -430,7 +419,7 @@ def _plugins(args: argparse.Namespace, out: Console) -> int:
         if not comps:
             table.add_row(kind.title, "[dim](none)[/]", "", "", "")
         for i, comp in enumerate(comps):
-            params = ", ".join(f"{a.alias}={_default(a)}" for a in comp.parameters)
+            params = ", ".join(f"{a.alias}={field_default(a) or '(required)'}" for a in comp.parameters)
             table.add_row(
                 kind.title if i == 0 else "",
                 escape(comp.name),
@@ -441,17 +430,6 @@ def _plugins(args: argparse.Namespace, out: Console) -> int:
         table.add_section()
     out.print(table)
     return 0
-
-
-def _default(a: attrs.Attribute) -> str:
-    import attrs
-
-    d: Any = a.default
-    if d is attrs.NOTHING:
-        return "(required)"
-    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a function in the stubs
-        d = d.factory() if not d.takes_self else "..."
-    return _inline(d)
 
 
 if __name__ == "__main__":  # pragma: no cover

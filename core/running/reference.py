@@ -35,18 +35,25 @@ def _field_notes(cls: type) -> dict[str, str]:
     return notes
 
 
-def _default(field: attrs.Attribute) -> str:
+def field_default(field: attrs.Attribute) -> str | None:
+    """A setting's default as inline TOML (a component's default table where it has one); ``None`` if required."""
     value: Any = field.default
     if "default_spec" in field.metadata:
         value = field.metadata["default_spec"]
     elif value is attrs.NOTHING:
-        return "required"
+        return None
     elif isinstance(value, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a function in the stubs
         value = value.factory() if not value.takes_self else "..."
-    return f"`{_toml(value)}`"
+    return inline(value)
 
 
-def _toml(value: Any) -> str:
+def _default(field: attrs.Attribute) -> str:
+    text = field_default(field)
+    return "required" if text is None else f"`{text}`"
+
+
+def inline(value: Any) -> str:
+    """A plain value as inline TOML, as a pipeline file writes it (``none`` for an absent one)."""
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -54,9 +61,9 @@ def _toml(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
+        return "{ " + ", ".join(f"{k} = {inline(v)}" for k, v in value.items()) + " }" if value else "{}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(inline(v) for v in value) + "]"
     return str(value)
 
 

@@ -11,6 +11,7 @@ once is not done yet.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,6 @@ class Study:
     points: tuple[Point, ...]
     pipelines: tuple[Pipeline, ...]
     registry: Registry
-    data: tuple[dict[str, Any], ...]  # each point's plain configuration, as loaded
     trains_with: tuple[int, ...]  # per point, the point whose members it uses (itself when it trains)
 
     @property
@@ -61,9 +61,9 @@ def load_study(
     except ConfigError as exc:
         raise ConfigError(exc.problems, label) from None
     output = Path(str(data.get("output", "runs/default")))
-    pipelines, loaded, problems, registry = [], [], [], None
+    pipelines, problems, registry = [], [], None
     for point in points:
-        mine = dict(data)
+        mine = copy.deepcopy(data)  # each point's own tables: a setting of one point never reaches another
         for path, value in point.settings:
             set_setting(mine, path, value, where=f'{SWEEP}."{path}"')
         mine["output"] = str(output / point.name)
@@ -73,12 +73,11 @@ def load_study(
             problems += [f"point {point.name}: {problem}" for problem in exc.problems]
             continue
         pipelines.append(pipeline)
-        loaded.append(mine)
     if problems or registry is None:
         raise ConfigError(problems or ["the sweep has no points"], label)
     keys = [_training_key(p, registry) for p in pipelines]
     trains_with = tuple(keys.index(k) if k is not None else i for i, k in enumerate(keys))
-    return Study(output, tuple(points), tuple(pipelines), registry, tuple(loaded), trains_with)
+    return Study(output, tuple(points), tuple(pipelines), registry, trains_with)
 
 
 def _training_key(pipeline: Pipeline, registry: Registry) -> str | None:
@@ -110,13 +109,9 @@ def run_study(
         reporter.info(f"Point {i + 1} of {len(study.points)}: {point.name}")
         if leader != i:  # certify the members its twin trained
             members = results[leader].output / Path(Outputs.CHECKPOINTS)
-            data = dict(study.data[i])
-            data["ensemble"] = {
-                **dict(data.get("ensemble", {})),
-                "checkpoints": [
-                    str(members / Path(Outputs.MEMBER.format(index=k)).name) for k in range(pipeline.ensemble.members)
-                ],
-            }
+            files = [str(members / Path(Outputs.MEMBER.format(index=k)).name) for k in range(pipeline.ensemble.members)]
+            data = copy.deepcopy(dict(pipeline.source))  # the point's configuration as it was loaded
+            set_setting(data, "ensemble.checkpoints", files, where=f"point {point.name}")
             pipeline, registry = load_pipeline(data, plugins=plugins)
             reporter.info(f"  using the members trained for {study.points[leader].name}")
         else:

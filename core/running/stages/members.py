@@ -64,7 +64,7 @@ class MembersStage(Stage):
         members copied into another run directory are recognised)."""
         for path in [run.path(Outputs.TRAIN_STATE), *sorted(run.out.glob(Outputs.MEMBER.format(index="*")))]:
             if path.exists():
-                value = load_checkpoint(path).get("fingerprint")
+                value = load_checkpoint(path, mmap=True).get("fingerprint")  # the weights are not read
                 return value if isinstance(value, str) else None
         return run.recorded(name)
 
