@@ -163,3 +163,16 @@ def test_the_reference_is_generated_from_the_code():
     registry = load_registry()
     expected = reference_text(registry, build_parser(plugin_commands(registry)))
     assert (REPO / "docs" / "reference.md").read_text() == expected, "run: ensemblecert reference > docs/reference.md"
+
+
+def test_every_method_page_says_what_ensemblecert_does_differently():
+    """Each page of a method (all of docs/methods but the measurements of adaptive.md) has the section the papers'
+    readers look for, with at least one point in it."""
+    pages = sorted(p for p in (REPO / "docs" / "methods").glob("*.md") if p.name != "adaptive.md")
+    assert len(pages) >= 8
+    heading = "## What ensemblecert does differently, and why\n"
+    for page in pages:
+        text = page.read_text()
+        assert heading in text, page.name
+        section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        assert len(section.split()) > 20, page.name

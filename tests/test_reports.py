@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ensemblecert import ABSTAIN, run
-from ensemblecert.reports.figures import lower_bounds
+from ensemblecert.reports.figures import lower_bounds, simplex_points
 from ensemblecert.reports.runs import read_run, run_names
 from ensemblecert.reports.tables import compare, latex_table, markdown_table
 
@@ -55,7 +55,20 @@ def test_a_run_writes_its_own_report(two_runs):
         assert (result.output / name).stat().st_size > 200, name
     text = (result.output / "report.md").read_text()
     assert "| first | cohen | hard |" in text
-    assert "recorded E0 and E1 per input: `ensemblecert simplex RUN_DIR`" in text  # soft_one records them
+    assert "![Inputs in the simplex](simplex.png)" in text  # soft_one records E0 and E1
+    assert (result.output / "simplex.png").stat().st_size > 200 and (result.output / "simplex.pdf").exists()
+
+
+def test_the_simplex_points_are_each_inputs_bounds_and_outcome(two_runs):
+    result, second = two_runs
+    record = read_run(second)
+    points = simplex_points(record, "soft_one")
+    assert points.shape == (len(record.results), 3)
+    for (e0, e1, state), r in zip(points, record.results):
+        outcome = r.outcomes["soft_one"].certificate
+        assert (e0, e1) == (outcome.details["e0"], outcome.details["e1"])
+        assert state == (0 if outcome.abstained else (1 if outcome.prediction == r.label else -1))
+    assert simplex_points(record, "cohen").size == 0  # CERTIFY records no E0 and E1
 
 
 def test_the_comparison_counts_what_the_rows_say(two_runs):

@@ -29,6 +29,27 @@ def test_a_grid_varies_the_last_path_fastest_and_names_points_by_their_values():
     assert [p.name for p in zipped] == ["sigma=0.25,seed=1", "sigma=0.5,seed=2"]
 
 
+def test_named_choices_set_several_settings_together():
+    base = {
+        "gaussian": {"training.start_from": ["runs/g"]},
+        "smoothadv": {"training.start_from": ["runs/s"], "training.loss.name": "smoothadv"},
+    }
+    points = sweep_points({"noise.sigma": [0.25, 0.5], "base": base})
+    assert [p.name for p in points] == [
+        "sigma=0.25,base=gaussian",
+        "sigma=0.25,base=smoothadv",
+        "sigma=0.5,base=gaussian",
+        "sigma=0.5,base=smoothadv",
+    ]
+    assert points[3].settings == (
+        ("noise.sigma", 0.5),
+        ("training.start_from", ["runs/s"]),
+        ("training.loss.name", "smoothadv"),
+    )
+    zipped = sweep_points({"mode": "zip", "base": base, "seed": [1, 2]})
+    assert [p.name for p in zipped] == ["base=gaussian,seed=1", "base=smoothadv,seed=2"]
+
+
 @pytest.mark.parametrize(
     ("sweep", "message"),
     [
@@ -37,6 +58,9 @@ def test_a_grid_varies_the_last_path_fastest_and_names_points_by_their_values():
         ({"mode": "zip", "seed": [1, 2], "noise.sigma": [0.5]}, "zip needs lists of one length"),
         ({"output": ["a", "b"]}, "cannot be swept"),
         ({}, "sweeps nothing"),
+        ({"base": {"a": 1}}, r'sweep."base".a: expected a table of setting paths'),
+        ({"seed": [1], "base": {"a": {"seed": 2}}}, r'sweep."base": seed is already swept by sweep."seed"'),
+        ({"base": {"a": {"output": "x"}}}, "output cannot be swept"),
     ],
 )
 def test_bad_sweeps_are_refused_at_their_path(sweep, message):
@@ -115,9 +139,9 @@ radii = [0.0, 0.25]
 def test_a_study_killed_at_any_point_resumes_to_the_uninterrupted_result(tmp_path):
     (tmp_path / "study.toml").write_text(STUDY)
 
-    def start(out: str) -> subprocess.Popen:
+    def start(out: str, *more: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "ensemblecert", "run", "study.toml", "--output", out, "--quiet"],
+            [sys.executable, "-m", "ensemblecert", "run", "study.toml", "--output", out, "--quiet", *more],
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -144,6 +168,18 @@ def test_a_study_killed_at_any_point_resumes_to_the_uninterrupted_result(tmp_pat
         p.parent.name for p in (tmp_path / "whole").glob("*/train_log.json")
     )
     assert len(list(out.glob("*/train_log.json"))) == 2  # two trainings for four points
+
+    # two points at a time, each in a process of its own: killed in its first points, the study's process takes its
+    # points with it (a rerun is not refused for a directory in use) and resumes to the same rows
+    out = tmp_path / "parallel"
+    assert kill_when(start("parallel", "--jobs", "2"), lambda: lines(out / names[0] / "certification.tsv") >= 2)
+    proc = start("parallel", "--jobs", "2")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    for name in names:
+        got, expected = out / name / "certification.tsv", tmp_path / "whole" / name / "certification.tsv"
+        assert rows_without_times(got) == rows_without_times(expected), name
+    assert len(list(out.glob("*/train_log.json"))) == 2
+    assert "certify" in (out / names[1] / "log.txt").read_text()  # each point's messages in its folder
 
 
 def test_report_of_a_study_folder(tmp_path, cli):

@@ -94,3 +94,61 @@ def lower_bound_figure(records: Sequence[RunRecord], stem: str | Path) -> list[P
     return _finish(
         fig, ax, Path(stem), "lower confidence bound on the top class's probability", "share of inputs at or below", 1.0
     )
+
+
+#: The most panels one simplex figure draws (one per run and certifier that recorded ``E0`` and ``E1``).
+SIMPLEX_PANELS = 12
+
+
+def simplex_points(record: RunRecord, label: str) -> np.ndarray:
+    """``[inputs, 3]``: each input's ``(E0, E1, outcome)`` as certifier ``label`` recorded them, outcome 1 certified
+    and correct, -1 certified and wrong, 0 abstained; empty when its certificates record no ``E0`` and ``E1``."""
+    rows = []
+    for r in record.results:
+        outcome = r.outcomes[label]
+        details = outcome.certificate.details
+        if "e0" not in details or "e1" not in details:
+            return np.empty((0, 3))
+        state = 0 if outcome.certificate.abstained else (1 if r.correct(label) else -1)
+        rows.append((float(details["e0"]), float(details["e1"]), state))
+    return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def simplex_figure(records: Sequence[RunRecord], stem: str | Path) -> list[Path]:
+    """Each input in the (E0, E1) triangle of Cullen24 (Fig. 3), one panel per run and certifier that recorded the
+    two bounds (at most :data:`SIMPLEX_PANELS`), marked certified-correct, certified-wrong or abstained; saves
+    ``stem``.png and .pdf (nothing when no certifier recorded them)."""
+    panels = [(name, simplex_points(record, label)) for name, record, label in _curves(records)]
+    panels = [(name, p) for name, p in panels if p.size][:SIMPLEX_PANELS]
+    if not panels:
+        return []
+    plt = _pyplot()
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), dpi=110, squeeze=False)
+    edge = np.linspace(0, 1, 201)
+    kinds = ((1, "certified, correct", "tab:green"), (-1, "certified, wrong", "tab:red"), (0, "abstained", "grey"))
+    for ax, (name, points) in zip(axes.flat, panels):
+        ax.plot(edge, np.minimum(edge, 1 - edge), color="black", lw=0.8)  # E1 <= E0 and E0 + E1 <= 1
+        ax.axvline(0.5, color="grey", lw=0.6, ls=":")
+        for state, text, colour in kinds:
+            chosen = points[points[:, 2] == state]
+            if chosen.size:
+                ax.scatter(chosen[:, 0], chosen[:, 1], s=9, color=colour, alpha=0.7, label=f"{text} ({len(chosen)})")
+        ax.set_title(name, fontsize="small")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 0.5)
+        ax.set_xlabel("E0 (lower bound, top class)")
+        ax.set_ylabel("E1 (upper bound, runner-up)")
+        ax.legend(fontsize="x-small", loc="upper left")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    stem = Path(stem)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    try:
+        for path in paths:
+            fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return paths

@@ -1,5 +1,6 @@
 """One folder per report: ``report.md`` (the comparison and the figures, ready to paste into a paper or an issue),
-``report.tex`` (the table), ``certified_accuracy.png``/``.pdf`` and ``lower_bounds.png``/``.pdf``."""
+``report.tex`` (the table), ``certified_accuracy.png``/``.pdf``, ``lower_bounds.png``/``.pdf`` and, where a certifier
+recorded ``E0`` and ``E1`` per input, ``simplex.png``/``.pdf``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ from pathlib import Path
 
 from ..checkpoints import write_text
 from ..running.context import Outputs
-from .figures import certified_accuracy_figure, lower_bound_figure
+from .figures import certified_accuracy_figure, lower_bound_figure, simplex_figure
 from .runs import RunRecord, run_names
 from .tables import Comparison, compare, latex_table, markdown_table
 
 #: The files a report writes into its folder (glob patterns: the figures are PNG and PDF).
-FILES = (Outputs.REPORT, Outputs.REPORT_TABLE, f"{Outputs.CERTIFIED_ACCURACY_PLOT}.*", f"{Outputs.LOWER_BOUNDS_PLOT}.*")
+FILES = (
+    Outputs.REPORT,
+    Outputs.REPORT_TABLE,
+    f"{Outputs.CERTIFIED_ACCURACY_PLOT}.*",
+    f"{Outputs.LOWER_BOUNDS_PLOT}.*",
+    f"{Outputs.SIMPLEX_PLOT}.*",
+)
 
 
 def write_report(
@@ -31,6 +38,7 @@ def write_report(
     comparison = compare(records, radii, sweep=sweep)
     curves = certified_accuracy_figure(records, folder / Outputs.CERTIFIED_ACCURACY_PLOT)
     bounds = lower_bound_figure(records, folder / Outputs.LOWER_BOUNDS_PLOT)
+    simplex = simplex_figure(records, folder / Outputs.SIMPLEX_PLOT)
     write_text(folder / Outputs.REPORT_TABLE, latex_table(comparison))
     names = run_names(records)
     lines = [f"# Certification report: {', '.join(names)}", ""]
@@ -63,22 +71,16 @@ def write_report(
             f"![Distribution of the lower bounds]({bounds[0].name})",
             "",
         ]
-    simplex = [name for name, record in zip(names, records) if _records_simplex(record)]
     if simplex:
         lines += [
-            f"{', '.join(simplex)} recorded E0 and E1 per input: `ensemblecert simplex RUN_DIR` (the simplex plugin)",
-            "draws each input in the (E0, E1) triangle over the regions where each mechanism wins.",
+            "Each input in the (E0, E1) triangle (Cullen24 Fig. 3), per certifier that recorded both bounds: where",
+            "the top class's lower bound and the runner-up's upper bound put it, and whether it was certified.",
+            "`ensemblecert simplex RUN_DIR` (the simplex plugin) adds the regions where each mechanism wins.",
+            "",
+            f"![Inputs in the simplex]({simplex[0].name})",
             "",
         ]
     lines += ["Runs:", ""]
     lines += [f"- {name}: `{r.directory}` ({len(r.results)} inputs)" for name, r in zip(names, records)]
     write_text(folder / Outputs.REPORT, "\n".join(lines) + "\n")
     return comparison
-
-
-def _records_simplex(record: RunRecord) -> bool:
-    """Whether a certifier of the run recorded ``(E0, E1)`` per input (Cullen24's certifiers do)."""
-    first = record.results[0] if record.results else None
-    return first is not None and any(
-        {"e0", "e1"} <= set(first.outcomes[label].certificate.details) for label in record.labels
-    )

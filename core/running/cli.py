@@ -112,6 +112,14 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         help="spread the run over K processes on this machine (starts the same command under torchrun; "
         "for several machines call torchrun yourself, see docs/engine.md)",
     )
+    run.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        metavar="J",
+        help="a study: run J points at a time, each in a process of its own (its messages in log.txt in its folder)",
+    )
 
     val = sub.add_parser(
         "validate",
@@ -290,6 +298,8 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         overrides.append("certification.enabled=false")
     if is_study(args.pipeline):
         return _run_study(args, overrides, out, err)
+    if args.jobs != 1:
+        raise UserError("--jobs: runs points of a study at once; this pipeline has no [sweep] (use --processes)")
     pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
     if args.processes is not None:
         check_pipeline(pipeline)  # one message, before any process starts
@@ -335,13 +345,19 @@ def _run_study(args: argparse.Namespace, overrides: list[str], out: Console, err
     study = load_study(args.pipeline, overrides=overrides)
     for pipeline in study.pipelines:
         check_pipeline(pipeline)
+    if args.jobs != 1:
+        if args.processes is not None:
+            raise UserError("--jobs and --processes: choose one (points at once, or each point over K processes)")
+        cores = os.cpu_count() or 1
+        if not 1 <= args.jobs <= cores:
+            raise UserError(f"--jobs: between 1 and this machine's {cores} CPU cores, got {args.jobs}")
     _spread(args.processes, study.pipelines[0].device)
     reporter = Reporter(err, quiet=args.quiet)
     reporter.info(
         f"Study of {len(study.points)} points in {study.output}: {study.trainings} of them train, the others "
         "share their members"
     )
-    results = run_study(study, fresh=args.fresh, reporter=reporter)
+    results = run_study(study, fresh=args.fresh, reporter=reporter, jobs=args.jobs)
     if results and results[0].rank != 0:
         return 0
     certified = [read_run(r.output) for r in results if r.summary is not None]

@@ -55,11 +55,13 @@ class Outputs:
     CERTIFICATION_PART = "certification.part-{rank}.tsv"
     CERTIFICATION_META = "certification.meta.json"
     CERTIFICATION_SUMMARY = "certification.json"
+    LOG = "log.txt"  # a study point's messages when points run in processes of their own
     STUDY = "study.json"  # a study's points (in the study's folder; each point's run has a folder of its own)
     REPORT = "report.md"  # the run's report (see ensemblecert.reports), with the table as LaTeX and two figures
     REPORT_TABLE = "report.tex"
     CERTIFIED_ACCURACY_PLOT = "certified_accuracy"  # .png and .pdf
     LOWER_BOUNDS_PLOT = "lower_bounds"  # .png and .pdf
+    SIMPLEX_PLOT = "simplex"  # .png and .pdf, where certifiers recorded E0 and E1
     EVALUATION_TSV = "evaluation.tsv"
     EVALUATION_SUMMARY = "evaluation.json"
 

@@ -5,13 +5,17 @@ same (same data, model, training, noise and seed: the training fingerprint) shar
 the others certify its members (``ensemble.checkpoints``), so a sweep over certification settings trains once.
 ``study.json`` lists the points; the study's report compares them and adds the best over the sweep per radius.
 
-Points run one after another in this process (or each under ``torchrun``, as a run does); running several points at
-once is not done yet.
+Points run one after another in this process (or each under ``torchrun``, as a run does), or ``jobs`` at a time,
+each in a process of its own that writes its messages to ``log.txt`` in its folder, with one progress view of the
+whole study; a point starts once the point whose members it uses has finished.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from ..checkpoints import write_json
 from ..config import Pipeline, describe, load_pipeline
 from ..config.loading import apply_overrides, read_source, set_setting
 from ..config.sweeps import SWEEP, Point, sweep_points
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..registry import Registry
 from .context import Outputs, fingerprint
 from .pipeline import RunResult, run_pipeline
@@ -88,11 +92,27 @@ def _training_key(pipeline: Pipeline, registry: Registry) -> str | None:
 
 
 def run_study(
-    study: Study, *, fresh: bool = False, reporter: Reporter | None = None, plugins: Sequence[object] = ()
+    study: Study,
+    *,
+    fresh: bool = False,
+    reporter: Reporter | None = None,
+    plugins: Sequence[object] = (),
+    jobs: int = 1,
 ) -> list[RunResult]:
-    """Run every point in order (members shared as :attr:`Study.trains_with` says) and write ``study.json`` and the
-    study's report in its folder."""
+    """Run every point (members shared as :attr:`Study.trains_with` says), ``jobs`` at a time, and write
+    ``study.json`` and the study's report in its folder.
+
+    With ``jobs > 1`` the points run in processes of their own (plugins must then be installed or named in the
+    pipeline: ``plugins`` objects do not cross processes); this process then collects every finished point, which
+    takes seconds each, so the results are those of a run in turn."""
     reporter = reporter or Reporter(quiet=True)
+    if jobs < 1:
+        raise UserError(f"--jobs: must be at least 1, got {jobs}")
+    if jobs > 1 and plugins:
+        raise UserError(
+            "jobs: points in processes of their own load installed plugins only; install yours or name it in the "
+            "pipeline's `plugins`, or run the points in turn (jobs = 1)"
+        )
     study.output.mkdir(parents=True, exist_ok=True)
     write_json(
         study.output / Outputs.STUDY,
@@ -103,16 +123,16 @@ def run_study(
             ]
         },
     )
+    if jobs > 1 and len(study.points) > 1:
+        _run_in_processes(study, fresh=fresh, reporter=reporter, jobs=jobs)
+        fresh = False  # every point is done: what follows collects them
+        reporter.info("Collecting the points")
     results: list[RunResult] = []
     for i, (point, pipeline) in enumerate(zip(study.points, study.pipelines)):
         leader = study.trains_with[i]
         reporter.info(f"Point {i + 1} of {len(study.points)}: {point.name}")
         if leader != i:  # certify the members its twin trained
-            members = results[leader].output / Path(Outputs.CHECKPOINTS)
-            files = [str(members / Path(Outputs.MEMBER.format(index=k)).name) for k in range(pipeline.ensemble.members)]
-            data = copy.deepcopy(dict(pipeline.source))  # the point's configuration as it was loaded
-            set_setting(data, "ensemble.checkpoints", files, where=f"point {point.name}")
-            pipeline, registry = load_pipeline(data, plugins=plugins)
+            pipeline, registry = load_pipeline(_point_source(study, i), plugins=plugins)
             reporter.info(f"  using the members trained for {study.points[leader].name}")
         else:
             registry = study.registry
@@ -125,3 +145,87 @@ def run_study(
         write_report(records, study.output, sweep=True)
         reporter.info(f"Study report: {study.output / Outputs.REPORT}")
     return results
+
+
+def _point_source(study: Study, i: int) -> dict[str, Any]:
+    """Point ``i``'s configuration as it was loaded; a follower's certifies the members its leader trained."""
+    pipeline = study.pipelines[i]
+    if study.trains_with[i] == i:
+        return copy.deepcopy(dict(pipeline.source))
+    members = study.pipelines[study.trains_with[i]].output / Path(Outputs.CHECKPOINTS)
+    files = [str(members / Path(Outputs.MEMBER.format(index=k)).name) for k in range(pipeline.ensemble.members)]
+    data = copy.deepcopy(dict(pipeline.source))  # the point's own tables: nothing reaches another point
+    set_setting(data, "ensemble.checkpoints", files, where=f"point {study.points[i].name}")
+    return data
+
+
+def _run_in_processes(study: Study, *, fresh: bool, reporter: Reporter, jobs: int) -> None:
+    """Run the points ``jobs`` at a time in processes of their own, each point once its leader has finished; a
+    point that fails stops the points that use its members and, once the running ones end, the study."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    waiting = list(range(len(study.points)))
+    running: dict[Future[str | None], int] = {}
+    failed: list[str] = []
+    context = multiprocessing.get_context("spawn")  # no forked copies of this process's threads or CUDA state
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start, initargs=(threads,)) as pool:
+        with reporter.progress() as bars:
+            task = bars.add_task("points", total=len(waiting), status="")
+            while waiting or running:
+                done_points = {i for i in range(len(study.points)) if i not in waiting and i not in running.values()}
+                for i in [i for i in waiting if study.trains_with[i] in done_points | {i}]:
+                    if len(running) >= jobs:
+                        break
+                    waiting.remove(i)
+                    running[pool.submit(_run_point, _point_source(study, i), fresh)] = i
+                names = ", ".join(study.points[i].name for i in sorted(running.values()))
+                bars.update(task, status=f"running {names}" if names else "")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = running.pop(future)
+                    problem = future.result()
+                    bars.advance(task)
+                    if problem is None:
+                        continue
+                    failed.append(f"point {study.points[i].name}: {problem}")
+                    orphans = [k for k in waiting if study.trains_with[k] == i]
+                    waiting = [k for k in waiting if k not in orphans]
+                    bars.advance(task, len(orphans))
+    if failed:
+        raise UserError("; ".join(failed) + f" (each point's {Outputs.LOG} in {study.output} says more)")
+
+
+def _worker_start(threads: int) -> None:
+    """A point's process: ``threads`` threads, and (on Linux) it ends with the study's process, however that ends,
+    so a killed study leaves no point running."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_point(source: dict[str, Any], fresh: bool) -> str | None:
+    """Run one point in this process, its messages in ``log.txt`` in its folder; ``None`` when it finished, else
+    what went wrong (a message, or the traceback of an unexpected error)."""
+    from rich.console import Console
+
+    output = Path(str(source["output"]))
+    output.mkdir(parents=True, exist_ok=True)
+    with (output / Outputs.LOG).open("a", encoding="utf-8") as log:
+        reporter = Reporter(Console(file=log, width=120, force_terminal=False))
+        try:
+            pipeline, registry = load_pipeline(source)
+            run_pipeline(pipeline, registry, fresh=fresh, reporter=reporter)
+        except UserError as exc:
+            return str(exc)
+        except Exception:  # noqa: BLE001 - reported to the study's process, which stops
+            text = traceback.format_exc()
+            log.write(text)
+            return text.strip().splitlines()[-1]
+    return None
