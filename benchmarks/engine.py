@@ -86,6 +86,7 @@ def engines(device: torch.device, heavy: bool = False) -> dict[str, Engine]:
         out["loop+compile, not channels-last"] = Engine(layout="loop", compile=True, channels_last=False)
         out["loop+compile bf16 (unsound)"] = Engine(layout="loop", compile=True, precision="bf16")
         out["fused+compile bf16 (unsound)"] = Engine(layout="fused", compile=True, precision="bf16")
+        out["loop+compile bf16-checked"] = Engine(layout="loop", compile=True, precision="bf16-checked")
     if heavy:  # the slow layouts, left out where a run is long
         for key in ("fused", "fused+compile", "loop", "fused+compile bf16 (unsound)"):
             out.pop(key, None)

@@ -23,8 +23,11 @@ def make_inputs(path, tmp_path, monkeypatch):
     """A fine-tuning example starts from another example's run: make that run's member files exist (empty) in a
     working directory of its own."""
     data = tomllib.loads(path.read_text())
-    start = data.get("training", {}).get("start_from", [])
-    if start:
+    starts = [data.get("training", {}).get("start_from", [])]
+    for choices in data.get("sweep", {}).values():  # a study's named choices may each start elsewhere
+        if isinstance(choices, dict):
+            starts += [c.get("training.start_from", []) for c in choices.values() if isinstance(c, dict)]
+    for start in filter(None, starts):
         monkeypatch.chdir(tmp_path)
         for i in range(data.get("ensemble", {}).get("members", 3)):
             target = tmp_path / start[0] / "checkpoints" / f"member_{i}.pt"

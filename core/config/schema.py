@@ -65,7 +65,7 @@ def _device(_instance: Any, _attribute: Any, value: str) -> None:
 
 # ------------------------------------------------------------------------------------ schema
 LAYOUTS = ("auto", "loop", "vmap", "fused")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "bf16-checked", "fp16-checked")
 
 
 @attrs.frozen(kw_only=True)
@@ -78,12 +78,23 @@ class Engine:
     compile: bool | None = None
     #: Channels-last weights and inputs for convolutional members; absent: on a GPU at a reduced precision.
     channels_last: bool | None = None
-    #: ``fp32`` (sound); ``tf32``, ``bf16``, ``fp16`` trade the soundness of the counts for speed.
+    #: ``fp32`` (sound); ``tf32``, ``bf16``, ``fp16`` trade the soundness of the counts for speed;
+    #: ``bf16-checked``, ``fp16-checked`` run at that precision and re-evaluate close decisions in float32.
     precision: str = attrs.field(default="fp32", validator=one_of(PRECISIONS))
+    #: Checked precisions: close means a margin below this many times twice the precisions' probed difference.
+    check_safety: float = attrs.field(default=4.0, validator=in_range(1.0))
+    #: Checked precisions: the share of batches also evaluated in float32 and compared (0 to 1).
+    check_audit: float = attrs.field(default=0.05, validator=in_range(0.0, 1.0))
 
     @property
     def reduced(self) -> bool:
+        """Whether members run below float32 anywhere (the checked precisions included)."""
         return self.precision != "fp32"
+
+    @property
+    def checked(self) -> bool:
+        """Whether close decisions are re-evaluated in float32 (``bf16-checked``, ``fp16-checked``)."""
+        return self.precision.endswith("-checked")
 
 
 @attrs.frozen(kw_only=True)

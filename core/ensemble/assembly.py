@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..components import Aggregate, Aggregator, DataInfo, Model
+from .checked import PrecisionCheck
 from .engine import Engine, Members
 
 
@@ -54,6 +55,8 @@ class Ensemble(nn.Module):
         self.engine = engine or Engine()
         self._runner: Members | None = None
         self._runner_key: tuple | None = None
+        #: At a checked precision, what checks the decisions (and records what it did).
+        self.check = PrecisionCheck(self.engine) if self.engine.checked else None
 
     def runner(self) -> Members:
         """The :class:`~ensemblecert.ensemble.engine.Members` that evaluate the members. A stacked or fused layout holds
@@ -66,6 +69,8 @@ class Ensemble(nn.Module):
         return runner
 
     def evaluate(self, x: Tensor) -> Aggregate:
+        if self.check is not None:
+            return self.check.evaluate(self.aggregator, self.runner(), x)
         return self.aggregator.forward(self.runner(), x)
 
     def forward(self, x: Tensor) -> Tensor:

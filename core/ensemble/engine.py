@@ -19,7 +19,10 @@ times slower on an H100).
 ``precision`` is ``fp32`` unless asked otherwise: float32 everywhere, TF32 tensor cores off. ``tf32``, ``bf16``
 and ``fp16`` are faster on GPUs but can change predictions near a decision boundary, and then the counts the
 bounds assume are no longer the base classifier's (Voracek and Hein, 2023): they are an explicit choice,
-recorded with the results.
+recorded with the results. ``bf16-checked`` and ``fp16-checked`` run members at the reduced precision only inside
+:meth:`Members.checking`, where every sample whose top two logits of some member lie within the given margin is
+evaluated again in float32 (:mod:`ensemblecert.ensemble.checked` derives the margin and audits it); everywhere
+else they run in float32.
 
 Every choice changes only the floating-point rounding of the logits, never which noise a sample gets, so with
 the same seed the counts agree between layouts and batch sizes unless a sample's top two scores tie to within
@@ -99,6 +102,10 @@ class Members:
         self.engine = engine or Engine()
         self.device_type = _device_type(self.modules)
         self.why_not: str | None = None
+        #: Checked precisions: the reduced one, and how many samples were re-evaluated in float32.
+        self.low = self.engine.precision.removesuffix("-checked")
+        self.reevaluated = 0
+        self._modes: list[tuple[str, float | None]] = []
         self.layout = self._requested_layout()
         self._run: Callable[[Tensor], Tensor] | None = None
         self._single: list[Callable[[Tensor], Tensor]] | None = None
@@ -175,23 +182,65 @@ class Members:
             self._single = [self._compile(m) for m in self.modules]
         return self._single
 
-    def _context(self):
-        if self.engine.precision == "fp32" and self.device_type != "cuda":
+    @contextmanager
+    def checking(self, margin: float | None) -> Iterator[None]:
+        """Within: a checked precision runs at its reduced precision, and re-evaluates in float32 every sample where
+        some member's top two logits differ by less than ``margin`` (``None``: low precision, nothing checked)."""
+        self._modes.append(("checking", margin))
+        try:
+            yield
+        finally:
+            self._modes.pop()
+
+    @contextmanager
+    def exact(self) -> Iterator[None]:
+        """Within: float32, whatever the precision."""
+        self._modes.append(("exact", None))
+        try:
+            yield
+        finally:
+            self._modes.pop()
+
+    def _precision(self) -> tuple[str, float | None]:
+        """The precision to run at now and the margin to check (``None``: none)."""
+        mode, margin = self._modes[-1] if self._modes else ("default", None)
+        if mode == "exact":
+            return "fp32", None
+        if not self.engine.checked:
+            return self.engine.precision, None
+        return (self.low, margin) if mode == "checking" else ("fp32", None)  # checked runs float32 elsewhere
+
+    def _context(self, precision: str):
+        if precision == "fp32" and self.device_type != "cuda":
             return nullcontext()
-        return precision_context(self.engine.precision, self.device_type)
+        return precision_context(precision, self.device_type)
+
+    def _evaluate(self, run: Callable[[Tensor], Tensor], x: Tensor, dim: int) -> Tensor:
+        """``run(x)`` at the current precision, close samples (along ``dim``) re-run in float32 when checking."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        precision, margin = self._precision()
+        with self._context(precision):
+            out = run(x).float()
+        if margin is None or out.shape[-1] < 2:
+            return out
+        top = out.topk(2, dim=-1).values
+        close = top[..., 0] - top[..., 1] < margin
+        if close.dim() > 1:
+            close = close.any(dim=0)
+        rows = close.nonzero().squeeze(1)  # one host synchronisation: how many are re-evaluated
+        if rows.numel():
+            self.reevaluated += int(rows.numel())
+            with self._context("fp32"):
+                out = out.index_copy(dim, rows, run(x.index_select(0, rows)).float())
+        return out
 
     def logits(self, x: Tensor) -> Tensor:
         """All members' logits ``[N, B, C]``."""
         if self._run is None:
             self._run = self._build(x)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self._context():
-            return self._run(x).float()
+        return self._evaluate(self._run, x, 1)
 
     def member(self, index: int, x: Tensor) -> Tensor:
         """The logits ``[B, C]`` of member ``index`` alone."""
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self._context():
-            return self._singles()[index](x).float()
+        return self._evaluate(self._singles()[index], x, 0)

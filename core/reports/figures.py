@@ -40,7 +40,12 @@ def _finish(fig, ax, stem: Path, xlabel: str, ylabel: str, right: float) -> list
     ax.set_xlim(0, right)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    labels = ax.get_legend_handles_labels()[1]
+    if max((len(text) for text in labels), default=0) > 32:  # long names (study points): the legend below
+        fig.set_size_inches(fig.get_size_inches()[0] + 2, fig.get_size_inches()[1] + 0.25 * len(labels))
+        ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
+    else:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     try:

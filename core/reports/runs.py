@@ -81,10 +81,20 @@ def read_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], bool]:
 
 
 def run_names(records: Sequence[RunRecord]) -> list[str]:
-    """How each run is called in a comparison: its directory's name, or as much of its path as tells it apart."""
+    """How each run is called in a comparison: its directory's name, or as much of its path as tells it apart;
+    study points (``sigma=0.25,rho1=0.2``) without the ``key=value`` parts every one of them shares."""
     parts = [r.directory.resolve().parts for r in records]
     for depth in range(1, max((len(p) for p in parts), default=1) + 1):
         names = ["/".join(p[-depth:]) for p in parts]
         if len(set(names)) == len(names):
-            return names
+            return _without_shared_settings(names)
     return [str(r.directory) for r in records]
+
+
+def _without_shared_settings(names: list[str]) -> list[str]:
+    if len(names) < 2 or not all("=" in n and "/" not in n for n in names):
+        return names
+    split = [n.split(",") for n in names]
+    shared = set.intersection(*(set(s) for s in split))
+    shorter = [",".join(x for x in s if x not in shared) or n for s, n in zip(split, names)]
+    return shorter if len(set(shorter)) == len(shorter) else names

@@ -55,6 +55,8 @@ class Outputs:
     CERTIFICATION_PART = "certification.part-{rank}.tsv"
     CERTIFICATION_META = "certification.meta.json"
     CERTIFICATION_SUMMARY = "certification.json"
+    CERTIFICATION_CHECK = "certification.check-{rank}.json"  # a checked precision's record, per process
+    CERTIFICATION_CHECKS = "certification.check-*.json"
     LOG = "log.txt"  # a study point's messages when points run in processes of their own
     STUDY = "study.json"  # a study's points (in the study's folder; each point's run has a folder of its own)
     REPORT = "report.md"  # the run's report (see ensemblecert.reports), with the table as LaTeX and two figures

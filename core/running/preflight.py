@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import remove_temporaries
+from ..components import HARD
 from ..config import Pipeline
 from ..errors import ConfigError, UserError
 
@@ -48,6 +49,12 @@ def check_pipeline(pipeline: Pipeline) -> None:
             why = strategy.check_certifier(mech)
             if why:
                 problems.append(f"ensemble.smoothing[{j}]: certification.certifiers[{i}]: {why}")
+            elif pipeline.engine.checked and strategy.classifier(mech) != HARD:
+                problems.append(
+                    f"engine.precision: {pipeline.engine.precision!r} checks decisions, but "
+                    f"certification.certifiers[{i}] certifies the {strategy.classifier(mech)} smoothed classifier, "
+                    "whose tallies sum probabilities that a reduced precision changes; use engine.precision = 'fp32'"
+                )
     aggregator = pipeline.ensemble.aggregator
     for j, strategy in enumerate(pipeline.ensemble.smoothing):
         if strategy.needs_member_counts and aggregator.skips_members:

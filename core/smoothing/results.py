@@ -16,7 +16,7 @@ import os
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -90,12 +90,15 @@ class Summary:
     certifiers: Mapping[str, CertifierSummary]
     precision: str = "fp32"
     sound: bool = True
+    #: At a checked precision, what the check did (see :class:`ensemblecert.ensemble.checked.CheckRecord`).
+    check: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict:
         return {
             "examples": self.examples,
             "precision": self.precision,
             "sound": self.sound,
+            **({"precision_check": dict(self.check)} if self.check is not None else {}),
             "certifiers": {
                 name: {
                     **attrs.asdict(m, recurse=False),
@@ -119,6 +122,7 @@ def summarize(
     members: int | None = None,
     precision: str = "fp32",
     sound: bool = True,
+    check: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Certified accuracy at ``radii`` (share of inputs predicted correctly with radius >= r), ACR and costs.
 
@@ -150,7 +154,7 @@ def summarize(
             details={k: _mean([e[k] for e in extras if k in e and not math.isnan(e[k])]) for k in keys},
             classifier=_classifier(outcomes, name),
         )
-    return Summary(examples=n, certifiers=out, precision=precision, sound=sound)
+    return Summary(examples=n, certifiers=out, precision=precision, sound=sound, check=check)
 
 
 def _classifier(outcomes: Sequence[Outcome], name: str) -> str:

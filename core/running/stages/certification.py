@@ -13,6 +13,7 @@ import attrs
 from ...checkpoints import plain, write_json
 from ...components import Stage
 from ...config import describe
+from ...ensemble.checked import CheckRecord, PrecisionCheck
 from ...smoothing.certification import Planned, certification_loop
 from ...smoothing.results import (
     ExampleResult,
@@ -23,7 +24,7 @@ from ...smoothing.results import (
     summarize,
 )
 from ...smoothing.sampling import SharedTallies
-from ..context import Outputs, RunContext, size, weights_digest
+from ..context import Outputs, RunContext, read_json, size, weights_digest
 
 
 def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:
@@ -54,6 +55,7 @@ class CertificationStage(Stage):
         Outputs.CERTIFICATION_PARTS,
         Outputs.CERTIFICATION_META,
         Outputs.CERTIFICATION_SUMMARY,
+        Outputs.CERTIFICATION_CHECKS,
     )
     refusal = (
         "holds results of a different model or certification setup; run with --fresh to replace them or choose "
@@ -105,6 +107,7 @@ class CertificationStage(Stage):
         if results:
             run.reporter.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already certified")
         mine = tsv if not world.distributed else run.path(Outputs.CERTIFICATION_PART, rank=world.rank)
+        check = self._start_check(run)
         strategies = p.ensemble.smoothing
         # certifiers with equal sampling settings ask for the same draws of an input: each is drawn once
         smoothed = [SharedTallies(s.smooth(ensemble, p.noise, batch_size=c.batch_size)) for s in strategies]
@@ -117,6 +120,8 @@ class CertificationStage(Stage):
             for index, outcomes in certification_loop(plan, todo, lambda i: test[i][0], seed=p.seed, device=run.device):
                 result = ExampleResult(index=index, label=int(test[index][1]), outcomes=outcomes)
                 writer.write(result)
+                if check is not None:  # what the check did up to this input, for a resumed run to add to
+                    write_json(run.path(Outputs.CERTIFICATION_CHECK, rank=world.rank), check.to_dict())
                 results.append(result)
                 correct += result.correct(labels[0])
                 bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
@@ -129,24 +134,71 @@ class CertificationStage(Stage):
             results = [r for r in read_results(tsv, labels) if r.index in wanted]
         results.sort(key=lambda r: r.index)
         run.results = results
+        record = self._check_record(run) if p.engine.checked else None
         run.summary = summarize(
             results,
             labels,
             c.radii,
             members=ensemble.num_members,
             precision=p.engine.precision,
-            sound=not p.engine.reduced,
+            sound=not p.engine.reduced or (record is not None and record.agreed),
+            check=None if record is None else record.to_dict(),
         )
+        if record is not None:
+            self._report_check(run, record)
         if world.main:
             write_json(run.path(Outputs.CERTIFICATION_SUMMARY), {**run.summary.to_dict(), "tsv": str(tsv)})
             run.reporter.info(f"Results: {tsv}, {run.path(Outputs.CERTIFICATION_SUMMARY)}")
+
+    @staticmethod
+    def _start_check(run: RunContext) -> CheckRecord | None:
+        """A fresh check of the ensemble at a checked precision; its record goes on from what this process wrote
+        before an interruption."""
+        ensemble = run.assembled()
+        if not run.pipeline.engine.checked:
+            return None
+        ensemble.check = PrecisionCheck(run.pipeline.engine)
+        earlier = run.path(Outputs.CERTIFICATION_CHECK, rank=run.world.rank)
+        if earlier.exists():
+            ensemble.check.record.merge(read_json(earlier, "the run"))
+        return ensemble.check.record
+
+    @staticmethod
+    def _check_record(run: RunContext) -> CheckRecord:
+        """The checks of every process together."""
+        engine = run.pipeline.engine
+        record = CheckRecord(engine.precision, engine.check_safety, engine.check_audit)
+        for path in sorted(run.out.glob(Outputs.CERTIFICATION_CHECKS)):
+            record.merge(read_json(path, "the run"))
+        return record
+
+    @staticmethod
+    def _report_check(run: RunContext, record: CheckRecord) -> None:
+        d = record.to_dict()
+        line = (
+            f"{record.precision}: {d['reevaluated_share']:.1%} of {record.samples:,} samples re-evaluated in float32; "
+            f"audit: {record.audited_samples:,} samples in {record.audited_batches} batches, "
+            f"{record.disagreements} disagreements with float32"
+        )
+        if record.agreed:
+            run.reporter.info(line)
+        else:
+            run.reporter.unsound(
+                f"{line}: the rest of the run ran in float32, but the counts of the batches before it may not be "
+                "float32's; run again with engine.precision = 'fp32'"
+            )
 
     @staticmethod
     def _announce(run: RunContext) -> None:
         p, world = run.pipeline, run.world
         if run.assembled().runner().compiled:
             run.reporter.info("Members run through torch.compile: the first batches of each size compile them")
-        if p.engine.reduced:
+        if p.engine.checked:
+            run.reporter.info(
+                f"engine.precision = {p.engine.precision!r}: members run at the reduced precision; close decisions are "
+                f"evaluated again in float32 and {p.engine.check_audit:.0%} of the batches are audited in float32"
+            )
+        elif p.engine.reduced:
             run.reporter.unsound(
                 f"engine.precision = {p.engine.precision!r}: members run in reduced precision, which can change "
                 "their predictions; the radii are not sound certificates of the float32 ensemble"

@@ -1,0 +1,194 @@
+"""Checked reduced precision: float32's decisions at bf16 (or fp16) speed, audited.
+
+A certificate rests on counts of the base classifier's decisions on noisy samples. At ``bf16-checked`` the
+members run in bf16, and a sample's decision is taken from the bf16 logits only where it cannot differ from
+float32's by the measured size of their difference; every other sample is evaluated again in float32:
+
+1. **Probe.** The first batch runs at both precisions. ``member difference``: the largest difference of any logit
+   of any member; ``aggregate difference``: the largest difference of any ensemble probability (with members
+   already checked). A margin is ``check_safety`` times twice the difference (a top class can fall by the
+   difference while the runner-up rises by it), and at least the reduced precision's rounding step at the size of
+   the values. The probe batch's counts are float32's.
+2. **Checked batches.** Members run at the reduced precision; a sample where some member's top two logits are
+   closer than the member margin is evaluated again in float32 (:meth:`Members.checking`), so every member vote is
+   float32's; a sample whose ensemble probabilities' top two are closer than the aggregate margin is run through
+   the aggregator again in float32.
+3. **Audit.** A share ``check_audit`` of the batches is also evaluated fully in float32 and every decision
+   (the ensemble's and, where the aggregator ran them all, each member's) is compared with the checked path; the
+   batch counts float32's. Any disagreement switches the rest of the run to float32 and is reported.
+
+What this guarantees: agreement with float32 in every audited sample, measured; elsewhere agreement wherever the
+probed difference bounds the actual one (the safety factor's job, and what the audit measures). What it does not:
+float32 is itself rounded arithmetic, not the exact function (Voracek and Hein, 2023); and it concerns decisions,
+so soft smoothed classifiers, whose tallies sum probabilities, are refused with it. Samples decided by their
+reduced-precision pass count that pass's member evaluations; float32 re-evaluations are counted apart here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor
+
+from ..components import Aggregate, Aggregator
+from ..config.schema import Engine
+from .engine import Members
+
+#: The rounding step (unit roundoff times two) of each reduced precision's significand.
+STEPS = {"bf16": 2.0**-8, "fp16": 2.0**-11}
+
+
+@attrs.define
+class CheckRecord:
+    """What a checked run did: the margins derived at each start (one per process and resume), the batches and
+    samples seen, how many samples were re-evaluated in float32 and why, and the audit."""
+
+    precision: str
+    safety: float
+    audit_share: float
+    probes: list[dict[str, float]] = attrs.field(factory=list)
+    batches: int = 0
+    samples: int = 0
+    reevaluated_for_members: int = 0
+    reevaluated_for_aggregate: int = 0
+    audited_batches: int = 0
+    audited_samples: int = 0
+    disagreements: int = 0
+    switched_to_fp32: bool = False
+
+    @property
+    def agreed(self) -> bool:
+        """No audited sample disagreed with float32 (vacuous when nothing was audited)."""
+        return self.disagreements == 0 and not self.switched_to_fp32
+
+    def to_dict(self) -> dict[str, Any]:
+        out = attrs.asdict(self)
+        reevaluated = self.reevaluated_for_members + self.reevaluated_for_aggregate
+        out["reevaluated_share"] = reevaluated / self.samples if self.samples else 0.0
+        return out
+
+    def merge(self, other: Mapping[str, Any]) -> None:
+        """Add another record's counts (an earlier session of a resumed run, or another process)."""
+        mine = attrs.asdict(self)
+        for name in (
+            "batches",
+            "samples",
+            "reevaluated_for_members",
+            "reevaluated_for_aggregate",
+            "audited_batches",
+            "audited_samples",
+            "disagreements",
+        ):
+            setattr(self, name, mine[name] + int(other.get(name, 0)))
+        self.probes = [*other.get("probes", []), *self.probes]
+        self.switched_to_fp32 = self.switched_to_fp32 or bool(other.get("switched_to_fp32", False))
+
+
+def margin_of(scores: Tensor) -> Tensor:
+    """The difference between the top two scores along the last dimension."""
+    top = scores.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+def derived_margin(difference: float, values: Tensor, precision: str, safety: float) -> float:
+    """``safety`` times twice the larger of the measured ``difference`` and the precision's rounding step at the
+    size of ``values``: below it a decision could change between the precisions."""
+    step = STEPS[precision] * float(values.abs().max()) if values.numel() else 0.0
+    return safety * 2.0 * max(difference, step)
+
+
+def decisions_differ(a: Aggregate, b: Aggregate) -> Tensor:
+    """Per sample: whether the two aggregates decide differently (the ensemble, or any member both ran)."""
+    differ = a.probs.argmax(dim=-1) != b.probs.argmax(dim=-1)
+    if a.member_logits is not None and b.member_logits is not None:
+        differ |= (a.member_logits.argmax(dim=-1) != b.member_logits.argmax(dim=-1)).any(dim=0)
+    return differ
+
+
+class PrecisionCheck:
+    """The checked evaluation of one ensemble (see the module docstring); :attr:`record` says what it did."""
+
+    def __init__(self, engine: Engine) -> None:
+        if not engine.checked:
+            raise ValueError(f"{engine.precision!r} is not a checked precision")
+        self.low = engine.precision.removesuffix("-checked")
+        self.record = CheckRecord(engine.precision, engine.check_safety, engine.check_audit)
+        self.member_margin: float | None = None
+        self.aggregate_margin: float | None = None
+        self._period = round(1 / engine.check_audit) if engine.check_audit > 0 else 0
+
+    def evaluate(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
+        """The aggregate of batch ``x`` with float32's decisions (under autograd: float32 throughout)."""
+        if torch.is_grad_enabled():  # attacks and training: no counts to protect
+            with members.exact():
+                return aggregator.forward(members, x)
+        record = self.record
+        batch = record.batches
+        record.batches += 1
+        record.samples += x.shape[0]
+        if record.switched_to_fp32:
+            with members.exact():
+                return aggregator.forward(members, x)
+        if self.member_margin is None:
+            return self._probe(aggregator, members, x)
+        if self._period and batch % self._period == 0:
+            return self._audit(aggregator, members, x)
+        return self._checked(aggregator, members, x)
+
+    def _probe(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
+        with members.exact():
+            exact_logits = members.logits(x)
+            exact = aggregator.forward(members, x)
+        with members.checking(None):
+            low_logits = members.logits(x)
+        safety = self.record.safety
+        member_difference = float((low_logits - exact_logits).abs().max())
+        self.member_margin = derived_margin(member_difference, exact_logits, self.low, safety)
+        before = members.reevaluated
+        with members.checking(self.member_margin):
+            low = aggregator.forward(members, x)
+        members.reevaluated = before  # the probe's float32 runs are not re-evaluations
+        aggregate_difference = float((low.probs - exact.probs).abs().max())
+        self.aggregate_margin = derived_margin(aggregate_difference, exact.probs, self.low, safety)
+        self.record.probes.append(
+            {
+                "member_difference": member_difference,
+                "member_margin": self.member_margin,
+                "aggregate_difference": aggregate_difference,
+                "aggregate_margin": self.aggregate_margin,
+            }
+        )
+        return exact
+
+    def _checked(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
+        before = members.reevaluated
+        with members.checking(self.member_margin):
+            low = aggregator.forward(members, x)
+        self.record.reevaluated_for_members += members.reevaluated - before
+        assert self.aggregate_margin is not None
+        rows = (margin_of(low.probs) < self.aggregate_margin).nonzero().squeeze(1)
+        if not rows.numel():
+            return low
+        self.record.reevaluated_for_aggregate += int(rows.numel())
+        with members.exact():
+            again = aggregator.forward(members, x.index_select(0, rows))
+        member_logits = low.member_logits
+        if member_logits is not None and again.member_logits is not None:
+            member_logits = member_logits.index_copy(1, rows, again.member_logits)
+        return attrs.evolve(low, probs=low.probs.index_copy(0, rows, again.probs), member_logits=member_logits)
+
+    def _audit(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
+        checked = self._checked(aggregator, members, x)
+        with members.exact():
+            exact = aggregator.forward(members, x)
+        wrong = int(decisions_differ(checked, exact).sum())
+        record = self.record
+        record.audited_batches += 1
+        record.audited_samples += x.shape[0]
+        record.disagreements += wrong
+        if wrong:
+            record.switched_to_fp32 = True
+        return exact
