@@ -21,7 +21,9 @@ What this guarantees: agreement with float32 in every audited sample, measured; 
 probed difference bounds the actual one (the safety factor's job, and what the audit measures). What it does not:
 float32 is itself rounded arithmetic, not the exact function (Voracek and Hein, 2023); and it concerns decisions,
 so soft smoothed classifiers, whose tallies sum probabilities, are refused with it. Samples decided by their
-reduced-precision pass count that pass's member evaluations; float32 re-evaluations are counted apart here.
+reduced-precision pass count that pass's member evaluations; float32 re-evaluations are counted apart here. The
+price on the hot path: one host synchronisation per member call and one per batch, to learn how many samples go
+again (the float32 path has none beyond the counts).
 """
 
 from __future__ import annotations

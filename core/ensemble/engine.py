@@ -31,6 +31,7 @@ rounding (``tests/test_engine.py`` checks every path).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -182,20 +183,18 @@ class Members:
             self._single = [self._compile(m) for m in self.modules]
         return self._single
 
-    @contextmanager
-    def checking(self, margin: float | None) -> Iterator[None]:
+    def checking(self, margin: float | None) -> contextlib.AbstractContextManager[None]:
         """Within: a checked precision runs at its reduced precision, and re-evaluates in float32 every sample where
         some member's top two logits differ by less than ``margin`` (``None``: low precision, nothing checked)."""
-        self._modes.append(("checking", margin))
-        try:
-            yield
-        finally:
-            self._modes.pop()
+        return self._mode("checking", margin)
+
+    def exact(self) -> contextlib.AbstractContextManager[None]:
+        """Within: float32, whatever the precision."""
+        return self._mode("exact", None)
 
     @contextmanager
-    def exact(self) -> Iterator[None]:
-        """Within: float32, whatever the precision."""
-        self._modes.append(("exact", None))
+    def _mode(self, mode: str, margin: float | None) -> Iterator[None]:
+        self._modes.append((mode, margin))
         try:
             yield
         finally:

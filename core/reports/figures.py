@@ -46,6 +46,11 @@ def _finish(fig, ax, stem: Path, xlabel: str, ylabel: str, right: float) -> list
         ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
     else:
         ax.legend(fontsize="small")
+    return _save(fig, stem)
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    """Lay ``fig`` out, save it as ``stem``.png and .pdf, and close it."""
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     try:
@@ -148,12 +153,4 @@ def simplex_figure(records: Sequence[RunRecord], stem: str | Path) -> list[Path]
         ax.legend(fontsize="x-small", loc="upper left")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.tight_layout()
-    stem = Path(stem)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    try:
-        for path in paths:
-            fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return paths
+    return _save(fig, Path(stem))

@@ -168,26 +168,27 @@ def _run_in_processes(study: Study, *, fresh: bool, reporter: Reporter, jobs: in
     threads = max(1, (os.cpu_count() or 1) // jobs)
     waiting = list(range(len(study.points)))
     running: dict[Future[str | None], int] = {}
+    finished: set[int] = set()  # points that ran to the end: their followers may start
     failed: list[str] = []
     context = multiprocessing.get_context("spawn")  # no forked copies of this process's threads or CUDA state
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start, initargs=(threads,)) as pool:
         with reporter.progress() as bars:
             task = bars.add_task("points", total=len(waiting), status="")
             while waiting or running:
-                done_points = {i for i in range(len(study.points)) if i not in waiting and i not in running.values()}
-                for i in [i for i in waiting if study.trains_with[i] in done_points | {i}]:
+                for i in [i for i in waiting if study.trains_with[i] in finished | {i}]:
                     if len(running) >= jobs:
                         break
                     waiting.remove(i)
                     running[pool.submit(_run_point, _point_source(study, i), fresh)] = i
                 names = ", ".join(study.points[i].name for i in sorted(running.values()))
                 bars.update(task, status=f"running {names}" if names else "")
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
+                ended, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in ended:
                     i = running.pop(future)
                     problem = future.result()
                     bars.advance(task)
                     if problem is None:
+                        finished.add(i)
                         continue
                     failed.append(f"point {study.points[i].name}: {problem}")
                     orphans = [k for k in waiting if study.trains_with[k] == i]
