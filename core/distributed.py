@@ -7,9 +7,10 @@ variables is a world of one and touches no ``torch.distributed`` state.
 
 What each stage does with it:
 
-* training: every rank takes its slice of each mini-batch (the same shuffled batches a single process would see),
-  gradients are averaged over the ranks with one all-reduce per step and buffers (batch-norm statistics) follow
-  rank 0's, so the members stay identical on every rank; rank 0 writes the checkpoints;
+* training: every rank takes its shard of each mini-batch (the same shuffled batches a single process would see)
+  with its rows of the whole mini-batch's noise, gradients are weighted by the shard's share and averaged over the
+  ranks with one all-reduce per step and buffers (batch-norm statistics) follow rank 0's, so the members stay
+  identical on every rank and equal one process's up to rounding; rank 0 writes the checkpoints;
 * certification: inputs are dealt out round-robin, each rank appends its records to its own
   ``certification.part-<rank>.tsv``, and rank 0 merges every part into ``certification.tsv`` (see
   :func:`ensemblecert.smoothing.results.merge_results`); a run started again finds the records of every part and of the

@@ -274,3 +274,29 @@ def test_cm_alone_and_gd_alone_from_toml(rho1, rho2, terms, tiny_pipeline):
     assert {"gd", "cm"} & set(record) == terms and record["loss"] == pytest.approx(
         record["ce"] + sum(record[t] for t in terms), rel=1e-6
     )
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_shard_sees_its_rows_of_the_whole_batchs_noise(shared):
+    """Data-parallel training: rank r of K draws what one process draws for the whole mini-batch and keeps its
+    inputs' rows, for every noisy copy and member, so the noise does not depend on the number of processes."""
+    from ensemblecert.distributed import World
+
+    nets = members()
+    x, y = torch.randn(7, 5), torch.randint(0, 4, (7,))
+    draw = lambda xs, ys, **kw: TrainBatch(  # noqa: E731
+        xs, ys, nets, GaussianNoise(0.3), WeightedEnsemble(), torch.Generator().manual_seed(3), 0,
+        copies=3, shared=shared, **kw,
+    ).noise_draws()  # fmt: skip
+    whole = draw(x, y)
+    for size in (2, 3):
+        for rank in range(size):
+            world = World(rank=rank, size=size)
+            part = draw(x[rank::size], y[rank::size], world=world, whole=7)
+            for member in range(3):
+                expected = whole[member].view(3, 7, 5)[:, rank::size].reshape(-1, 5)
+                assert torch.equal(part[member], expected)
+    assert not torch.equal(whole[0], whole[1]) if not shared else whole[0] is whole[1]
+    with pytest.raises(ValueError, match="shard"):
+        TrainBatch(x[:3], y[:3], nets, GaussianNoise(0.3), WeightedEnsemble(), torch.Generator(), 0,
+                   world=World(rank=0, size=2), whole=7)  # fmt: skip

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ..components import Aggregator, DataSplits, NoiseSampler
 from ..config import TrainingConfig
 from ..distributed import SINGLE, World
+from ..errors import UserError
 from ..seeds import generator
 from .objectives import TrainBatch, total
 
@@ -56,9 +57,13 @@ def train_ensemble(
     ``(seed, epoch)`` (see :mod:`ensemblecert.seeds`), so a resumed run sees the batches an uninterrupted one
     would have.
 
-    Across the processes of a ``world`` (see :mod:`ensemblecert.distributed`), each rank trains on its slice of
-    every mini-batch with its own noise, gradients are averaged with one all-reduce per step and buffers follow
-    rank 0's, so every rank holds the same members.
+    Across the processes of a ``world`` (see :mod:`ensemblecert.distributed`), each rank trains on its shard of
+    every mini-batch with that shard's rows of the mini-batch's noise (every rank draws the whole mini-batch's from
+    the epoch's one stream), gradients are weighted by the shard's share and averaged with one all-reduce per step
+    and buffers follow rank 0's. Every rank holds the same members, and they are the members one process trains up
+    to the rounding of the all-reduce, as long as every term is a mean over the inputs, the members have no
+    batch statistics (batch norm normalises each shard by its own) and no term draws from
+    :attr:`TrainBatch.generator` (each rank has its own stream for such draws).
     """
     params = [p for m in members for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -79,31 +84,45 @@ def train_ensemble(
         lr = opt.param_groups[0]["lr"]
         order = generator(seed, "shuffle", epoch)
         loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, generator=order)
-        noise_key = ("train-noise", epoch) if not world.distributed else ("train-noise", epoch, "rank", world.rank)
-        gen = generator(seed, *noise_key, device=device)
+        noise_stream = generator(seed, "train-noise", epoch, device=device)
+        # A term's own draws: from the noise stream in one process (as ever), from the rank's stream in several.
+        own = generator(seed, "train-draws", epoch, world.rank, device=device) if world.distributed else noise_stream
         buffers = [b for m in members for b in m.buffers()]
         sums: dict[str, torch.Tensor] = {}
         batches = 0
         for x, y in loader:
-            if world.distributed:
-                x, y = x[world.rank :: world.size], y[world.rank :: world.size]
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            batch = TrainBatch(x, y, members, noise, aggregator, gen, epoch, copies=config.copies, shared=shared)
-            terms = batch_terms(config, batch)
-            loss = total(terms)
+            whole = x.shape[0]
+            x, y = (t[world.rank :: world.size].to(device, non_blocking=True) for t in (x, y))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if x.shape[0]:
+                batch = TrainBatch(
+                    x, y, members, noise, aggregator, own, epoch, copies=config.copies, shared=shared,
+                    noise_generator=noise_stream, world=world, whole=whole,
+                )  # fmt: skip
+                terms = batch_terms(config, batch)
+                loss = total(terms)
+                loss.backward()
+                values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+                values.update({k: v.to(device, torch.float32) for k, v in batch.metrics.items()})
+            elif sums:  # a last mini-batch smaller than the number of ranks leaves this one nothing
+                values = {k: torch.zeros_like(v) for k, v in sums.items()}
+            else:
+                raise UserError(f"the training set has fewer inputs than the {world.size} processes; use fewer")
             if world.distributed:  # every rank must send every gradient, used or not
                 grads = []
                 for p in params:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                     grads.append(p.grad)
+                # Each rank's loss is a mean over its shard: weighting by the shard's share makes the average
+                # over ranks the whole mini-batch's mean, as one process computes it.
+                share = x.shape[0] * world.size / whole
+                if share != 1.0:
+                    for g in grads:
+                        g.mul_(share)
                 world.average_(grads)
             opt.step()
             world.broadcast_(buffers)
-            values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
-            values.update({k: v.to(device, torch.float32) for k, v in batch.metrics.items()})
             for k, v in values.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             batches += 1

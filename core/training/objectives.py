@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..components import Aggregator, NoiseSampler
+from ..distributed import SINGLE, World
 
 
 class TrainBatch:
@@ -26,6 +27,12 @@ class TrainBatch:
 
     A base loss may set :attr:`centres` (the points noise is added to: one tensor for all members, or one per
     member, each shaped like ``x`` repeated ``copies`` times) before :meth:`inputs` is first called.
+
+    ``generator`` is the stream for a term's own draws (an attack's random start, iGAT's distribution);
+    ``noise_generator`` (by default the same) is the one the noise comes from. In data-parallel training ``x`` is
+    this rank's shard (``world.shard``) of a mini-batch of ``whole`` inputs: every rank draws the noise of the whole
+    mini-batch from the one stream all ranks share and keeps its shard's rows, so the noise of every input, and with
+    it the members, do not depend on the number of processes.
     """
 
     def __init__(
@@ -40,10 +47,17 @@ class TrainBatch:
         *,
         copies: int = 1,
         shared: bool = False,
+        noise_generator: torch.Generator | None = None,
+        world: World = SINGLE,
+        whole: int | None = None,
     ) -> None:
         self.x, self.y, self.members = x, y, members
         self.noise, self.aggregator, self.generator, self.epoch = noise, aggregator, generator, epoch
         self.copies, self.shared = copies, shared
+        self.noise_generator = noise_generator if noise_generator is not None else generator
+        self.world, self.whole = world, whole if whole is not None else x.shape[0]
+        if len(range(world.rank, self.whole, world.size)) != x.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} inputs, not rank {world.rank}'s shard of a batch of {self.whole}")
         self.centres: Tensor | Sequence[Tensor] | None = None
         self.metrics: dict[str, Tensor] = {}
         self._noise: list[Tensor] | None = None
@@ -65,13 +79,22 @@ class TrainBatch:
     def noise_draws(self) -> list[Tensor]:
         """The noise of each member (the same tensor for all when ``shared``), drawn once."""
         if self._noise is None:
-            shape = self.repeated(self.x).shape
-            draw = lambda: self.noise.sample(shape, generator=self.generator, device=self.x.device, dtype=self.x.dtype)  # noqa: E731
             if self.shared:
-                self._noise = [draw()] * self.num_members
+                self._noise = [self._draw()] * self.num_members
             else:
-                self._noise = [draw() for _ in self.members]
+                self._noise = [self._draw() for _ in self.members]
         return self._noise
+
+    def _draw(self) -> Tensor:
+        """One noise tensor for the repeated inputs: the whole mini-batch's, this rank's rows of it."""
+        rest = tuple(self.x.shape[1:])
+        full = self.noise.sample(
+            (self.copies * self.whole, *rest), generator=self.noise_generator, device=self.x.device, dtype=self.x.dtype
+        )
+        if self.whole == self.x.shape[0]:
+            return full
+        rows = full.view(self.copies, self.whole, *rest)[:, self.world.rank :: self.world.size]
+        return rows.reshape(self.copies * self.x.shape[0], *rest)
 
     def inputs(self) -> list[Tensor]:
         """Each member's noisy inputs: its centre (``x`` by default) plus its noise. When ``shared`` they are one
