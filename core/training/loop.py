@@ -61,9 +61,9 @@ def train_ensemble(
     every mini-batch with that shard's rows of the mini-batch's noise (every rank draws the whole mini-batch's from
     the epoch's one stream), gradients are weighted by the shard's share and averaged with one all-reduce per step
     and buffers follow rank 0's. Every rank holds the same members, and they are the members one process trains up
-    to the rounding of the all-reduce, as long as every term is a mean over the inputs, the members have no
-    batch statistics (batch norm normalises each shard by its own) and no term draws from
-    :attr:`TrainBatch.generator` (each rank has its own stream for such draws).
+    to float32 rounding (which many epochs amplify; see docs/engine.md), as long as every term is a mean over the
+    inputs, the members have no batch statistics (batch norm normalises each shard by its own) and no term draws
+    from :attr:`TrainBatch.generator` (each rank has its own stream for such draws).
     """
     params = [p for m in members for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
