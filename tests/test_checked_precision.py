@@ -57,7 +57,9 @@ def test_checked_bf16_counts_are_float32s_on_digits_mlps(digits_members, aggrega
     record = ensemble.check.record
     assert record.probes and record.audited_batches > 0 and record.disagreements == 0 and record.agreed
     assert record.samples == len(xs) * 600
-    assert 0 < record.reevaluated_for_members + record.reevaluated_for_aggregate < record.samples  # it did check
+    assert 0 < record.member_evaluations_reevaluated + record.reevaluated_for_aggregate  # it did check
+    assert record.member_evaluations_reevaluated < record.member_evaluations
+    assert record.reevaluated_for_aggregate < record.samples
 
 
 def test_checked_bf16_counts_are_float32s_on_batch_norm_resnet20():
@@ -65,9 +67,29 @@ def test_checked_bf16_counts_are_float32s_on_batch_norm_resnet20():
     xs = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     engine = dict(compile=False)
     exact, _ = tallies(members, Engine(**engine), xs, n=200, batch=100)
-    checked, ensemble = tallies(members, Engine(precision="bf16-checked", **engine), xs, n=200, batch=100)
+    checked, ensemble = tallies(
+        members, Engine(precision="bf16-checked", check_probe=100, **engine), xs, n=200, batch=100
+    )
     assert checked == exact
-    assert ensemble.check.record.agreed
+    assert ensemble.check.record.agreed and ensemble.check.record.member_evaluations > 0  # it ran checked batches
+
+
+def test_the_margins_come_from_check_probe_samples_not_from_a_first_clean_input(digits_members):
+    """The sampler's first call evaluates one clean input (to learn the number of classes): the probe goes on,
+    counting float32's decisions, until check_probe noisy samples have run at both precisions."""
+    members, xs = digits_members
+    ensemble = Ensemble(members, WeightedEnsemble(), engine=Engine(precision="bf16-checked", check_probe=500))
+    check = ensemble.check
+    with torch.inference_mode():
+        ensemble.evaluate(xs[0][None])
+    sampler = MonteCarloSampler(ensemble, GaussianNoise(sigma=0.25), batch_size=200)
+    sampler.tally(xs[0], 400, generator=torch.Generator().manual_seed(0))
+    assert check.member_margin is None and check.record.member_evaluations == 0 and not check.record.probes
+    sampler.tally(xs[1], 200, generator=torch.Generator().manual_seed(1))
+    (probe,) = check.record.probes
+    assert probe["samples"] >= 601 and check.member_margin == probe["member_margin"] > 0
+    sampler.tally(xs[2], 200, generator=torch.Generator().manual_seed(2))
+    assert check.record.member_evaluations == 3 * 200  # the next batch ran checked
 
 
 class NearTie(nn.Module):
@@ -96,7 +118,7 @@ def test_members_with_many_near_ties_flip_in_bf16_but_not_when_checked():
     checked, ensemble = tallies(members, Engine(precision="bf16-checked"), xs)
     assert plain != exact  # the near-ties do decide differently in bf16 ...
     assert checked == exact  # ... and the check puts float32's decisions back
-    assert ensemble.check.record.reevaluated_for_members > 0.2 * ensemble.check.record.samples
+    assert ensemble.check.record.member_reevaluated_share > 0.2
 
 
 class Planted(nn.Module):
@@ -119,7 +141,7 @@ class Planted(nn.Module):
 def test_a_planted_precision_error_is_caught_by_the_audit(digits_members):
     members, xs = digits_members
     planted = [Planted(m) for m in members]
-    engine = Engine(precision="bf16-checked", check_audit=0.5)
+    engine = Engine(precision="bf16-checked", check_audit=0.5, check_probe=100)
     ensemble = Ensemble(planted, WeightedEnsemble(), engine=engine)
     sampler = MonteCarloSampler(ensemble, GaussianNoise(sigma=0.25), batch_size=100, num_classes=10)
     sampler.tally(xs[0], 100, generator=torch.Generator().manual_seed(0))  # the probe, unarmed
@@ -138,7 +160,7 @@ def test_a_planted_precision_error_is_caught_by_the_audit(digits_members):
 
 
 def test_a_checked_run_records_its_check_and_resumes_it(tiny_pipeline, tmp_path):
-    tiny_pipeline["engine"] = {"precision": "bf16-checked", "check_audit": 0.25}
+    tiny_pipeline["engine"] = {"precision": "bf16-checked", "check_audit": 0.25, "check_probe": 100}
     tiny_pipeline["certification"]["max_examples"] = 3
     checked = run(tiny_pipeline)
     fp32 = run({**tiny_pipeline, "engine": {}, "output": str(tmp_path / "fp32")})

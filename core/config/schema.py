@@ -85,6 +85,8 @@ class Engine:
     check_safety: float = attrs.field(default=4.0, validator=in_range(1.0))
     #: Checked precisions: the share of batches also evaluated in float32 and compared (0 to 1).
     check_audit: float = attrs.field(default=0.05, validator=in_range(0.0, 1.0))
+    #: Checked precisions: samples run at both precisions before the margins are fixed.
+    check_probe: int = attrs.field(default=1000, validator=in_range(1))
 
     @property
     def reduced(self) -> bool:

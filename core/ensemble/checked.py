@@ -4,11 +4,13 @@ A certificate rests on counts of the base classifier's decisions on noisy sample
 members run in bf16, and a sample's decision is taken from the bf16 logits only where it cannot differ from
 float32's by the measured size of their difference; every other sample is evaluated again in float32:
 
-1. **Probe.** The first batch runs at both precisions. ``member difference``: the largest difference of any logit
-   of any member; ``aggregate difference``: the largest difference of any ensemble probability (with members
-   already checked). A margin is ``check_safety`` times twice the difference (a top class can fall by the
-   difference while the runner-up rises by it), and at least the reduced precision's rounding step at the size of
-   the values. The probe batch's counts are float32's.
+1. **Probe.** The first batches, until ``check_probe`` samples have been seen, run at both precisions (so a
+   first call on one clean input, as the sampler makes to learn the number of classes, never fixes the margins
+   alone). ``member difference``: the largest difference of any logit of any member; ``aggregate difference``:
+   the largest difference of any ensemble probability (with members checked at the margin so far). A margin is
+   ``check_safety`` times twice the difference (a top class can fall by the difference while the runner-up rises
+   by it), and at least the reduced precision's rounding step at the size of the values. The probe batches'
+   counts are float32's.
 2. **Checked batches.** Members run at the reduced precision; a sample where some member's top two logits are
    closer than the member margin is evaluated again in float32 (:meth:`Members.checking`), so every member vote is
    float32's; a sample whose ensemble probabilities' top two are closer than the aggregate margin is run through
@@ -21,7 +23,9 @@ What this guarantees: agreement with float32 in every audited sample, measured; 
 probed difference bounds the actual one (the safety factor's job, and what the audit measures). What it does not:
 float32 is itself rounded arithmetic, not the exact function (Voracek and Hein, 2023); and it concerns decisions,
 so soft smoothed classifiers, whose tallies sum probabilities, are refused with it. Samples decided by their
-reduced-precision pass count that pass's member evaluations; float32 re-evaluations are counted apart here. The
+reduced-precision pass count that pass's member evaluations; float32 re-evaluations are counted apart here: the
+share of member evaluations (a sample through a member) made again in float32, and the share of samples run again
+through the aggregator, each at most 1 (a sample may be in both). The
 price on the hot path: one host synchronisation per member call and one per batch, to learn how many samples go
 again (the float32 path has none beyond the counts).
 """
@@ -46,7 +50,8 @@ STEPS = {"bf16": 2.0**-8, "fp16": 2.0**-11}
 @attrs.define
 class CheckRecord:
     """What a checked run did: the margins derived at each start (one per process and resume), the batches and
-    samples seen, how many samples were re-evaluated in float32 and why, and the audit."""
+    samples seen, the member evaluations made at the reduced precision and how many of them again in float32, the
+    samples run again through the aggregator in float32, and the audit."""
 
     precision: str
     safety: float
@@ -54,7 +59,8 @@ class CheckRecord:
     probes: list[dict[str, float]] = attrs.field(factory=list)
     batches: int = 0
     samples: int = 0
-    reevaluated_for_members: int = 0
+    member_evaluations: int = 0
+    member_evaluations_reevaluated: int = 0
     reevaluated_for_aggregate: int = 0
     audited_batches: int = 0
     audited_samples: int = 0
@@ -68,9 +74,14 @@ class CheckRecord:
 
     def to_dict(self) -> dict[str, Any]:
         out = attrs.asdict(self)
-        reevaluated = self.reevaluated_for_members + self.reevaluated_for_aggregate
-        out["reevaluated_share"] = reevaluated / self.samples if self.samples else 0.0
+        out["member_reevaluated_share"] = self.member_reevaluated_share
+        out["aggregate_reevaluated_share"] = self.reevaluated_for_aggregate / self.samples if self.samples else 0.0
         return out
+
+    @property
+    def member_reevaluated_share(self) -> float:
+        """The share of member evaluations at the reduced precision that were made again in float32."""
+        return self.member_evaluations_reevaluated / self.member_evaluations if self.member_evaluations else 0.0
 
     def merge(self, other: Mapping[str, Any]) -> None:
         """Add another record's counts (an earlier session of a resumed run, or another process)."""
@@ -78,7 +89,8 @@ class CheckRecord:
         for name in (
             "batches",
             "samples",
-            "reevaluated_for_members",
+            "member_evaluations",
+            "member_evaluations_reevaluated",
             "reevaluated_for_aggregate",
             "audited_batches",
             "audited_samples",
@@ -95,11 +107,15 @@ def margin_of(scores: Tensor) -> Tensor:
     return top[..., 0] - top[..., 1]
 
 
-def derived_margin(difference: float, values: Tensor, precision: str, safety: float) -> float:
-    """``safety`` times twice the larger of the measured ``difference`` and the precision's rounding step at the
-    size of ``values``: below it a decision could change between the precisions."""
-    step = STEPS[precision] * float(values.abs().max()) if values.numel() else 0.0
-    return safety * 2.0 * max(difference, step)
+def derived_margin(difference: float, size: float, precision: str, safety: float) -> float:
+    """``safety`` times twice the larger of the measured ``difference`` and the precision's rounding step at values
+    of ``size`` (the largest magnitude seen): below it a decision could change between the precisions."""
+    return safety * 2.0 * max(difference, STEPS[precision] * size)
+
+
+def largest(t: Tensor) -> float:
+    """The largest magnitude in ``t`` (0 when empty)."""
+    return float(t.abs().max()) if t.numel() else 0.0
 
 
 def decisions_differ(a: Aggregate, b: Aggregate) -> Tensor:
@@ -118,9 +134,14 @@ class PrecisionCheck:
             raise ValueError(f"{engine.precision!r} is not a checked precision")
         self.low = engine.precision.removesuffix("-checked")
         self.record = CheckRecord(engine.precision, engine.check_safety, engine.check_audit)
+        #: The margins, fixed once ``check_probe`` samples have been probed (``None`` until then).
         self.member_margin: float | None = None
         self.aggregate_margin: float | None = None
         self._period = round(1 / engine.check_audit) if engine.check_audit > 0 else 0
+        self._probe_samples = engine.check_probe
+        #: What the probe has measured so far: samples, differences and magnitudes (members, then aggregate).
+        self._probed = {"samples": 0, "member_difference": 0.0, "member_size": 0.0}
+        self._probed.update(aggregate_difference=0.0, aggregate_size=0.0)
 
     def evaluate(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
         """The aggregate of batch ``x`` with float32's decisions (under autograd: float32 throughout)."""
@@ -141,35 +162,46 @@ class PrecisionCheck:
         return self._checked(aggregator, members, x)
 
     def _probe(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
+        """Run ``x`` at both precisions, add what differed to the probe, and fix the margins once enough samples
+        have been probed; the batch counts float32's."""
+        seen, safety = self._probed, self.record.safety
         with members.exact():
             exact_logits = members.logits(x)
             exact = aggregator.forward(members, x)
         with members.checking(None):
             low_logits = members.logits(x)
-        safety = self.record.safety
-        member_difference = float((low_logits - exact_logits).abs().max())
-        self.member_margin = derived_margin(member_difference, exact_logits, self.low, safety)
-        before = members.reevaluated
-        with members.checking(self.member_margin):
+        seen["samples"] += x.shape[0]
+        seen["member_difference"] = max(seen["member_difference"], largest(low_logits - exact_logits))
+        seen["member_size"] = max(seen["member_size"], largest(exact_logits))
+        member_margin = derived_margin(seen["member_difference"], seen["member_size"], self.low, safety)
+        before = members.evaluations, members.reevaluated
+        with members.checking(member_margin):  # the margin so far: the final one is no smaller
             low = aggregator.forward(members, x)
-        members.reevaluated = before  # the probe's float32 runs are not re-evaluations
-        aggregate_difference = float((low.probs - exact.probs).abs().max())
-        self.aggregate_margin = derived_margin(aggregate_difference, exact.probs, self.low, safety)
-        self.record.probes.append(
-            {
-                "member_difference": member_difference,
-                "member_margin": self.member_margin,
-                "aggregate_difference": aggregate_difference,
-                "aggregate_margin": self.aggregate_margin,
-            }
-        )
+        members.evaluations, members.reevaluated = before  # the probe's batches count float32's, checked or not
+        seen["aggregate_difference"] = max(seen["aggregate_difference"], largest(low.probs - exact.probs))
+        seen["aggregate_size"] = max(seen["aggregate_size"], largest(exact.probs))
+        if seen["samples"] >= self._probe_samples:
+            self.member_margin = member_margin
+            self.aggregate_margin = derived_margin(
+                seen["aggregate_difference"], seen["aggregate_size"], self.low, safety
+            )
+            self.record.probes.append(
+                {
+                    "samples": seen["samples"],
+                    "member_difference": seen["member_difference"],
+                    "member_margin": self.member_margin,
+                    "aggregate_difference": seen["aggregate_difference"],
+                    "aggregate_margin": self.aggregate_margin,
+                }
+            )
         return exact
 
     def _checked(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
-        before = members.reevaluated
+        evaluations, reevaluated = members.evaluations, members.reevaluated
         with members.checking(self.member_margin):
             low = aggregator.forward(members, x)
-        self.record.reevaluated_for_members += members.reevaluated - before
+        self.record.member_evaluations += members.evaluations - evaluations
+        self.record.member_evaluations_reevaluated += members.reevaluated - reevaluated
         assert self.aggregate_margin is not None
         rows = (margin_of(low.probs) < self.aggregate_margin).nonzero().squeeze(1)
         if not rows.numel():

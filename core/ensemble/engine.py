@@ -103,8 +103,10 @@ class Members:
         self.engine = engine or Engine()
         self.device_type = _device_type(self.modules)
         self.why_not: str | None = None
-        #: Checked precisions: the reduced one, and how many samples were re-evaluated in float32.
+        #: Checked precisions: the reduced one; member evaluations (a sample through a member) made at it while
+        #: checking, and how many of them were made again in float32.
         self.low = self.engine.precision.removesuffix("-checked")
+        self.evaluations = 0
         self.reevaluated = 0
         self._modes: list[tuple[str, float | None]] = []
         self.layout = self._requested_layout()
@@ -228,8 +230,10 @@ class Members:
         if close.dim() > 1:
             close = close.any(dim=0)
         rows = close.nonzero().squeeze(1)  # one host synchronisation: how many are re-evaluated
+        per_sample = out.shape[0] if dim == 1 else 1  # members in this call
+        self.evaluations += out.shape[dim] * per_sample
         if rows.numel():
-            self.reevaluated += int(rows.numel())
+            self.reevaluated += int(rows.numel()) * per_sample
             with self._context("fp32"):
                 out = out.index_copy(dim, rows, run(x.index_select(0, rows)).float())
         return out

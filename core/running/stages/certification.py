@@ -176,7 +176,8 @@ class CertificationStage(Stage):
     def _report_check(run: RunContext, record: CheckRecord) -> None:
         d = record.to_dict()
         line = (
-            f"{record.precision}: {d['reevaluated_share']:.1%} of {record.samples:,} samples re-evaluated in float32; "
+            f"{record.precision}: {d['member_reevaluated_share']:.1%} of member evaluations and "
+            f"{d['aggregate_reevaluated_share']:.1%} of {record.samples:,} samples re-evaluated in float32; "
             f"audit: {record.audited_samples:,} samples in {record.audited_batches} batches, "
             f"{record.disagreements} disagreements with float32"
         )
