@@ -182,6 +182,18 @@ def test_two_processes_train_and_certify_what_one_does(trained):
     assert summary(trained / "trained-two") == summary(trained / "one")
 
 
+def test_a_mini_batch_smaller_than_the_processes_is_refused_on_every_rank(trained):
+    """Every rank stops with the same message (none waits for a peer at a collective that never comes)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemblecert", "run", "pipeline.toml", "--quiet", "--processes", "2", "--output",
+         "tiny-batches", "--set", "training.batch_size=1"],
+        cwd=trained, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "training.batch_size (1)" in done.stderr and "one input per process (2)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.slow
 def test_a_killed_multi_process_run_resumes(trained):
     out = with_members_of(trained, "killed")

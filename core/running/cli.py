@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -231,9 +232,13 @@ def _fail(err: Console, exc: UserError) -> int:
     return exc.exit_code
 
 
-def _torchrun(processes: int) -> None:
-    """Start this same command under ``torchrun`` with ``processes`` processes (replaces this process); the count
-    was checked by :func:`_check_processes`."""
+def _torchrun(processes: int) -> int:
+    """Run this same command under ``torchrun`` with ``processes`` processes and return its exit status; the count
+    was checked by :func:`_check_processes`. When a process stops on bad input (status 2, its message printed),
+    the status is 2 and torchrun's failure report is left out; any other failure names the processes."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
@@ -242,26 +247,38 @@ def _torchrun(processes: int) -> None:
             skip = True
         elif not arg.startswith("--processes="):
             argv.append(arg)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
-        "-m",
-        "ensemblecert",
-        *argv,
-    ]
-    os.execv(sys.executable, command)
+    launch = ["--standalone", f"--nproc_per_node={processes}", "-m", "ensemblecert", *argv]
+    # The cores shared out (torchrun would set 1 thread each and say so); the launcher's own log lines left out:
+    # the processes print what matters, and a failure is summed up below.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    for name in ("torch.distributed.run", "torch.distributed.elastic"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        torchrun.run(torchrun.parse_args(launch))
+    except ChildFailedError as exc:
+        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+        if 2 in codes.values():
+            return 2
+        failed = ", ".join(
+            f"rank {rank} ({f'killed by signal {-code}' if code < 0 else f'exit status {code}'})"
+            for rank, code in sorted(codes.items())
+        )
+        console(stderr=True).print(
+            f"error: {failed} failed (their own messages, if any, are above); everything finished so far is saved: "
+            "run the same command again to resume",
+            highlight=False,
+        )
+        return 1
+    return 0
 
 
-def _spread(processes: int | None, device: str) -> None:
-    """With ``--processes K`` (and not already under torchrun): check K, then start K processes under torchrun."""
+def _spread(processes: int | None, device: str) -> int | None:
+    """With ``--processes K`` (and not already under torchrun): check K, then run the command in K processes under
+    torchrun and return its exit status (``None``: this process runs it)."""
     if processes is None or "WORLD_SIZE" in os.environ:
-        return
+        return None
     _check_processes(processes, device)
-    if processes > 1:
-        _torchrun(processes)
+    return _torchrun(processes) if processes > 1 else None
 
 
 def _check_processes(processes: int, device: str) -> None:
@@ -303,7 +320,8 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
     if args.processes is not None:
         check_pipeline(pipeline)  # one message, before any process starts
-    _spread(args.processes, pipeline.device)
+    if (status := _spread(args.processes, pipeline.device)) is not None:
+        return status
     reporter = Reporter(err, quiet=args.quiet)
     result = run_pipeline(pipeline, registry, fresh=args.fresh, reporter=reporter)
     if result.rank != 0:
@@ -351,7 +369,8 @@ def _run_study(args: argparse.Namespace, overrides: list[str], out: Console, err
         cores = os.cpu_count() or 1
         if not 1 <= args.jobs <= cores:
             raise UserError(f"--jobs: between 1 and this machine's {cores} CPU cores, got {args.jobs}")
-    _spread(args.processes, study.pipelines[0].device)
+    if (status := _spread(args.processes, study.pipelines[0].device)) is not None:
+        return status
     reporter = Reporter(err, quiet=args.quiet)
     reporter.info(
         f"Study of {len(study.points)} points in {study.output}: {study.trainings} of them train, the others "

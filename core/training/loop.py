@@ -10,8 +10,8 @@ training state is saved atomically after every epoch, so an interrupted run resu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence, Sized
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -75,6 +75,12 @@ def train_ensemble(
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         start = int(resume["epoch"])
+    inputs = len(cast(Sized, data.train))
+    if world.distributed and min(inputs, config.batch_size) < world.size:  # every rank stops here alike
+        raise UserError(
+            f"training.batch_size ({config.batch_size}) and the training set ({inputs} inputs) must each "
+            f"hold one input per process ({world.size}); set a larger batch size or run fewer processes"
+        )
     losses = []
     shared = bool(config.regularizers)
     for epoch in range(start, config.epochs):
@@ -104,10 +110,8 @@ def train_ensemble(
                 loss.backward()
                 values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
                 values.update({k: v.to(device, torch.float32) for k, v in batch.metrics.items()})
-            elif sums:  # a last mini-batch smaller than the number of ranks leaves this one nothing
+            else:  # a last mini-batch smaller than the number of ranks leaves this one nothing
                 values = {k: torch.zeros_like(v) for k, v in sums.items()}
-            else:
-                raise UserError(f"the training set has fewer inputs than the {world.size} processes; use fewer")
             if world.distributed:  # every rank must send every gradient, used or not
                 grads = []
                 for p in params:
