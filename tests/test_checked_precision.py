@@ -121,6 +121,39 @@ def test_members_with_many_near_ties_flip_in_bf16_but_not_when_checked():
     assert ensemble.check.record.member_reevaluated_share > 0.2
 
 
+class Overflowing(nn.Module):
+    """A member whose hidden units exceed fp16's range (65,504) and cancel in the next layer: in float32 its
+    logits are finite and decide, in fp16 they are inf - inf = NaN."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.hidden = nn.Linear(64, 2)
+        self.out = nn.Linear(2, 10)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.randn(2, 64, generator=g))
+            self.hidden.bias.fill_(1e5)
+            self.out.weight.zero_()
+            self.out.weight[:, 0] = torch.linspace(-1, 1, 10)  # the classes read the difference of the two units
+            self.out.weight[:, 1] = -torch.linspace(-1, 1, 10)
+            self.out.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.hidden(x.flatten(1)))
+
+
+def test_an_fp16_overflow_is_close_everywhere_and_float32_decides():
+    members = [Overflowing(seed) for seed in range(2)]
+    xs = [torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert members[0](xs[0][None]).isnan().all()  # the overflow is real
+    exact, _ = tallies(members, Engine(), xs, n=300, batch=100)
+    checked, ensemble = tallies(members, Engine(precision="fp16-checked", check_probe=100), xs, n=300, batch=100)
+    assert checked == exact
+    record = ensemble.check.record
+    assert record.probes[0]["member_margin"] == float("inf") and record.member_reevaluated_share == 1.0
+
+
 class Planted(nn.Module):
     """A member that, once ``armed``, adds an error far above any probed difference to its bf16 logits: it swaps
     its top two classes on every sample (float32 is left alone)."""

@@ -14,7 +14,8 @@ float32's by the measured size of their difference; every other sample is evalua
 2. **Checked batches.** Members run at the reduced precision; a sample where some member's top two logits are
    closer than the member margin is evaluated again in float32 (:meth:`Members.checking`), so every member vote is
    float32's; a sample whose ensemble probabilities' top two are closer than the aggregate margin is run through
-   the aggregator again in float32.
+   the aggregator again in float32. A value that is not finite (an fp16 overflow) is close, and a probe that
+   meets one makes the margin infinite.
 3. **Audit.** A share ``check_audit`` of the batches is also evaluated fully in float32 and every decision
    (the ensemble's and, where the aggregator ran them all, each member's) is compared with the checked path; the
    batch counts float32's. Any disagreement switches the rest of the run to float32 and is reported.
@@ -32,6 +33,7 @@ again (the float32 path has none beyond the counts).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,8 +116,12 @@ def derived_margin(difference: float, size: float, precision: str, safety: float
 
 
 def largest(t: Tensor) -> float:
-    """The largest magnitude in ``t`` (0 when empty)."""
-    return float(t.abs().max()) if t.numel() else 0.0
+    """The largest magnitude in ``t`` (0 when empty; infinite where anything is not finite, as when fp16
+    overflows, so that the margin covers every sample)."""
+    if not t.numel():
+        return 0.0
+    value = float(t.abs().max())  # NaN propagates through max
+    return value if math.isfinite(value) else math.inf
 
 
 def decisions_differ(a: Aggregate, b: Aggregate) -> Tensor:
@@ -203,7 +209,7 @@ class PrecisionCheck:
         self.record.member_evaluations += members.evaluations - evaluations
         self.record.member_evaluations_reevaluated += members.reevaluated - reevaluated
         assert self.aggregate_margin is not None
-        rows = (margin_of(low.probs) < self.aggregate_margin).nonzero().squeeze(1)
+        rows = (~(margin_of(low.probs) >= self.aggregate_margin)).nonzero().squeeze(1)  # NaN counts as close
         if not rows.numel():
             return low
         self.record.reevaluated_for_aggregate += int(rows.numel())

@@ -226,7 +226,7 @@ class Members:
         if margin is None or out.shape[-1] < 2:
             return out
         top = out.topk(2, dim=-1).values
-        close = top[..., 0] - top[..., 1] < margin
+        close = ~(top[..., 0] - top[..., 1] >= margin)  # a NaN (an overflow at the low precision) is close
         if close.dim() > 1:
             close = close.any(dim=0)
         rows = close.nonzero().squeeze(1)  # one host synchronisation: how many are re-evaluated
