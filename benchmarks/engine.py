@@ -39,6 +39,7 @@ from ensemblecert import (
     input_generator,
     load_registry,
 )
+from ensemblecert.ensemble.checked import CheckRecord
 
 CASES = {
     "mlp": ("digits MLP", {"name": "mlp"}, DataInfo((1, 8, 8), 10, (0.3,), (0.3,))),
@@ -63,6 +64,15 @@ SIZES = {
 }
 #: Contenders whose members are made confident (see the module docstring).
 CONFIDENT = "bf16-checked, confident"
+
+
+def check_line(name: str, record: CheckRecord) -> str:
+    """What a checked path re-evaluated and audited, in one line."""
+    return (
+        f"{name}: re-evaluated in float32 {record.member_reevaluated_share:.1%} of member evaluations and "
+        f"{record.reevaluated_for_aggregate / max(record.samples, 1):.1%} of {record.samples:,} samples, "
+        f"{record.audited_samples:,} audited, {record.disagreements} disagreements"
+    )
 
 
 def confident(member: torch.nn.Module, boost: float = 1e4) -> torch.nn.Module:
@@ -196,13 +206,8 @@ def main() -> None:
                 )
                 check = contenders[key][0].check
                 if check is not None:
-                    checks.append((f"{label}, {count} members, {key}", check.record.to_dict()))
-    for name, record in checks:
-        print(
-            f"{name}: re-evaluated in float32 {record['member_reevaluated_share']:.1%} of member evaluations and "
-            f"{record['aggregate_reevaluated_share']:.1%} of {record['samples']:,} samples, "
-            f"{record['audited_samples']:,} audited, {record['disagreements']} disagreements"
-        )
+                    checks.append(check_line(f"{label}, {count} members, {key}", check.record))
+    print("\n".join(checks))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import argparse
 import platform
 
 import torch
-from engine import confident, reference, timed  # the reference loop, confident members, the timer
+from engine import check_line, confident, reference, timed  # the reference loop, confident members, the timer
 
 from ensemblecert import DataInfo, Engine, Ensemble, MonteCarloSampler, build_component, build_member, load_registry
 
@@ -84,12 +84,7 @@ def main() -> None:
             f"{hours(rate, ADP_REDUCTION):>24,.1f} h"
         )
     for path in ("bf16-checked", "bf16-checked, confident"):
-        record = ensembles[path].check.record.to_dict()
-        print(
-            f"{path}: re-evaluated in float32 {record['member_reevaluated_share']:.1%} of member evaluations and "
-            f"{record['aggregate_reevaluated_share']:.1%} of samples, {record['audited_samples']} audited, "
-            f"{record['disagreements']} disagreements"
-        )
+        print(check_line(path, ensembles[path].check.record))
     print(f"Horvath22 App. D.5: CERTIFY of three ResNet-50s on 500 ImageNet images took {PAPER_HOURS} h on two GPUs")
     if not gpu or image != 224:
         print("(a smoke test: projections at this size say nothing about ImageNet on a GPU)")

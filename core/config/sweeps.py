@@ -96,14 +96,13 @@ def sweep_points(sweep: Any) -> list[Point]:
     problems: list[str] = []
     if mode not in MODES:
         problems.append(f"{SWEEP}.mode: must be one of {', '.join(MODES)}, got {mode!r}")
-    keys = [k for k in sweep if k != "mode"]
-    if not keys:
+    if not any(k != "mode" for k in sweep):
         problems.append(f'{SWEEP}: sweeps nothing; add a setting path and its values, e.g. "noise.sigma" = [0.25, 0.5]')
-    found = [(k, _axis(k, sweep[k], problems)) for k in keys]
-    keys = [k for k, a in found if a is not None]
-    axes = [a for _, a in found if a is not None]
+    found = {k: _axis(k, v, problems) for k, v in sweep.items() if k != "mode"}
+    by_key = {k: a for k, a in found.items() if a is not None}
+    keys, axes = list(by_key), list(by_key.values())
     owner: dict[str, str] = {}
-    for key, axis in zip(keys, axes):
+    for key, axis in by_key.items():
         for path in dict.fromkeys(path for _, settings in axis.values for path, _ in settings):
             if path.split(".")[0].split("[")[0] in (SWEEP, "output"):
                 problems.append(f'{SWEEP}."{key}": {path} cannot be swept (each point has its own output folder)')

@@ -85,22 +85,34 @@ class CheckRecord:
         """The share of member evaluations at the reduced precision that were made again in float32."""
         return self.member_evaluations_reevaluated / self.member_evaluations if self.member_evaluations else 0.0
 
+    @classmethod
+    def of(cls, engine: Engine) -> CheckRecord:
+        """An empty record of a checked ``engine``."""
+        return cls(engine.precision, engine.check_safety, engine.check_audit)
+
     def merge(self, other: Mapping[str, Any]) -> None:
         """Add another record's counts (an earlier session of a resumed run, or another process)."""
         mine = attrs.asdict(self)
-        for name in (
-            "batches",
-            "samples",
-            "member_evaluations",
-            "member_evaluations_reevaluated",
-            "reevaluated_for_aggregate",
-            "audited_batches",
-            "audited_samples",
-            "disagreements",
-        ):
+        for name in COUNTS:
             setattr(self, name, mine[name] + int(other.get(name, 0)))
         self.probes = [*other.get("probes", []), *self.probes]
         self.switched_to_fp32 = self.switched_to_fp32 or bool(other.get("switched_to_fp32", False))
+
+
+#: The counts of a :class:`CheckRecord` (what :meth:`CheckRecord.merge` adds up).
+COUNTS = tuple(f.name for f in attrs.fields(CheckRecord) if f.type in ("int", int))
+
+
+@attrs.define
+class Probe:
+    """What the probe has measured so far: samples, and the largest difference between the precisions and the
+    largest magnitude, of the members' logits and of the ensemble's probabilities."""
+
+    samples: int = 0
+    member_difference: float = 0.0
+    member_size: float = 0.0
+    aggregate_difference: float = 0.0
+    aggregate_size: float = 0.0
 
 
 def margin_of(scores: Tensor) -> Tensor:
@@ -139,15 +151,13 @@ class PrecisionCheck:
         if not engine.checked:
             raise ValueError(f"{engine.precision!r} is not a checked precision")
         self.low = engine.precision.removesuffix("-checked")
-        self.record = CheckRecord(engine.precision, engine.check_safety, engine.check_audit)
+        self.record = CheckRecord.of(engine)
         #: The margins, fixed once ``check_probe`` samples have been probed (``None`` until then).
         self.member_margin: float | None = None
         self.aggregate_margin: float | None = None
         self._period = round(1 / engine.check_audit) if engine.check_audit > 0 else 0
         self._probe_samples = engine.check_probe
-        #: What the probe has measured so far: samples, differences and magnitudes (members, then aggregate).
-        self._probed = {"samples": 0, "member_difference": 0.0, "member_size": 0.0}
-        self._probed.update(aggregate_difference=0.0, aggregate_size=0.0)
+        self._probed = Probe()
 
     def evaluate(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
         """The aggregate of batch ``x`` with float32's decisions (under autograd: float32 throughout)."""
@@ -176,27 +186,25 @@ class PrecisionCheck:
             exact = aggregator.forward(members, x)
         with members.checking(None):
             low_logits = members.logits(x)
-        seen["samples"] += x.shape[0]
-        seen["member_difference"] = max(seen["member_difference"], largest(low_logits - exact_logits))
-        seen["member_size"] = max(seen["member_size"], largest(exact_logits))
-        member_margin = derived_margin(seen["member_difference"], seen["member_size"], self.low, safety)
+        seen.samples += x.shape[0]
+        seen.member_difference = max(seen.member_difference, largest(low_logits - exact_logits))
+        seen.member_size = max(seen.member_size, largest(exact_logits))
+        member_margin = derived_margin(seen.member_difference, seen.member_size, self.low, safety)
         before = members.evaluations, members.reevaluated
         with members.checking(member_margin):  # the margin so far: the final one is no smaller
             low = aggregator.forward(members, x)
         members.evaluations, members.reevaluated = before  # the probe's batches count float32's, checked or not
-        seen["aggregate_difference"] = max(seen["aggregate_difference"], largest(low.probs - exact.probs))
-        seen["aggregate_size"] = max(seen["aggregate_size"], largest(exact.probs))
-        if seen["samples"] >= self._probe_samples:
+        seen.aggregate_difference = max(seen.aggregate_difference, largest(low.probs - exact.probs))
+        seen.aggregate_size = max(seen.aggregate_size, largest(exact.probs))
+        if seen.samples >= self._probe_samples:
             self.member_margin = member_margin
-            self.aggregate_margin = derived_margin(
-                seen["aggregate_difference"], seen["aggregate_size"], self.low, safety
-            )
+            self.aggregate_margin = derived_margin(seen.aggregate_difference, seen.aggregate_size, self.low, safety)
             self.record.probes.append(
                 {
-                    "samples": seen["samples"],
-                    "member_difference": seen["member_difference"],
+                    "samples": seen.samples,
+                    "member_difference": seen.member_difference,
                     "member_margin": self.member_margin,
-                    "aggregate_difference": seen["aggregate_difference"],
+                    "aggregate_difference": seen.aggregate_difference,
                     "aggregate_margin": self.aggregate_margin,
                 }
             )

@@ -149,13 +149,12 @@ def run_study(
 
 def _point_source(study: Study, i: int) -> dict[str, Any]:
     """Point ``i``'s configuration as it was loaded; a follower's certifies the members its leader trained."""
-    pipeline = study.pipelines[i]
-    if study.trains_with[i] == i:
-        return copy.deepcopy(dict(pipeline.source))
-    members = study.pipelines[study.trains_with[i]].output / Path(Outputs.CHECKPOINTS)
-    files = [str(members / Path(Outputs.MEMBER.format(index=k)).name) for k in range(pipeline.ensemble.members)]
+    pipeline, leader = study.pipelines[i], study.trains_with[i]
     data = copy.deepcopy(dict(pipeline.source))  # the point's own tables: nothing reaches another point
-    set_setting(data, "ensemble.checkpoints", files, where=f"point {study.points[i].name}")
+    if leader != i:
+        members = study.pipelines[leader].output / Path(Outputs.CHECKPOINTS)
+        files = [str(members / Path(Outputs.MEMBER.format(index=k)).name) for k in range(pipeline.ensemble.members)]
+        set_setting(data, "ensemble.checkpoints", files, where=f"point {study.points[i].name}")
     return data
 
 

@@ -166,8 +166,7 @@ class CertificationStage(Stage):
     @staticmethod
     def _check_record(run: RunContext) -> CheckRecord:
         """The checks of every process together."""
-        engine = run.pipeline.engine
-        record = CheckRecord(engine.precision, engine.check_safety, engine.check_audit)
+        record = CheckRecord.of(run.pipeline.engine)
         for path in sorted(run.out.glob(Outputs.CERTIFICATION_CHECKS)):
             record.merge(read_json(path, "the run"))
         return record
