@@ -38,14 +38,13 @@ def step_time(registry, model_spec, info, members: int, train: dict, batch: int,
     params = [p for m in nets for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     noise = build_component("noise", {"name": "gaussian", "sigma": 0.25}, registry)
-    agg = build_component("aggregator", "we", registry)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, *info.input_shape, generator=gen)
     y = torch.randint(0, info.num_classes, (batch,), generator=gen)
     times = []
     for k in range(steps + 1):
         start = time.perf_counter()
-        b = TrainBatch(x, y, nets, noise, agg, gen, 0, copies=2, shared=bool(config.regularizers))
+        b = TrainBatch(x, y, nets, noise, gen, 0, copies=2, shared=bool(config.regularizers))
         loss = total(batch_terms(config, b))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -49,7 +49,6 @@ def main() -> None:
     nets = [build_member(build_component("model", "mlp", registry), info, s).train() for s in range(args.members)]
     opt = torch.optim.SGD([p for m in nets for p in m.parameters()], lr=0.01, momentum=0.9)
     noise = build_component("noise", {"name": "gaussian", "sigma": 0.25}, registry)
-    agg = build_component("aggregator", "we", registry)
     config = load_pipeline({})[0].training
     stream = generator(0, "train-noise", 0)
     x = torch.rand(args.batch, *info.input_shape, generator=stream)
@@ -58,10 +57,10 @@ def main() -> None:
     shard_x, shard_y = x[:: args.processes], y[:: args.processes]
 
     def one_stream() -> object:
-        return TrainBatch(x, y, nets, noise, agg, stream, 0).noise_draws()
+        return TrainBatch(x, y, nets, noise, stream, 0).noise_draws()
 
     def whole_batch_on_a_rank() -> object:
-        return TrainBatch(shard_x, shard_y, nets, noise, agg, stream, 0, world=rank, whole=args.batch).noise_draws()
+        return TrainBatch(shard_x, shard_y, nets, noise, stream, 0, world=rank, whole=args.batch).noise_draws()
 
     def generator_per_input() -> object:
         return [
@@ -72,7 +71,7 @@ def main() -> None:
         ]
 
     def step() -> None:
-        loss = total(batch_terms(config, TrainBatch(x, y, nets, noise, agg, stream, 0)))
+        loss = total(batch_terms(config, TrainBatch(x, y, nets, noise, stream, 0)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

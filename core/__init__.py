@@ -55,6 +55,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
+    from .checkpoints import check_writable, write_text
     from .components import (
         ABSTAIN,
         HARD,

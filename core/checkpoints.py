@@ -1,4 +1,5 @@
-"""Atomic files: checkpoints written whole or not at all, and read back with ``weights_only=True``."""
+"""The files the project writes: checked before the work that fills them, written atomically (checkpoints and JSON
+whole or not at all), and checkpoints read back with ``weights_only=True``."""
 
 from __future__ import annotations
 
@@ -36,6 +37,34 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | Path, where: str) -> Path:
+    """Check, before the work that produces it, that the file ``path`` can be written: it is not a directory, its
+    folder exists (it is created) and takes new files, and a file already there takes more. Raises a UserError
+    naming ``where`` (the setting or option that chose the path), the path and the reason; returns the path."""
+    path = Path(path)
+    fix = f"remove it or give {where} another path"
+    if path.is_dir():
+        raise UserError(f"{where}: {path} is a directory, where a file is to be written; {fix}")
+    folder = path.parent
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{where}: {folder} is a file, where a folder is needed for {path.name}; {fix}")
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise UserError(f"{where}: cannot write in {folder}: {reason}; give {where} another path") from None
+    if path.exists():
+        try:
+            with path.open("ab"):  # opened for appending, nothing written: may it be replaced or extended?
+                pass
+        except OSError as exc:
+            raise UserError(f"{where}: cannot write {path}: {exc.strerror or exc}; {fix}") from None
+    return path
 
 
 def remove_temporaries(directory: str | Path) -> list[Path]:

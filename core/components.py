@@ -126,6 +126,11 @@ class Aggregator(ABC):
         """Whether :meth:`calibrate` needs held-out data (then the pipeline carves it from the training data)."""
         return False
 
+    def differentiable(self) -> bool:
+        """Whether the probabilities carry gradients back to the members' logits. Attacks see an ensemble through
+        an aggregator (``evaluation.aggregators``, iGAT's), so only such an aggregator can be listed there."""
+        return True
+
     def calibrate(self, members: Members, heldout: HeldOut) -> Aggregator:
         """Return this aggregator fitted to held-out data (member ranking, weights). Called once per run after
         training when :meth:`needs_heldout`; the returned component's fields are saved with the run and it is
@@ -351,6 +356,10 @@ class Stage(ABC):
     #: The paths under the output directory this stage writes (glob patterns allowed). ``--fresh`` removes the
     #: union of every stage's outputs; a stage whose outputs exist is resuming.
     outputs: ClassVar[tuple[str, ...]] = ()
+    #: The settings this stage's outputs do not depend on, by TOML path (a table's path covers all of it), each with
+    #: the reason. Every other setting of the resolved configuration is part of the stage's fingerprint, so a new
+    #: setting is covered until a stage declares it harmless. (``output``, where the files go, is never part of it.)
+    independent_of: ClassVar[Mapping[str, str]] = {}
     #: What to do when outputs exist but the fingerprint changed: ``"refuse"`` (ask for --fresh) or ``"redo"``.
     on_change: ClassVar[str] = "refuse"
     #: The refusal, after the name of the first output found: what is wrong and how to fix it.
@@ -368,9 +377,11 @@ class Stage(ABC):
         return []
 
     def fingerprint(self, run: RunContext) -> object | None:
-        """Plain data naming everything the outputs depend on (``None``: nothing to check). Called after the
-        earlier stages ran, so it may use their products (the members' weights)."""
-        return None
+        """Plain data naming everything the outputs depend on (``None``: the stage writes nothing a later run
+        resumes from). The default is every setting but those in :attr:`independent_of` (``run.settings(self)``);
+        a stage that reads what earlier stages produced adds it (the members' weights). Called after the earlier
+        stages ran."""
+        return run.settings(self)
 
     def recorded(self, run: RunContext, name: str) -> str | None:
         """The digest of the fingerprint the existing outputs were made with (default: what ``stages.json`` recorded

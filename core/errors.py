@@ -29,3 +29,9 @@ class ConfigError(UserError):
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''}{where}:"
         super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+def file_error(exc: OSError, fix: str = "check the path and its permissions") -> UserError:
+    """The UserError for a file the project could not read or write: the path, the system's reason and ``fix``."""
+    where = exc.filename if exc.filename is not None else "a file"
+    return UserError(f"{where}: {exc.strerror or exc}; {fix}")

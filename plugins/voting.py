@@ -126,6 +126,9 @@ class SoftVoting(Aggregator):
 class HardVoting(Aggregator):
     """Hard (majority) voting (Horvath22 App. E.3.1): each member votes its top class; ties go to the lowest class."""
 
+    def differentiable(self) -> bool:
+        return False  # votes
+
     def combine(self, member_logits: Tensor) -> Tensor:
         return hard_vote(member_logits)
 
@@ -160,6 +163,9 @@ class KConsensus(Aggregator):
     order: list[int] | None = attrs.field(default=None, validator=_permutation)
     #: Each member's accuracy under noise on the held-out split (recorded by calibration).
     accuracies: list[float] | None = None
+
+    def differentiable(self) -> bool:
+        return self.vote != "hard"  # which members answer is decided by votes; soft and max answers carry gradients
 
     def check_members(self, count: int) -> str | None:
         if self.k > count:

@@ -81,6 +81,29 @@ class Scripted:
         return Tally(n=n, counts=counts, evaluations=n)
 
 
+def write_idx(path: Path, array) -> None:
+    """IDX format: big-endian magic (0, 0, dtype 0x08 = ubyte, ndim), the dimensions, then the bytes."""
+    import struct
+
+    import numpy as np
+
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.asarray(array).astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, *, seed: int = 0, train: int = 6, test: int = 4) -> Path:
+    """A tiny MNIST in the real on-disk format (``<root>/MNIST/raw``): random images, labels cycling through 0-9."""
+    import numpy as np
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
 def run_cli(*args: str, cwd: Path | None = None, extra_path: Path | None = None, timeout: float = 600):
     env = dict(os.environ)
     env["COLUMNS"] = "200"

@@ -217,3 +217,48 @@ def test_a_soft_certifier_is_refused_at_a_checked_precision(tiny_pipeline):
     tiny_pipeline["certification"]["certifiers"].append({"name": "cohen", "expectation": "softmax", "n": 200})
     with pytest.raises(ConfigError, match=r"engine.precision: 'bf16-checked' checks decisions.*certifiers\[1\]"):
         run(tiny_pipeline)
+
+
+class Arming(nn.Module):
+    """Planted, armed by itself once it has run ``after`` samples at the reduced precision (after the probe)."""
+
+    def __init__(self, inner: nn.Module, after: int) -> None:
+        super().__init__()
+        self.planted, self.after, self.seen = Planted(inner), after, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu"):
+            self.seen += x.shape[0]
+            self.planted.armed = self.seen > self.after
+        return self.planted(x)
+
+
+def arming_plugin():
+    import types
+
+    import attrs
+
+    from ensemblecert import Model, hookimpl
+    from ensemblecert.plugins.models import MLP
+
+    @attrs.frozen
+    class ArmingMLP(Model):
+        """An MLP whose bf16 logits go wrong after the probe (a test model)."""
+
+        def build(self, info):
+            return Arming(MLP(hidden=[32]).build(info), after=400)
+
+    plugin = types.ModuleType("arming_model")
+    plugin.register_models = hookimpl(lambda register: register("arming_mlp", ArmingMLP))
+    return plugin
+
+
+def test_a_run_whose_audit_disagreed_is_marked_not_sound_in_its_summary_and_table(tiny_pipeline):
+    tiny_pipeline["ensemble"]["model"] = {"name": "arming_mlp"}
+    tiny_pipeline["engine"] = {"precision": "bf16-checked", "check_audit": 0.5, "check_probe": 100}
+    tiny_pipeline["certification"]["max_examples"] = 4
+    result = run(tiny_pipeline, plugins=[arming_plugin()])
+    summary = json.loads((result.output / "certification.json").read_text())
+    assert summary["precision_check"]["disagreements"] > 0
+    assert summary["sound"] is False and result.summary.sound is False
+    assert "(NOT SOUND)" in (result.output / "report.md").read_text()

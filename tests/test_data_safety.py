@@ -18,6 +18,7 @@ import ensemblecert
 from ensemblecert import (
     Certificate,
     ConfigError,
+    DataInfo,
     UserError,
     build_component,
     build_member,
@@ -92,10 +93,16 @@ def test_fresh_never_deletes_the_checkpoints_it_starts_from(tiny_pipeline):
     before = [p.read_bytes() for p in checkpoints]
     again = copy.deepcopy(tiny_pipeline)
     again["training"]["start_from"] = [str(trained.output)]
-    with pytest.raises(UserError, match=r"--fresh: would delete .*member_0\.pt, which training\.start_from names"):
+    with pytest.raises(UserError, match=r"training\.start_from: .* is this run's own output directory"):
         run(again, fresh=True)
     assert [p.read_bytes() for p in checkpoints] == before  # nothing was deleted
     assert (trained.output / "certification.tsv").exists()
+    elsewhere = copy.deepcopy(again)  # the checkpoints of given members, inside the run's directory
+    elsewhere["training"].update(enabled=False, start_from=[])
+    elsewhere["ensemble"]["checkpoints"] = [str(p) for p in checkpoints]
+    with pytest.raises(UserError, match=r"--fresh: would delete .*member_0\.pt, which ensemble\.checkpoints names"):
+        run(elsewhere, fresh=True)
+    assert [p.read_bytes() for p in checkpoints] == before
 
 
 # ------------------------------------------------------------------------ exactly the configuration's rows
@@ -271,6 +278,19 @@ def test_normalisation_subtracts_the_mean_and_divides_by_the_std():
     layer = Normalize([0.3, 0.1], [0.5, 0.2])
     x = torch.tensor([[0.9, 0.7]]).view(1, 2, 1, 1)
     assert layer(x).flatten().tolist() == pytest.approx([(0.9 - 0.3) / 0.5, (0.7 - 0.1) / 0.2])  # 1.2, 3.0
+
+
+def test_a_member_normalises_its_input_with_the_data_sets_mean_and_std():
+    """build_member puts the data set's normalisation in front of the network: mean 0.1, std 0.4 and input 0.9 give
+    2.0 (swapped, they would give 5.0)."""
+    from ensemblecert.ensemble import Normalize
+
+    info = DataInfo((1, 1, 1), 2, (0.1,), (0.4,))
+    member = build_member(build_component("model", {"name": "mlp", "hidden": [3]}, load_registry()), info, 0)
+    seen = []
+    member.net.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    member(torch.tensor([[[[0.9]]]]))
+    assert isinstance(member.normalize, Normalize) and seen[0].flatten().tolist() == pytest.approx([2.0])
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,13 @@
 """Data set loaders, exercised offline on tiny files written in the real on-disk formats."""
 
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import write_mnist
 from ensemblecert import UserError, build_component, load_registry
 
 
@@ -18,12 +18,6 @@ def registry():
 
 def dataset(registry, **spec):
     return build_component("dataset", spec, registry).load()
-
-
-def write_idx(path, array: np.ndarray) -> None:
-    """IDX format: big-endian magic (0, 0, dtype 0x08 = ubyte, ndim), the dimensions, then the bytes."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
 def test_digits_split_is_fixed(registry):
@@ -39,12 +33,7 @@ def test_digits_split_is_fixed(registry):
 
 
 def test_mnist_reads_raw_idx_files(tmp_path, registry):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 6), ("t10k", 4)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    write_mnist(tmp_path, train=6, test=4)
     splits = dataset(registry, name="mnist", root=str(tmp_path))
     assert (len(splits.train), len(splits.test)) == (6, 4)
     x, y = splits.test[3]

@@ -216,7 +216,6 @@ import sys, torch
 from ensemblecert import DataSplits, DataInfo, build_member
 from ensemblecert.config import TrainingConfig
 from ensemblecert.distributed import join, leave
-from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.attacks import PGD
 from ensemblecert.plugins.drt import DRT
 from ensemblecert.plugins.gaussian_augmentation import GaussianAugmentation
@@ -237,7 +236,7 @@ config = TrainingConfig(
     epochs=2, batch_size=33, copies=2, loss=SmoothAdv(attack=attack) if loss == "smoothadv" else GaussianAugmentation(),
     regularizers=[DRT(rho1=0.5, rho2=1.0)],
 )
-train_ensemble(members, data, config, noise=GaussianNoise(0.5), aggregator=WeightedEnsemble(), seed=0,
+train_ensemble(members, data, config, noise=GaussianNoise(0.5), seed=0,
                device=torch.device("cpu"), world=world)
 torch.save([m.state_dict() for m in members], out + f"/rank{world.rank}.pt")
 leave(world)

@@ -236,7 +236,6 @@ def test_gaussian_augmentation_gives_each_member_its_own_noise():
     from torch import nn
 
     from ensemblecert import TrainBatch
-    from ensemblecert.plugins.aggregators import WeightedEnsemble
     from ensemblecert.plugins.noise import GaussianNoise
 
     class Spy(nn.Module):
@@ -251,7 +250,7 @@ def test_gaussian_augmentation_gives_each_member_its_own_noise():
 
     members = [Spy(), Spy()]
     x, y = torch.zeros(4000, 4), torch.zeros(4000, dtype=torch.long)
-    batch = TrainBatch(x, y, members, GaussianNoise(0.5), WeightedEnsemble(), torch.Generator().manual_seed(0), 0)
+    batch = TrainBatch(x, y, members, GaussianNoise(0.5), torch.Generator().manual_seed(0), 0)
     loss = GaussianAugmentation().terms(batch)["ce"]
     loss.backward()
     for m in members:

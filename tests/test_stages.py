@@ -14,13 +14,11 @@ from ensemblecert.running.pipeline import stages_of
 
 @attrs.frozen
 class Toy(Stage):
-    """Writes its message to toy.txt, once; a resumed run leaves the file as it is."""
+    """Writes its message to toy.txt, once; a resumed run leaves the file as it is. Its fingerprint is the default:
+    every setting."""
 
     message: str = "hello"
     outputs = ("toy.txt",)
-
-    def fingerprint(self, run):
-        return {"message": self.message}
 
     def run(self, run):
         path = run.out / "toy.txt"
@@ -49,9 +47,17 @@ def test_a_plugin_stage_runs_after_the_built_ins_resumes_and_is_refused_when_cha
     first = run(tiny_pipeline, plugins=[plugin])
     toy = first.output / "toy.txt"
     assert toy.read_text() == "hi"
-    assert set(json.loads((first.output / "stages.json").read_text())) == {"members", "certification", "toy"}
+    assert set(json.loads((first.output / "stages.json").read_text())) == {"members", "certification", "report", "toy"}
+    assert first.stages == {
+        "members": "started",
+        "calibration": "disabled",
+        "certification": "started",
+        "evaluation": "disabled",
+        "report": "started",
+        "toy": "started",
+    }
     written = toy.stat().st_mtime_ns
-    run(tiny_pipeline, plugins=[plugin])  # resumes: the file is left alone
+    assert set(run(tiny_pipeline, plugins=[plugin]).stages.values()) == {"resumed", "disabled"}  # left alone
     assert toy.stat().st_mtime_ns == written and toy.read_text() == "hi"
     changed = copy.deepcopy(tiny_pipeline)
     changed["stages"][0]["message"] = "bye"

@@ -3,6 +3,7 @@ fine-tuning, the epoch log."""
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,6 @@ from torch import nn
 
 from ensemblecert import ConfigError, TrainBatch, build_component, load_pipeline, load_registry, run
 from ensemblecert.plugins.adp import ensemble_entropy, log_diversity
-from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.drt import confidence_margin, margins, reduce_pairs, safe_sqrt, valid_pairs
 from ensemblecert.plugins.gal import gradient_alignment
 from ensemblecert.plugins.noise import GaussianNoise
@@ -35,7 +35,6 @@ def batch_of(nets, x, y, *, copies=1, seed=0, sigma=0.3):
         y,
         nets,
         GaussianNoise(sigma),
-        WeightedEnsemble(),
         torch.Generator().manual_seed(seed),
         0,
         copies=copies,
@@ -118,6 +117,21 @@ def test_the_norms_gradient_at_zero_is_finite():
     assert torch.isfinite(net.weight.grad).all()
 
 
+def test_adp_diversity_is_the_log_det_of_unit_l2_non_true_class_vectors_by_hand():
+    """Two members, true class 0, predictions that are not one-hot: the non-true parts (0.3, 0.2) and (0.1, 0.7)
+    scaled to unit L2 length have the inner product 0.17 / sqrt(0.13 * 0.5), so the Gram matrix is [[1, c], [c, 1]]
+    plus delta on the diagonal (an L1 scaling gives other lengths and another determinant)."""
+    probs = torch.tensor([[[0.5, 0.3, 0.2]], [[0.2, 0.1, 0.7]]], dtype=torch.float64)
+    c = 0.17 / math.sqrt(0.13 * 0.5)
+    delta = 1e-6
+    expected = math.log((1 + delta) ** 2 - c**2)
+    assert float(log_diversity(probs, torch.tensor([0]), delta=delta)) == pytest.approx(expected, rel=1e-9)
+    # the true class is left out wherever it is: class 2 leaves (0.5, 0.3) and (0.2, 0.1)
+    c2 = (0.5 * 0.2 + 0.3 * 0.1) / math.sqrt(0.34 * 0.05)
+    got = float(log_diversity(probs, torch.tensor([2]), delta=delta))
+    assert got == pytest.approx(math.log((1 + delta) ** 2 - c2**2), rel=1e-9)
+
+
 def test_adp_falls_as_the_members_diversify():
     y = torch.tensor([0])
     same = torch.tensor([[[0.6, 0.3, 0.05, 0.05]], [[0.6, 0.3, 0.05, 0.05]]])
@@ -133,7 +147,6 @@ def test_adp_falls_as_the_members_diversify():
         torch.randint(0, 4, (8,)),
         nets,
         GaussianNoise(0.3),
-        WeightedEnsemble(),
         torch.Generator().manual_seed(0),
         0,
         shared=True,
@@ -167,9 +180,7 @@ def test_smoothadv_attack_raises_the_smoothed_loss():
     x, y = torch.rand(16, 5), torch.randint(0, 3, (16,))
     attack = {"name": "pgd", "norm": "l2", "epsilon": 0.5, "steps": 5, "step_size": 0.2, "random_start": False}
     loss_fn = build_component("loss", {"name": "smoothadv", "attack": attack}, REGISTRY)
-    batch = TrainBatch(
-        x, y, nets, GaussianNoise(0.25), WeightedEnsemble(), torch.Generator().manual_seed(0), 0, copies=4
-    )
+    batch = TrainBatch(x, y, nets, GaussianNoise(0.25), torch.Generator().manual_seed(0), 0, copies=4)
     noise = batch.noise_draws()[0]
     adv = loss_fn.adversarial(batch, nets, noise)
     assert (adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5 and adv.min() >= 0 and adv.max() <= 1
@@ -285,7 +296,7 @@ def test_a_shard_sees_its_rows_of_the_whole_batchs_noise(shared):
     nets = members()
     x, y = torch.randn(7, 5), torch.randint(0, 4, (7,))
     draw = lambda xs, ys, **kw: TrainBatch(  # noqa: E731
-        xs, ys, nets, GaussianNoise(0.3), WeightedEnsemble(), torch.Generator().manual_seed(3), 0,
+        xs, ys, nets, GaussianNoise(0.3), torch.Generator().manual_seed(3), 0,
         copies=3, shared=shared, **kw,
     ).noise_draws()  # fmt: skip
     whole = draw(x, y)
@@ -298,5 +309,5 @@ def test_a_shard_sees_its_rows_of_the_whole_batchs_noise(shared):
                 assert torch.equal(part[member], expected)
     assert not torch.equal(whole[0], whole[1]) if not shared else whole[0] is whole[1]
     with pytest.raises(ValueError, match="shard"):
-        TrainBatch(x[:3], y[:3], nets, GaussianNoise(0.3), WeightedEnsemble(), torch.Generator(), 0,
+        TrainBatch(x[:3], y[:3], nets, GaussianNoise(0.3), torch.Generator(), 0,
                    world=World(rank=0, size=2), whole=7)  # fmt: skip

@@ -19,7 +19,7 @@ from .schema import (
     component_list,
     section,
 )
-from .structure import build_component, describe, make_converter, structure
+from .structure import build_component, components, describe, make_converter, structure
 
 __all__ = [
     "MAX_SEED",
@@ -34,6 +34,7 @@ __all__ = [
     "build_component",
     "component",
     "component_list",
+    "components",
     "default_pipeline_data",
     "default_pipeline_text",
     "describe",

@@ -62,11 +62,21 @@ def _parse_path(path: str, where: str) -> list[str | int]:
     return parts
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, where: str) -> Any:
+    """The one TOML value ``text`` is (a bare word on one line is a string: ``--set device=cpu``); a UserError
+    quoting it when it is empty or more than one value (``1\nseed=5`` would set a second setting unseen)."""
+    fix = "give exactly one TOML value (quote strings that hold spaces or newlines); set each setting with a --set"
+    if not text:
+        raise UserError(f"{where}: no value after '='; {fix}")
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
-        return text  # a bare word is a string: --set device=cpu
+        if any(c in text for c in "\n\r") or any(ord(c) < 32 for c in text):
+            raise UserError(f"{where}: {text!r} is not one TOML value; {fix}") from None
+        return text
+    if set(parsed) != {"v"}:
+        raise UserError(f"{where}: {text!r} is more than one TOML value; {fix}")
+    return parsed["v"]
 
 
 def _schema_default(parts: Sequence[str | int]) -> Any:
@@ -125,7 +135,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         if not sep:
             raise UserError(f"--set {item!r}: expected PATH=VALUE, e.g. --set training.epochs=5")
         _parse_path(path.strip(), f"--set {path.strip()!r}")  # a malformed path is named alone
-        set_setting(result, path, _parse_value(text.strip()), where=f"--set {item!r}")
+        where = f"--set {item!r}"
+        set_setting(result, path, _parse_value(text.strip(), where), where=where)
     return result
 
 

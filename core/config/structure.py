@@ -9,7 +9,7 @@ import copy
 import difflib
 import math
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import attrs
 import cattrs
 
 from ..errors import ConfigError
-from ..registry import Registry, UnknownComponentError
+from ..registry import KINDS, Registry, UnknownComponentError
 from ..validators import FieldError
 from .labels import label_problem
 
@@ -267,3 +267,23 @@ def describe(obj: Any, registry: Registry) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def components(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every component in ``obj`` (a pipeline, a section or a component), nested ones included (iGAT's attack), with
+    its TOML path (``evaluation.aggregators[1]``, ``training.regularizers[0].attack``): what a check of one kind of
+    component walks, so that it applies wherever the component can be listed."""
+    if isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            yield from components(item, f"{path}[{i}]")
+        return
+    if not attrs.has(type(obj)):
+        return
+    if isinstance(obj, _COMPONENT_BASES):
+        yield path, obj
+    for f in attrs.fields(type(obj)):
+        if not f.metadata.get("internal"):
+            yield from components(getattr(obj, f.name), _join(path, f.alias))
+
+
+_COMPONENT_BASES = tuple(kind.base for kind in KINDS.values())

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..checkpoints import write_text
+from ..checkpoints import check_writable, write_text
 from ..running.context import Outputs
 from .figures import certified_accuracy_figure, lower_bound_figure, simplex_figure
 from .runs import RunRecord, run_names
@@ -23,6 +23,15 @@ FILES = (
 )
 
 
+#: Every file a report may write, by name.
+NAMES = (
+    Outputs.REPORT,
+    Outputs.REPORT_TABLE,
+    *(f"{stem}.{ext}" for stem in (Outputs.CERTIFIED_ACCURACY_PLOT, Outputs.LOWER_BOUNDS_PLOT, Outputs.SIMPLEX_PLOT)
+      for ext in ("png", "pdf")),
+)  # fmt: skip
+
+
 def write_report(
     records: Sequence[RunRecord],
     folder: str | Path,
@@ -30,11 +39,14 @@ def write_report(
     radii: Sequence[float] | None = None,
     command: str = "",
     sweep: bool = False,
+    where: str = "--output",
 ) -> Comparison:
     """Write the report of ``records`` into ``folder`` (created if missing) and return its comparison. ``command``,
-    when given, is the command line that made it, quoted in ``report.md``."""
+    when given, is the command line that made it, quoted in ``report.md``. Every file is checked first
+    (:func:`~ensemblecert.check_writable`, naming ``where``, the option or setting that chose the folder)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    for name in NAMES:
+        check_writable(folder / name, where)
     comparison = compare(records, radii, sweep=sweep)
     curves = certified_accuracy_figure(records, folder / Outputs.CERTIFIED_ACCURACY_PLOT)
     bounds = lower_bound_figure(records, folder / Outputs.LOWER_BOUNDS_PLOT)

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..defaults import default_pipeline_text
-from ..errors import UserError
+from ..errors import UserError, file_error
 from .terminal import console
 
 if TYPE_CHECKING:
@@ -221,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands[args.command].run(args, out)
     except UserError as exc:
         return _fail(err, exc)
+    except OSError as exc:  # a file that could not be read or written after the checks: the path and the reason
+        return _fail(err, file_error(exc, "nothing already written was lost; fix the path or its permissions"))
     except KeyboardInterrupt:
         err.print("interrupted; everything finished so far is saved; run the same command again to resume")
         return 130
@@ -281,13 +283,18 @@ def _spread(processes: int | None, device: str) -> int | None:
     return _torchrun(processes) if processes > 1 else None
 
 
-def _check_processes(processes: int, device: str) -> None:
-    """A UserError unless ``processes`` is between 1 and what this machine has for ``device``."""
+def _check_cores(processes: int) -> None:
+    """A UserError unless ``processes`` is between 1 and this machine's CPU cores."""
     if processes < 1:
         raise UserError(f"--processes: must be at least 1, got {processes}")
     cores = os.cpu_count() or 1
     if processes > cores:
         raise UserError(f"--processes: {processes} processes on a machine with {cores} CPU cores; use at most {cores}")
+
+
+def _check_processes(processes: int, device: str) -> None:
+    """A UserError unless ``processes`` is between 1 and what this machine has for ``device``."""
+    _check_cores(processes)
     if device.startswith("cuda") or device == "auto":
         import torch
 
@@ -313,6 +320,8 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         overrides.append("training.enabled=false")
     if args.skip_certify:
         overrides.append("certification.enabled=false")
+    if args.processes is not None and "WORLD_SIZE" not in os.environ:
+        _check_cores(args.processes)  # the option first: it is wrong whatever the pipeline says
     if is_study(args.pipeline):
         return _run_study(args, overrides, out, err)
     if args.jobs != 1:
@@ -342,8 +351,10 @@ def _report(args: argparse.Namespace, argv: Sequence[str], out: Console) -> int:
     from ..reports.tables import rich_table
     from ..reports.writer import write_report
 
+    if args.output is not None and not args.output.strip():
+        raise UserError("--output: must not be empty; give a folder, or leave the option out for the default")
     records, sweep = read_runs(args.runs)
-    folder = args.output or (args.runs[0] if len(args.runs) == 1 else "report")
+    folder = args.output if args.output is not None else args.runs[0] if len(args.runs) == 1 else "report"
     if args.radii is not None and any(r < 0 for r in args.radii):
         raise UserError(f"--radii: radii are at least 0, got {args.radii}")
     command = "ensemblecert " + " ".join(shlex.quote(a) for a in argv)

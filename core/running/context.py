@@ -9,10 +9,11 @@ is then recorded, before any work, so a killed run resumes under the same rule.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable, Sized
+from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any, cast
 
@@ -95,6 +96,8 @@ class RunContext:
     summary: Summary | None = None
     evaluation: EvaluationSummary | None = None
     products: dict[str, Any] = attrs.Factory(dict)
+    #: What each stage did so far, by name: ``"disabled"`` or what :func:`resume_or_refuse` returned.
+    outcomes: dict[str, str] = attrs.Factory(dict)
 
     def path(self, name: str, **fields: object) -> Path:
         """The output file ``name`` (an :class:`Outputs` name, with its ``{fields}`` filled in)."""
@@ -103,7 +106,14 @@ class RunContext:
     def recorded(self, name: str) -> str | None:
         """The fingerprint digest ``stages.json`` recorded for the stage ``name`` (``None`` when there is none)."""
         value = read_json(self.path(Outputs.STAGES), "the run").get(name)
+        if isinstance(value, dict):
+            value = value.get("digest")
         return value if isinstance(value, str) else None
+
+    def settings(self, stage: Stage) -> dict[str, Any]:
+        """The resolved configuration without the settings ``stage`` declares it does not depend on
+        (:attr:`ensemblecert.Stage.independent_of`) and without ``output``: a stage's fingerprint of the settings."""
+        return without(self.config, ["output", *stage.independent_of])
 
     def assembled(self) -> Ensemble:
         """The members combined by the (calibrated) aggregator, on the run's device, in evaluation mode; built once."""
@@ -120,6 +130,35 @@ class RunContext:
         for key in path.split("."):
             node = node[key]
         return component_labels(node)
+
+
+#: The reason a stage gives for a setting that changes only floating-point rounding (the device, the layout).
+ROUNDING = "changes only floating-point rounding, not what is computed"
+#: The reason a later stage gives for the settings that make the members: their weights are in its fingerprint.
+THROUGH_WEIGHTS = "reaches these outputs only through the members' weights, which the fingerprint holds"
+
+
+def without(config: Mapping[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+    """A deep copy of ``config`` without the settings at the dotted ``paths`` (a table's path removes all of it)."""
+    kept = copy.deepcopy(dict(config))
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node: Any = kept
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return kept
+
+
+class Refused(UserError):
+    """A stage whose outputs were made with another configuration (``stage``: its registered name; ``outcomes``:
+    what each stage before it did, as :attr:`RunContext.outcomes`)."""
+
+    def __init__(self, message: str, stage: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.outcomes: dict[str, str] = {}
 
 
 def fingerprint(obj: Any) -> str:
@@ -159,26 +198,46 @@ def owned(out: Path, stage: Stage) -> list[Path]:
     return list(dict.fromkeys(p for pattern in stage.outputs for p in sorted(out.glob(pattern))))
 
 
-def resume_or_refuse(run: RunContext, stage: Stage, name: str) -> None:
+def resume_or_refuse(run: RunContext, stage: Stage, name: str) -> str:
     """Resume ``stage`` (registered as ``name``) where its recorded fingerprint matches, refuse it (or clear its
-    outputs, for ``on_change = "redo"``) where outputs exist under another, and record the current one."""
+    outputs, for ``on_change = "redo"``) where outputs exist under another, and record the current one.
+
+    Returns what the stage does: ``"resumed"`` (its outputs were made with this fingerprint), ``"started"`` (it has
+    no outputs yet), ``"redone"`` (its outputs were removed) or ``"unchecked"`` (it has no fingerprint)."""
     current = stage.fingerprint(run)
     if current is None:
-        return
+        return "unchecked"
     digest = fingerprint(current)
     existing = owned(run.out, stage)
-    stale = bool(existing) and stage.recorded(run, name) != digest
+    recorded = stage.recorded(run, name) if existing else None
+    stale = bool(existing) and recorded != digest
     if stale and stage.on_change != "redo":
-        raise UserError(f"{existing[0]}: {stage.refusal}")
+        if recorded is None:  # outputs copied in, or stages.json lost: nothing says what made them
+            raise Refused(
+                f"{existing[0]}: no record of the configuration that made it ({Outputs.STAGES} has none for the "
+                f"{name} stage), so it cannot be resumed as this run's; run with --fresh to replace it or choose "
+                "another output directory",
+                name,
+            )
+        if read_json(run.path(Outputs.STAGES), "the run").get(name) == recorded:  # a bare digest: before 0.2
+            raise Refused(
+                f"{existing[0]}: recorded by an earlier ensemblecert, whose fingerprints left out settings the "
+                f"{name} stage depends on, so it cannot be told apart from another configuration's; run with --fresh "
+                "to make it again or choose another output directory",
+                name,
+            )
+        raise Refused(f"{existing[0]}: {stage.refusal}", name)
     run.world.barrier()  # every rank has looked before rank 0 changes anything
     if run.world.main:
         path = run.path(Outputs.STAGES)
         record = read_json(path, "the run")
         if stale:  # on_change = "redo": start the stage over
             remove(existing)
-        if record.get(name) != digest:
-            write_json(path, {**record, name: digest})
+        entry = {"digest": digest, "fingerprint": plain(current)}
+        if record.get(name) != entry:
+            write_json(path, {**record, name: entry})
     run.world.barrier()
+    return "redone" if stale else "resumed" if existing else "started"
 
 
 def remove(paths: Iterable[Path]) -> None:

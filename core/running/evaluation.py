@@ -3,9 +3,10 @@ aggregator through which the attacks see the ensemble (Deng23, Eq. 12 and Sectio
 
 Inputs are attacked a batch at a time. ``evaluation.tsv`` gets one row per input as each batch finishes:
 ``idx``, ``label``, then for every aggregator ``<aggregator>:natural`` and ``<aggregator>:<attack>``, the predicted
-class. Batches are fixed chunks of the evaluated indices and each batch's random starts come from a generator
-seeded by the pipeline seed, the batch's first index, the aggregator and the attack, so a resumed run computes
-exactly the rows an uninterrupted one would have. ``evaluation.json`` holds the accuracies.
+class. Batches are fixed chunks of every ``skip``-th input, attacked whole even where ``max_examples`` selects only
+part of the last one, and each batch's random starts come from a generator seeded by the pipeline seed, the
+batch's first index, the aggregator and the attack, so a row is the same whatever the selection, and a resumed run
+computes exactly the rows an uninterrupted one would have. ``evaluation.json`` holds the accuracies.
 """
 
 from __future__ import annotations
@@ -91,12 +92,15 @@ def evaluate(
     batch_size: int,
     seed: int,
     device: torch.device,
+    batches: Sequence[int] | None = None,
     on_progress: Callable[[int, str], None] | None = None,
 ) -> EvaluationSummary:
     """Evaluate the inputs ``indices`` of ``dataset`` and return the accuracies (rows go to ``path`` as they come).
 
-    ``on_progress(count, what)`` hears of every evaluation of ``count`` inputs as it ends (``what``: the aggregator
-    and the attack, or ``natural``): ``len(indices) * len(aggregators) * (1 + len(attacks))`` in all."""
+    Batches are chunks of ``batch_size`` consecutive entries of ``batches`` (by default ``indices``), each attacked
+    whole, so that an input's row does not depend on how many of its batch are selected. ``on_progress(count,
+    what)`` hears of every evaluation of ``count`` inputs as it ends (``what``: the aggregator and the attack, or
+    ``natural``): ``len(indices) * len(aggregators) * (1 + len(attacks))`` in all."""
     header = columns(list(aggregators), list(attacks))
     done = read_rows(path, header)
     wanted = set(indices)
@@ -109,12 +113,15 @@ def evaluate(
     with path.open("a", encoding="utf-8", newline="") as fh:
         if path.stat().st_size == 0:
             fh.write("\t".join(header) + "\n")
-        for start in range(0, len(indices), batch_size):
-            chunk = list(indices[start : start + batch_size])
-            todo = [i for i in chunk if i not in done]
-            if not todo:
+        order = list(indices if batches is None else batches)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            mine = [i for i in chunk if i in wanted]
+            if not mine:
+                continue
+            if all(i in done for i in mine):
                 if on_progress is not None:
-                    on_progress(len(chunk) * len(models) * (1 + len(attacks)), "resumed")
+                    on_progress(len(mine) * len(models) * (1 + len(attacks)), "resumed")
                 continue
             pairs = [dataset[i] for i in chunk]
             x = torch.stack([torch.as_tensor(p[0]) for p in pairs]).to(device)
@@ -124,17 +131,17 @@ def evaluate(
                 with torch.no_grad():
                     predictions.append(model(x).argmax(dim=1))
                 if on_progress is not None:
-                    on_progress(len(chunk), f"{cname}: natural")
+                    on_progress(len(mine), f"{cname}: natural")
                 for a, (aname, attack) in enumerate(attacks.items()):
                     gen = generator(seed, "attack", chunk[0], c, a, device=device)
                     adversarial = attack.perturb(model, x, y, generator=gen)
                     with torch.no_grad():
                         predictions.append(model(adversarial).argmax(dim=1))
                     if on_progress is not None:
-                        on_progress(len(chunk), f"{cname}: {aname}")
+                        on_progress(len(mine), f"{cname}: {aname}")
             table = torch.stack([y, *predictions], dim=1).cpu().tolist()
             for index, row in zip(chunk, table):
-                if index in done:
+                if index in done or index not in wanted:
                     continue
                 done[index] = row
                 fh.write("\t".join(map(str, [index, *row])) + "\n")

@@ -26,11 +26,11 @@ from ..ensemble.assembly import Ensemble
 from ..errors import ConfigError, UserError
 from ..registry import Registry
 from ..smoothing.results import ExampleResult, Summary
-from .context import Outputs, RunContext, owned, remove, resume_or_refuse, size
+from .context import Outputs, Refused, RunContext, owned, remove, resume_or_refuse, size
 from .evaluation import EvaluationSummary
 from .lock import OutputLock
 from .member_checkpoints import CHECKPOINT_FORMAT
-from .preflight import check_pipeline, prepare_output, resolve_device, start_checkpoints
+from .preflight import attack_problems, check_pipeline, prepare_output, resolve_device, start_checkpoints
 from .report import Reporter
 from .stages import BUILT_IN
 from .stages.calibration import split_heldout
@@ -52,6 +52,8 @@ class RunResult:
     evaluation: EvaluationSummary | None = None
     #: This process's rank among the processes of a ``torchrun`` run (0 when alone).
     rank: int = 0
+    #: What each stage did, by name: ``"resumed"``, ``"started"``, ``"redone"``, ``"unchecked"`` or ``"disabled"``.
+    stages: dict[str, str] = attrs.Factory(dict)
 
 
 def stages_of(pipeline: Pipeline, registry: Registry) -> list[tuple[str, Stage]]:
@@ -93,7 +95,8 @@ def _start(
             doomed = [p for _, stage in stages for p in owned(out, stage)] + [out / Outputs.STAGES]
             _refuse_deleting_inputs(pipeline, out, doomed)
             remove(doomed)
-        prepare_output(out, checkpoints=not pipeline.ensemble.checkpoints)
+        files = [Outputs.PIPELINE, Outputs.STAGES, *(p for _, stage in stages for p in stage.outputs)]
+        prepare_output(out, checkpoints=not pipeline.ensemble.checkpoints, files=files)
     config = describe(pipeline, registry)
     if world.main:
         write_json(out / Outputs.PIPELINE, config)
@@ -126,13 +129,20 @@ def _start(
 def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: Reporter, world: World) -> RunResult:
     stages = stages_of(pipeline, registry)
     run = _start(pipeline, registry, stages, fresh, reporter, world)
-    problems = [problem for _, stage in stages if stage.enabled(run) for problem in stage.check(run)]
+    problems = attack_problems(pipeline, run.data.info.num_classes)
+    problems += [problem for _, stage in stages if stage.enabled(run) for problem in stage.check(run)]
     if problems:
         raise ConfigError(problems, pipeline.origin)
     for name, stage in stages:
-        if stage.enabled(run):
-            resume_or_refuse(run, stage, name)
-            stage.run(run)
+        if not stage.enabled(run):
+            run.outcomes[name] = "disabled"
+            continue
+        try:
+            run.outcomes[name] = resume_or_refuse(run, stage, name)
+        except Refused as exc:
+            exc.outcomes = dict(run.outcomes)
+            raise
+        stage.run(run)
     return RunResult(
         pipeline=pipeline,
         output=run.out,
@@ -143,6 +153,7 @@ def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: R
         losses=run.losses,
         evaluation=run.evaluation,
         rank=world.rank,
+        stages=dict(run.outcomes),
     )
 
 

@@ -4,13 +4,14 @@ starts from, and a writable output directory."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from ..checkpoints import remove_temporaries
-from ..components import HARD
-from ..config import Pipeline
+from ..checkpoints import check_writable, remove_temporaries
+from ..components import HARD, Aggregator, Attack, Regularizer
+from ..config import Pipeline, components, read_toml
 from ..errors import ConfigError, UserError
 
 
@@ -69,20 +70,47 @@ def check_pipeline(pipeline: Pipeline) -> None:
             f"ensemble.checkpoints: {len(checkpoints)} files for {pipeline.ensemble.members} members; "
             "give one checkpoint per member or change ensemble.members"
         )
-    why = pipeline.ensemble.aggregator.check_members(pipeline.ensemble.members)
-    if why:
-        problems.append(f"ensemble.aggregator: {why}")
+    problems += component_problems(pipeline)
     if pipeline.training.enabled:
-        for i, reg in enumerate(pipeline.training.regularizers):
-            why = reg.check_members(pipeline.ensemble.members)
-            if why:
-                problems.append(f"training.regularizers[{i}]: {why}")
         try:
             start_checkpoints(pipeline)
         except UserError as exc:
             problems.append(str(exc))
     if problems:
         raise ConfigError(problems, pipeline.origin)
+
+
+def component_problems(pipeline: Pipeline) -> list[str]:
+    """Each component's own checks against the ensemble, wherever the component is listed (an aggregator in
+    ``ensemble.aggregator``, ``evaluation.aggregators`` or inside iGAT; a regularizer in a run that trains)."""
+    problems, count = [], pipeline.ensemble.members
+    for where, c in components(pipeline):
+        why = None
+        if isinstance(c, Aggregator):
+            why = c.check_members(count)
+            if why is None and where != "ensemble.aggregator":  # attacks see the ensemble through these
+                if not c.differentiable():
+                    why = (
+                        "attacks see the ensemble through this aggregator and need gradients, which its votes do not "
+                        "carry; use one that combines probabilities (we, mme, soft, max)"
+                    )
+                elif c.needs_heldout():
+                    why = (
+                        "only ensemble.aggregator is calibrated on held-out data; give this one its fitted "
+                        "parameters, or use it as ensemble.aggregator"
+                    )
+        elif isinstance(c, Regularizer) and pipeline.training.enabled:
+            why = c.check_members(count)
+        if why:
+            problems.append(f"{where}: {why}")
+    return problems
+
+
+def attack_problems(pipeline: Pipeline, num_classes: int) -> list[str]:
+    """Each attack's check of the class count (known once the data is loaded), wherever the attack is listed
+    (``evaluation.attacks``, inside iGAT or SmoothAdv)."""
+    problems = [(where, c.check_classes(num_classes)) for where, c in components(pipeline) if isinstance(c, Attack)]
+    return [f"{where}: {why}" for where, why in problems if why]
 
 
 def start_checkpoints(pipeline: Pipeline) -> list[Path]:
@@ -92,12 +120,21 @@ def start_checkpoints(pipeline: Pipeline) -> list[Path]:
     if not names:
         return []
     members = pipeline.ensemble.members
+    own = Path(pipeline.output).resolve()
+    for name in names:
+        if Path(name).resolve() == own or own in Path(name).resolve().parents:
+            raise UserError(
+                f"training.start_from: {name!r} is this run's own output directory ({own}), whose members the run "
+                "writes; name another run's directory or checkpoints (copy these elsewhere to fine-tune from them)"
+            )
     if len(names) == 1 and not (members == 1 and Path(names[0]).is_file()):  # one entry: a run directory
         run_dir = Path(names[0])
         if not run_dir.is_dir():
+            maker = _pipeline_writing(run_dir, pipeline.origin)
+            first = f"run {maker} first (it writes there)" if maker else "run the pipeline that trains it first"
             raise UserError(
-                f"training.start_from: no such run directory {names[0]!r}; run the pipeline that trains it first, "
-                "or name one checkpoint file per member"
+                f"training.start_from: no such run directory {names[0]!r} ({run_dir.resolve()}); {first}, or name one "
+                "checkpoint file per member"
             )
         paths = [run_dir / "checkpoints" / f"member_{i}.pt" for i in range(members)]
     elif len(names) != members:
@@ -115,6 +152,22 @@ def start_checkpoints(pipeline: Pipeline) -> list[Path]:
     return paths
 
 
+def _pipeline_writing(directory: Path, origin: str | None) -> str | None:
+    """A pipeline file beside ``origin`` (the pipeline's own file) whose ``output`` is ``directory``, if any: the
+    one to run first when a pipeline fine-tunes from another's members."""
+    if origin is None or not Path(origin).is_file():
+        return None
+    target, itself = directory.resolve(), Path(origin).resolve()
+    for candidate in sorted(Path(origin).parent.glob("*.toml")):
+        try:
+            output = read_toml(candidate).get("output")
+        except UserError:
+            continue
+        if candidate.resolve() != itself and isinstance(output, str) and Path(output).resolve() == target:
+            return str(candidate)
+    return None
+
+
 OUTPUT_FIX = "choose another directory with --output or the pipeline's `output`"
 
 
@@ -128,9 +181,11 @@ def make_directory(d: Path) -> None:
         raise UserError(f"output: cannot write to {d}: {exc.strerror or exc}; {OUTPUT_FIX}") from None
 
 
-def prepare_output(out: Path, *, checkpoints: bool) -> None:
-    """Create the output directory (and ``checkpoints/`` when members will be saved) and make sure both are
-    writable, before any work; remove temporary files that a killed run's atomic writes left behind."""
+def prepare_output(out: Path, *, checkpoints: bool, files: Sequence[str] = ()) -> None:
+    """Before any work: create the output directory (and ``checkpoints/`` when members will be saved) and make sure
+    both take new files; make sure every file already there that the run writes again (``files``: glob patterns,
+    the stages' outputs) can be written and is no directory; remove temporary files that a killed run's atomic
+    writes left behind."""
     dirs = [out, out / "checkpoints"] if checkpoints else [out]
     for d in dirs:
         make_directory(d)
@@ -141,3 +196,6 @@ def prepare_output(out: Path, *, checkpoints: bool) -> None:
             probe.unlink()
         except OSError as exc:
             raise UserError(f"output: cannot write to {d}: {exc.strerror or exc}; {OUTPUT_FIX}") from None
+    for pattern in files:
+        for path in sorted(out.glob(pattern)):
+            check_writable(path, "output")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..components import Aggregator, DataSplits, NoiseSampler
+from ..components import DataSplits, NoiseSampler
 from ..config import TrainingConfig
 from ..distributed import SINGLE, World
 from ..errors import UserError
@@ -41,7 +41,6 @@ def train_ensemble(
     config: TrainingConfig,
     *,
     noise: NoiseSampler,
-    aggregator: Aggregator,
     seed: int,
     device: torch.device,
     resume: dict[str, Any] | None = None,
@@ -102,7 +101,7 @@ def train_ensemble(
             opt.zero_grad(set_to_none=True)
             if x.shape[0]:
                 batch = TrainBatch(
-                    x, y, members, noise, aggregator, own, epoch, copies=config.copies, shared=shared,
+                    x, y, members, noise, own, epoch, copies=config.copies, shared=shared,
                     noise_generator=noise_stream, world=world, whole=whole,
                 )  # fmt: skip
                 terms = batch_terms(config, batch)

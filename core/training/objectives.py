@@ -13,14 +13,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..components import Aggregator, NoiseSampler
+from ..components import NoiseSampler
 from ..distributed import SINGLE, World
 
 
 class TrainBatch:
     """Everything a training objective may look at for one mini-batch, with the shared work cached.
 
-    ``x``, ``y``: the clean mini-batch. ``members``: every network of the ensemble, in training mode.
+    ``x``, ``y``: the clean mini-batch. ``members``: every network of the ensemble, in training mode. (How the
+    members will be combined is not part of training: a term that needs an aggregator declares its own, as iGAT
+    does.)
     ``copies``: noisy copies of each input (m; the batch of noisy inputs is ``x`` repeated ``copies`` times).
     ``shared``: all members see one noise draw (set when regularizers couple the members); otherwise each
     member draws its own, which trains each exactly as if it were trained alone.
@@ -41,7 +43,6 @@ class TrainBatch:
         y: Tensor,
         members: Sequence[nn.Module],
         noise: NoiseSampler,
-        aggregator: Aggregator,
         generator: torch.Generator,
         epoch: int,
         *,
@@ -52,7 +53,7 @@ class TrainBatch:
         whole: int | None = None,
     ) -> None:
         self.x, self.y, self.members = x, y, members
-        self.noise, self.aggregator, self.generator, self.epoch = noise, aggregator, generator, epoch
+        self.noise, self.generator, self.epoch = noise, generator, epoch
         self.copies, self.shared = copies, shared
         self.noise_generator = noise_generator if noise_generator is not None else generator
         self.world, self.whole = world, whole if whole is not None else x.shape[0]

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ensemblecert import Command, UserError
+from ensemblecert import Command, UserError, check_writable, write_text
 
 from .analysis import ceiling_ratios, draw, gain_rows, mechanism_of, read_run, winner_map
 from .certifiers import DEFAULT_SETS
@@ -20,13 +20,43 @@ from .mechanisms import MECHANISMS
 
 
 def _names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = [n.strip() for n in text.split(",")]
+    choose = f"choose from {', '.join(MECHANISMS)}, comma-separated"
+    if not any(names) or "" in names:
+        raise UserError(f"--of: {text!r} leaves a mechanism's name empty; {choose}")
     unknown = [n for n in names if n not in MECHANISMS]
-    if unknown or not names:
-        raise UserError(
-            f"--of: unknown mechanisms {unknown or text!r}; choose from {', '.join(MECHANISMS)}, comma-separated"
-        )
+    if unknown:
+        raise UserError(f"--of: unknown mechanisms {unknown}; {choose}")
     return list(dict.fromkeys(names))
+
+
+def _no_bounds(run_dir: Path) -> str:
+    """Why a run has nothing to place in the triangle: no `best` certifier, or one whose columns are missing."""
+    tsv = run_dir / "certification.tsv"
+    try:
+        config = json.loads((run_dir / "pipeline.json").read_text(encoding="utf-8"))
+        listed = [c for c in config["certification"]["certifiers"] if isinstance(c, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = []
+    best = [str(c.get("label") or c.get("name")) for c in listed if c.get("name") == "best"]
+    if best:
+        wanted = ", ".join(f"{label}:e0, {label}:e1" for label in best)
+        return (
+            f"{tsv}: the columns {wanted} that the best certifier writes for every input are missing (the file was "
+            "edited, or written by an older version); certify again with --fresh"
+        )
+    names = ", ".join(str(c.get("label") or c.get("name")) for c in listed) or "none recorded"
+    return (
+        f"{run_dir}: no certifier in this run recorded every mechanism's radius (its certifiers: {names}); certify "
+        'with { name = "best" } (see examples/simplex.toml)'
+    )
+
+
+def _output(args: argparse.Namespace) -> str | None:
+    """``--output``, refused when given empty (empty does not mean the default)."""
+    if args.output is not None and not args.output.strip():
+        raise UserError("--output: must not be empty; give a path, or leave the option out for the default")
+    return args.output
 
 
 @attrs.frozen
@@ -57,11 +87,12 @@ class SimplexCommand(Command):
         return self._run_dir(args, console)
 
     def _bare(self, args: argparse.Namespace, console: Console) -> int:
-        names = _names(args.of or ",".join(DEFAULT_SETS["multinomial"]))
+        names = _names(",".join(DEFAULT_SETS["multinomial"]) if args.of is None else args.of)
+        path = check_writable(_output(args) or "simplex_regions.png", "--output")  # before minutes of mapping
         console.print(f"Mapping where {', '.join(names)} win on {args.resolution} cells along E0 ...", highlight=False)
         found = winner_map(names, args.resolution)
         ratios = ceiling_ratios(names, args.resolution)
-        path = draw(found, args.output or "simplex_regions.png", title=f"Winning regions: {', '.join(names)}")
+        path = draw(found, path, title=f"Winning regions: {', '.join(names)}")
         table = Table(title=f"Share of the certifying triangle each mechanism wins ({args.resolution} cells along E0)")
         for column in ("mechanism", "wins", "radius / cohen_two_sided"):
             table.add_column(column, justify="left" if column == "mechanism" else "right")
@@ -76,18 +107,17 @@ class SimplexCommand(Command):
         records, radii = read_run(run_dir)
         ranked = [r for r in records if r.entries]
         if not ranked:
-            raise UserError(
-                f"{run_dir}: no certifier in this run recorded every mechanism's radius; certify with "
-                '{ name = "best" } (see examples/simplex.toml)'
-            )
-        out_dir = Path(args.output) if args.output else run_dir
+            raise UserError(_no_bounds(run_dir))
+        out_dir = Path(_output(args) or run_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise UserError(f"--output: {out_dir} is not a directory; for a run the PNGs go to a directory")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        slugs = {record.label: re.sub(r"[^A-Za-z0-9_.-]+", "_", record.label) for record in ranked}
+        for name in ["simplex.json", *(f"simplex_{slug}.png" for slug in slugs.values())]:
+            check_writable(out_dir / name, "--output")  # before minutes of mapping
         report = {}
         for record in ranked:
             names = list(dict.fromkeys(mechanism_of(e) for e in record.entries))
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", record.label)
+            slug = slugs[record.label]
             doing = f"mapping where {', '.join(names)} win and placing {len(record.labels)} inputs"
             console.print(escape(f"{record.label}: {doing} ..."), highlight=False)
             path = draw(
@@ -115,5 +145,5 @@ class SimplexCommand(Command):
             console.print(table)
             console.print(f"Picture: {escape(str(path))}")
             report[record.label] = {"picture": str(path), "rows": rows}
-        (out_dir / "simplex.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_text(out_dir / "simplex.json", json.dumps(report, indent=2) + "\n")
         return 0

@@ -18,7 +18,7 @@ from ...config import build_component, describe
 from ...ensemble.engine import Members
 from ...errors import UserError
 from ...seeds import generator
-from ..context import Outputs, RunContext, read_json, size, weights_digest
+from ..context import ROUNDING, THROUGH_WEIGHTS, Outputs, RunContext, read_json, size, weights_digest
 
 
 def split_heldout(data: DataSplits, fraction: float, seed: int) -> tuple[DataSplits, torch.utils.data.Subset]:
@@ -44,14 +44,26 @@ class CalibrationStage(Stage):
     def enabled(self, run: RunContext) -> bool:
         return run.heldout is not None
 
+    independent_of = {
+        "device": ROUNDING,
+        "engine.layout": ROUNDING,
+        "engine.compile": ROUNDING,
+        "engine.channels_last": ROUNDING,
+        "ensemble.smoothing": "read by certification only",
+        "certification.certifiers": "another stage's settings",
+        "certification.radii": "another stage's settings",
+        "certification.skip": "another stage's settings",
+        "certification.max_examples": "another stage's settings",
+        "evaluation": "another stage's settings",
+        "training": THROUGH_WEIGHTS,
+        "ensemble.members": THROUGH_WEIGHTS,
+        "ensemble.checkpoints": THROUGH_WEIGHTS,
+        "plugins": "the components they register are named by the settings that use them",
+        "stages": "the plugin stages run after the built-in ones",
+    }
+
     def fingerprint(self, run: RunContext) -> object | None:
-        return {
-            "weights": weights_digest(run.members),
-            "aggregator": run.config["ensemble"]["aggregator"],
-            "noise": run.config["noise"],
-            "heldout": run.config["heldout"],
-            "seed": run.pipeline.seed,
-        }
+        return {"settings": run.settings(self), "weights": weights_digest(run.members)}
 
     def run(self, run: RunContext) -> None:
         p, path = run.pipeline, run.path(Outputs.AGGREGATOR)

@@ -24,7 +24,7 @@ from ...smoothing.results import (
     summarize,
 )
 from ...smoothing.sampling import SharedTallies
-from ..context import Outputs, RunContext, read_json, size, weights_digest
+from ..context import ROUNDING, THROUGH_WEIGHTS, Outputs, RunContext, read_json, size, weights_digest
 
 
 def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:
@@ -61,23 +61,38 @@ class CertificationStage(Stage):
         "holds results of a different model or certification setup; run with --fresh to replace them or choose "
         "another output directory"
     )
+    independent_of = {
+        "device": ROUNDING,
+        "engine.layout": ROUNDING,
+        "engine.compile": ROUNDING,
+        "engine.channels_last": ROUNDING,
+        "engine.check_safety": "a checked precision counts float32's decisions whatever its margins",
+        "engine.check_audit": "a checked precision counts float32's decisions whatever share it audits",
+        "engine.check_probe": "a checked precision counts float32's decisions however long it probes",
+        "certification.enabled": "a disabled stage does not run; enabled again, it resumes",
+        "certification.skip": "selects the inputs; an input's row depends only on it and its own noise stream",
+        "certification.max_examples": "selects the inputs; an input's row depends only on it and its own noise stream",
+        "certification.radii": "read by the summary and the report, which every run writes again",
+        "training": THROUGH_WEIGHTS,
+        "ensemble.members": THROUGH_WEIGHTS,
+        "ensemble.checkpoints": THROUGH_WEIGHTS,
+        "heldout": "reaches these outputs only through the members' weights and the calibrated aggregator, both "
+        "in the fingerprint",
+        "evaluation": "another stage's settings",
+        "plugins": "the components they register are named by the settings that use them",
+        "stages": "the plugin stages run after the built-in ones",
+    }
 
     def enabled(self, run: RunContext) -> bool:
         return run.pipeline.certification.enabled
 
     def fingerprint(self, run: RunContext) -> object | None:
-        p, ensemble = run.pipeline, run.assembled()
+        ensemble = run.assembled()
         return {
+            "settings": run.settings(self),
             "weights": weights_digest(ensemble.members),
-            "aggregator": plain(describe(ensemble.aggregator, run.registry)),
-            "smoothing": run.config["ensemble"]["smoothing"],
-            "noise": run.config["noise"],
-            "certifiers": run.config["certification"]["certifiers"],
-            "batch_size": p.certification.batch_size,
-            "seed": p.seed,
+            "aggregator": plain(describe(ensemble.aggregator, run.registry)),  # as calibrated
             "draws": "shared",  # every certifier starts from the input's one noise stream
-            # layout and compilation change only rounding; a reduced precision changes what is counted
-            **({"precision": p.engine.precision} if p.engine.reduced else {}),
         }
 
     def run(self, run: RunContext) -> None:

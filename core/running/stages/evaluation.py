@@ -10,7 +10,7 @@ import attrs
 
 from ...checkpoints import write_json
 from ...components import Stage
-from ..context import Outputs, RunContext, size, weights_digest
+from ..context import ROUNDING, THROUGH_WEIGHTS, Outputs, RunContext, size, weights_digest
 from ..evaluation import evaluate
 
 
@@ -27,18 +27,26 @@ class EvaluationStage(Stage):
     def enabled(self, run: RunContext) -> bool:
         return bool(run.pipeline.evaluation.attacks)
 
-    def check(self, run: RunContext) -> list[str]:
-        classes = run.data.info.num_classes
-        problems = [(i, attack.check_classes(classes)) for i, attack in enumerate(run.pipeline.evaluation.attacks)]
-        return [f"evaluation.attacks[{i}]: {why}" for i, why in problems if why]
+    independent_of = {
+        "device": ROUNDING,
+        # a row depends on its batch: batches are fixed chunks of every skip-th input, and the last one is attacked
+        # whole however many of its inputs are selected
+        "evaluation.max_examples": "selects the inputs; a row depends only on its batch, which is attacked whole",
+        "engine": "attacks see the members directly, not through the certification engine",
+        "noise": "attacks see the members without noise",
+        "ensemble.aggregator": "attacks see the members through evaluation.aggregators",
+        "ensemble.smoothing": "read by certification only",
+        "certification": "another stage's settings",
+        "training": THROUGH_WEIGHTS,
+        "ensemble.members": THROUGH_WEIGHTS,
+        "ensemble.checkpoints": THROUGH_WEIGHTS,
+        "heldout": THROUGH_WEIGHTS,
+        "plugins": "the components they register are named by the settings that use them",
+        "stages": "the plugin stages run after the built-in ones",
+    }
 
     def fingerprint(self, run: RunContext) -> object | None:
-        return {
-            "weights": weights_digest(run.members),
-            # a row depends on its batch, i.e. on skip and batch_size, but not on how many inputs are evaluated
-            "evaluation": {k: v for k, v in run.config["evaluation"].items() if k != "max_examples"},
-            "seed": run.pipeline.seed,
-        }
+        return {"settings": run.settings(self), "weights": weights_digest(run.members)}
 
     def run(self, run: RunContext) -> None:
         if not run.world.main:  # on rank 0 alone
@@ -47,7 +55,8 @@ class EvaluationStage(Stage):
         aggregators = dict(zip(run.labels("evaluation.aggregators"), e.aggregators))
         attacks = dict(zip(run.labels("evaluation.attacks"), e.attacks))
         tsv, meta = run.path(Outputs.EVALUATION_TSV), run.path(Outputs.EVALUATION_SUMMARY)
-        indices = list(range(0, size(run.data.test), e.skip))[: e.max_examples]
+        every = list(range(0, size(run.data.test), e.skip))
+        indices = every[: e.max_examples]
         with run.reporter.progress() as bar:
             steps = len(indices) * len(aggregators) * (1 + len(attacks))  # each input, clean and under each attack
             task = bar.add_task("evaluate", total=steps, status=", ".join(attacks))
@@ -58,6 +67,7 @@ class EvaluationStage(Stage):
                 run.data.test,
                 indices,
                 tsv,
+                batches=every,
                 batch_size=e.batch_size,
                 seed=p.seed,
                 device=run.device,

@@ -23,7 +23,7 @@ from ...errors import UserError
 from ...training.log import TrainLog
 from ...training.log import status as train_status
 from ...training.loop import train_ensemble
-from ..context import Outputs, RunContext, file_digest, fingerprint, size
+from ..context import ROUNDING, Outputs, RunContext, file_digest, fingerprint, size
 from ..member_checkpoints import CHECKPOINT_FORMAT, load_member, published_architecture
 from ..preflight import start_checkpoints
 
@@ -49,13 +49,31 @@ class MembersStage(Stage):
     ``run.losses``."""
 
     outputs = (Outputs.MEMBER.format(index="*"), Outputs.TRAIN_STATE, Outputs.TRAIN_LOG, Outputs.TRAIN_PLOT)
+    independent_of = {
+        "device": ROUNDING,
+        "engine": "evaluates members for certification; training does not use it",
+        "ensemble.aggregator": "members train alone or through their regularizers' own settings; how they are "
+        "combined is chosen after training (its held-out split is in the fingerprint when it calibrates)",
+        "ensemble.smoothing": "read by certification only",
+        "ensemble.checkpoints": "given checkpoints replace training, and the stage then records nothing",
+        "training.enabled": "without training the stage loads the members it finds, checked against this fingerprint",
+        "heldout": "in the fingerprint when the aggregator calibrates (the members then train on the rest); "
+        "otherwise unused",
+        "certification": "a later stage's settings",
+        "evaluation": "a later stage's settings",
+        "plugins": "the components they register are named by the settings that use them",
+        "stages": "the plugin stages run after the built-in ones",
+    }
     refusal = (
         "was trained with a different configuration than this pipeline's; run with --fresh to retrain, choose "
         "another output directory, or set training.enabled = false to certify the existing members as they are"
     )
 
     def fingerprint(self, run: RunContext) -> object | None:
-        """The training setup when this run trains its members; nothing to check when it only loads them."""
+        """The training setup when this run trains its members; nothing to check when it only loads them.
+
+        The setup (:func:`training_setup`) is the stage's own list of the settings, kept because checkpoints and
+        studies record its digest; ``tests/test_fingerprints.py`` checks it against :attr:`independent_of`."""
         p = run.pipeline
         return training_setup(run.config, run.pipeline) if p.training.enabled and not p.ensemble.checkpoints else None
 
@@ -149,7 +167,6 @@ class MembersStage(Stage):
                 run.data,
                 t,
                 noise=p.train_noise,
-                aggregator=p.ensemble.aggregator,
                 seed=p.seed,
                 device=run.device,
                 resume=resume,
