@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ensemblecert.reports.writer import NAMES
 from ensemblecert.running.cli import main
 
 PIPELINE = """\
@@ -21,6 +22,7 @@ output = "{output}"
 [ensemble]
 members = 2
 model = {{ name = "mlp", hidden = [16] }}
+aggregator = {{ name = "soft", fit = true }}
 
 [training]
 epochs = 1
@@ -106,6 +108,8 @@ RUN_OUTPUTS = [
     "checkpoints/member_0.pt",
     "train_log.json",
     "train_log.png",
+    "heldout.json",
+    "aggregator.json",
     "evaluation.tsv",
     "evaluation.json",
     "report.md",
@@ -139,17 +143,20 @@ def test_a_read_only_output_directory_is_refused_before_any_work(finished, tmp_p
     assert contents(copy) == before
 
 
-def test_report_refuses_a_read_only_folder_a_directory_in_place_and_an_empty_output(
-    finished, tmp_path, capsys, read_only
-):
+def test_report_refuses_a_read_only_folder_and_an_empty_output(finished, tmp_path, capsys, read_only):
     _, run_dir = finished
     locked = read_only(tmp_path / "locked")
     assert f"--output: cannot write in {locked}" in fails(capsys, "report", str(run_dir), "-o", str(locked))
-    (tmp_path / "rep" / "report.md").mkdir(parents=True)
-    message = fails(capsys, "report", str(run_dir), "-o", str(tmp_path / "rep"))
-    assert f"--output: {tmp_path / 'rep' / 'report.md'} is a directory" in message
-    assert not (tmp_path / "rep" / "certified_accuracy.png").exists()  # checked before anything was drawn
     assert "--output: must not be empty" in fails(capsys, "report", str(run_dir), "-o", "")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_report_refuses_a_directory_in_place_of_any_of_its_files_before_drawing(finished, tmp_path, capsys, name):
+    _, run_dir = finished
+    (tmp_path / "rep" / name).mkdir(parents=True)
+    message = fails(capsys, "report", str(run_dir), "-o", str(tmp_path / "rep"))
+    assert f"--output: {tmp_path / 'rep' / name} is a directory" in message
+    assert [p.name for p in (tmp_path / "rep").iterdir()] == [name]  # checked before anything was drawn
 
 
 def test_simplex_checks_its_output_before_the_minutes_of_mapping(tmp_path, capsys, read_only):
@@ -168,6 +175,10 @@ def test_simplex_on_a_run_checks_every_picture_and_names_missing_columns(tmp_pat
     run_dir = tmp_path / "best"
     locked = read_only(tmp_path / "locked")
     assert f"--output: cannot write in {locked}" in fails(capsys, "simplex", str(run_dir), "-o", str(locked))
+    for name in ("simplex.json", "simplex_best.png"):
+        (tmp_path / name / name).mkdir(parents=True)
+        message = fails(capsys, "simplex", str(run_dir), "-o", str(tmp_path / name))
+        assert f"--output: {tmp_path / name / name} is a directory" in message
     tsv = run_dir / "certification.tsv"
     lines = tsv.read_text().splitlines()
     header = lines[0].split("\t")
