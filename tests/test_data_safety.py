@@ -3,6 +3,7 @@ exactly the run's rows, bad input is one message; and checks that kill plausible
 
 import copy
 import io
+import json
 import math
 import pathlib
 import subprocess
@@ -105,37 +106,44 @@ def test_fresh_never_deletes_the_checkpoints_it_starts_from(tiny_pipeline):
     assert [p.read_bytes() for p in checkpoints] == before
 
 
-# ------------------------------------------------------------------------ exactly the configuration's rows
-def test_a_smaller_input_selection_keeps_only_its_rows(tiny_pipeline):
+# ------------------------------------------------------------------------ exactly the selection's rows, none lost
+def lines_of(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("narrower", [{"max_examples": 3}, {"skip": 60}])
+def test_narrowing_the_inputs_keeps_every_certified_row_and_widening_reuses_them(tiny_pipeline, narrower):
     full = run(tiny_pipeline)
+    tsv, unselected = full.output / "certification.tsv", full.output / "certification.unselected.tsv"
+    certified = lines_of(tsv)
     assert len(full.results) > 3
     smaller = copy.deepcopy(tiny_pipeline)
-    smaller["certification"]["max_examples"] = 3
-    result = run(smaller)
-    kept = rows(result.output / "certification.tsv")
-    assert [int(r[0]) for r in kept] == [r.index for r in full.results[:3]]
-    assert kept == rows_of(full, 3)
-    assert result.summary.examples == 3
-    other = copy.deepcopy(tiny_pipeline)
-    other["certification"]["skip"] = 60  # every other input of the first selection: the rest are dropped
-    result = run(other)
-    indices = [int(r[0]) for r in rows(result.output / "certification.tsv")]
-    assert indices == [r.index for r in result.results] and all(i % 60 == 0 for i in indices) and len(indices) > 1
+    smaller["certification"].update(narrower)
+    narrow = run(smaller)
+    indices = [int(r[0]) for r in rows(tsv)]
+    assert indices == [r.index for r in narrow.results] and len(indices) < len(full.results)
+    assert narrow.summary.examples == len(indices)
+    assert json.loads((full.output / "certification.json").read_text())["examples"] == len(indices)
+    assert sorted(lines_of(tsv)[1:] + lines_of(unselected)[1:]) == sorted(certified[1:])  # every row kept
+    wide = run(tiny_pipeline)
+    assert lines_of(tsv) == certified  # the same rows, times included: nothing certified again
+    assert lines_of(unselected)[1:] == [] and wide.stages["certification"] == "resumed"
+    assert wide.summary == full.summary
 
 
-def rows_of(result, count):
-    return rows(result.output / "certification.tsv")[:count]
-
-
-def test_evaluation_rows_follow_the_input_selection(tiny_pipeline):
+def test_evaluation_keeps_the_rows_a_narrower_selection_leaves_out(tiny_pipeline):
     tiny_pipeline["certification"]["enabled"] = False
     tiny_pipeline["evaluation"] = {"attacks": [{"name": "fgsm", "epsilon": 0.1}], "max_examples": 6, "batch_size": 3}
     first = run(tiny_pipeline)
+    tsv = first.output / "evaluation.tsv"
+    evaluated = lines_of(tsv)
     tiny_pipeline["evaluation"]["max_examples"] = 3
     second = run(tiny_pipeline)
-    lines = (second.output / "evaluation.tsv").read_text().splitlines()
-    assert len(lines) == 1 + 3 and second.evaluation.examples == 3
-    assert first.evaluation.examples == 6
+    assert len(lines_of(tsv)) == 1 + 3 and second.evaluation.examples == 3
+    assert lines_of(first.output / "evaluation.unselected.tsv")[1:] == evaluated[4:]
+    tiny_pipeline["evaluation"]["max_examples"] = 6
+    third = run(tiny_pipeline)
+    assert lines_of(tsv) == evaluated and third.evaluation == first.evaluation
 
 
 def test_a_row_cut_by_a_crash_never_runs_into_the_next(tmp_path):

@@ -376,3 +376,45 @@ def test_a_run_recorded_by_an_earlier_version_is_refused_with_the_reason(walk, t
     record.write_text(json.dumps({name: "0123456789abcdef" for name in stages}))  # a bare digest of fewer settings
     with pytest.raises(Refused, match="recorded by an earlier ensemblecert"):
         run(config)
+
+
+# ------------------------------------------------------------------------------------ a refusal says what changed
+def test_a_refusal_names_every_setting_that_changed_for_each_stage(walk, tmp_path):
+    """Members, certification, evaluation and a plugin stage each name the settings that differ from the record."""
+    out = tmp_path / "run"
+    shutil.copytree(walk["trains"]["output"], out)
+    base = {**copy.deepcopy(walk["trains"]), "output": str(out)}
+    cases = [
+        ("members", [("training", "epochs", 2), ("noise", "sigma", 0.5)],
+         ["training.epochs: 1 (recorded) -> 2", "noise.sigma: 0.25 (recorded) -> 0.5"]),
+        ("certification", [("certification", "batch_size", 20)], ["certification.batch_size: 40 (recorded) -> 20"]),
+        ("evaluation", [("evaluation", "batch_size", 4)], ["evaluation.batch_size: 3 (recorded) -> 4"]),
+    ]  # fmt: skip
+    for stage, edits, expected in cases:
+        config = copy.deepcopy(base)
+        for section, key, value in edits:
+            config[section][key] = value
+        with pytest.raises(Refused) as refused:
+            run(config)
+        assert refused.value.stage == stage
+        assert all(line in str(refused.value) for line in expected), str(refused.value)
+    config = copy.deepcopy(base)
+    config["stages"][0]["text"] = "bye"
+    with pytest.raises(Refused, match=r"stages\[0\]\.text: 'hi' \(recorded\) -> 'bye'") as refused:
+        run(config)
+    assert refused.value.stage == "note"
+
+
+def test_a_refusal_says_which_given_checkpoint_changed(walk, tmp_path):
+    members = []
+    for i, path in enumerate(walk["members"]):
+        members.append(tmp_path / f"member_{i}.pt")
+        shutil.copy(path, members[-1])
+    config = {**copy.deepcopy(walk["given"]), "output": str(tmp_path / "run"), "evaluation": {}}
+    config["ensemble"].update(checkpoints=[str(p) for p in members], aggregator={"name": "we"})
+    run(config)
+    ckpt = torch.load(members[1], weights_only=True)
+    ckpt["state_dict"] = {k: v + 0.01 for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, members[1])
+    with pytest.raises(Refused, match="changed since it was made: the weights of member 1 changed$"):
+        run(config)

@@ -124,3 +124,55 @@ def test_a_run_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path)
             assert got[key] == expected[key], f"after a kill during {name}, {key} differs"
         for a, b in zip(got["weights"], expected["weights"]):
             assert all(torch.equal(a[k], b[k]) for k in a), f"after a kill during {name}, the weights differ"
+
+
+NARROWING = """
+seed = 2
+device = "cpu"
+data = { name = "digits" }
+
+[ensemble]
+members = 2
+model = { name = "mlp", hidden = [32] }
+
+[training]
+epochs = 1
+batch_size = 128
+
+[certification]
+certifiers = [{ name = "cohen", n0 = 20, n = 1000, alpha = 0.01 }]
+batch_size = 500
+skip = 9
+max_examples = 8
+radii = [0.0, 0.25]
+"""
+
+
+@pytest.mark.slow
+def test_a_narrower_selection_killed_mid_way_loses_no_certified_row(tmp_path):
+    """Certify 8 inputs, then a selection of every 18th input (3 of the 8 and new ones) killed while it certifies;
+    going back to the first selection finds all its rows, times included, and certifies none again."""
+    (tmp_path / "pipeline.toml").write_text(NARROWING)
+    first = start(tmp_path, "run")
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    tsv = tmp_path / "run" / "certification.tsv"
+    certified = tsv.read_text().splitlines()
+    narrow = subprocess.Popen(
+        [sys.executable, "-m", "ensemblecert", "run", "pipeline.toml", "--output", "run", "--quiet", "--set",
+         "certification.skip=18", "--set", "certification.max_examples=40"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def certifying_new_inputs() -> bool:
+        rows = tsv.read_text().split("\n")[1:-1] if tsv.exists() else []  # whole lines only
+        return sum(int(row.split("\t")[0]) > 63 for row in rows) >= 2
+
+    assert kill_when(narrow, certifying_new_inputs), "the narrower run finished before the kill point"
+    kept = (
+        tsv.read_text().splitlines()[1:]
+        + (tmp_path / "run" / "certification.unselected.tsv").read_text().splitlines()[1:]
+    )
+    assert set(certified[1:]) <= set(kept)  # every row of the first selection is still somewhere
+    again = start(tmp_path, "run")
+    assert again.wait(timeout=600) == 0, again.stderr.read()
+    assert tsv.read_text().splitlines() == certified

@@ -30,6 +30,7 @@ from ..ensemble.assembly import Ensemble
 from ..errors import UserError
 from ..registry import Registry
 from ..smoothing.results import ExampleResult, Summary
+from .changes import changes, summary
 from .evaluation import EvaluationSummary
 from .report import Reporter
 
@@ -52,6 +53,7 @@ class Outputs:
     HELDOUT = "heldout.json"
     AGGREGATOR = "aggregator.json"
     CERTIFICATION_TSV = "certification.tsv"
+    CERTIFICATION_UNSELECTED = "certification.unselected.tsv"  # rows of inputs outside the current selection
     CERTIFICATION_PARTS = "certification.part-*.tsv"
     CERTIFICATION_PART = "certification.part-{rank}.tsv"
     CERTIFICATION_META = "certification.meta.json"
@@ -66,6 +68,7 @@ class Outputs:
     LOWER_BOUNDS_PLOT = "lower_bounds"  # .png and .pdf
     SIMPLEX_PLOT = "simplex"  # .png and .pdf, where certifiers recorded E0 and E1
     EVALUATION_TSV = "evaluation.tsv"
+    EVALUATION_UNSELECTED = "evaluation.unselected.tsv"  # rows of inputs outside the current selection
     EVALUATION_SUMMARY = "evaluation.json"
 
 
@@ -170,14 +173,16 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def weights_digest(members: Iterable[nn.Module]) -> str:
-    """A digest of every member's weights and buffers."""
-    h = hashlib.sha256()
+def weights_digest(members: Iterable[nn.Module]) -> list[str]:
+    """A digest of each member's weights and buffers (one per member, so a refusal can say which changed)."""
+    digests = []
     for m in members:
+        h = hashlib.sha256()
         for key, value in m.state_dict().items():
             h.update(key.encode())
             h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+        digests.append(h.hexdigest()[:16])
+    return digests
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -219,14 +224,17 @@ def resume_or_refuse(run: RunContext, stage: Stage, name: str) -> str:
                 "another output directory",
                 name,
             )
-        if read_json(run.path(Outputs.STAGES), "the run").get(name) == recorded:  # a bare digest: before 0.2
+        entry = read_json(run.path(Outputs.STAGES), "the run").get(name)
+        if entry == recorded:  # a bare digest: recorded before fingerprints held every setting
             raise Refused(
                 f"{existing[0]}: recorded by an earlier ensemblecert, whose fingerprints left out settings the "
                 f"{name} stage depends on, so it cannot be told apart from another configuration's; run with --fresh "
                 "to make it again or choose another output directory",
                 name,
             )
-        raise Refused(f"{existing[0]}: {stage.refusal}", name)
+        made = entry.get("fingerprint") if isinstance(entry, dict) and entry.get("digest") == recorded else None
+        what = summary(changes(made, plain(current))) if made is not None else ""
+        raise Refused(f"{existing[0]}: {stage.refusal}" + (f"\n  {what}" if what else ""), name)
     run.world.barrier()  # every rank has looked before rank 0 changes anything
     if run.world.main:
         path = run.path(Outputs.STAGES)

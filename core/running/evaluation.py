@@ -6,7 +6,8 @@ Inputs are attacked a batch at a time. ``evaluation.tsv`` gets one row per input
 class. Batches are fixed chunks of every ``skip``-th input, attacked whole even where ``max_examples`` selects only
 part of the last one, and each batch's random starts come from a generator seeded by the pipeline seed, the
 batch's first index, the aggregator and the attack, so a row is the same whatever the selection, and a resumed run
-computes exactly the rows an uninterrupted one would have. ``evaluation.json`` holds the accuracies.
+computes exactly the rows an uninterrupted one would have. Rows of inputs outside the current selection wait in
+``evaluation.unselected.tsv`` until selected again. ``evaluation.json`` holds the accuracies.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def evaluate(
     indices: Sequence[int],
     path: Path,
     *,
+    unselected: Path,
     batch_size: int,
     seed: int,
     device: torch.device,
@@ -96,17 +98,23 @@ def evaluate(
     on_progress: Callable[[int, str], None] | None = None,
 ) -> EvaluationSummary:
     """Evaluate the inputs ``indices`` of ``dataset`` and return the accuracies (rows go to ``path`` as they come).
+    Rows of other inputs found in ``path`` move to ``unselected`` (written first, so a kill loses no row), and rows of
+    selected inputs found there move back: nothing evaluated is lost when the selection narrows and widens again.
 
     Batches are chunks of ``batch_size`` consecutive entries of ``batches`` (by default ``indices``), each attacked
     whole, so that an input's row does not depend on how many of its batch are selected. ``on_progress(count,
     what)`` hears of every evaluation of ``count`` inputs as it ends (``what``: the aggregator and the attack, or
     ``natural``): ``len(indices) * len(aggregators) * (1 + len(attacks))`` in all."""
     header = columns(list(aggregators), list(attacks))
-    done = read_rows(path, header)
+    held, aside = read_rows(path, header), read_rows(unselected, header)
     wanted = set(indices)
-    if any(i not in wanted for i in done):  # rows of another input selection (skip, max_examples): dropped
-        done = {i: row for i, row in done.items() if i in wanted}
-        _rewrite(path, header, done)
+    found = {**aside, **held}
+    others = {i: found[i] for i in sorted(found) if i not in wanted}
+    if others.keys() != aside.keys():
+        _rewrite(unselected, header, others)
+    done = {i: row for i, row in found.items() if i in wanted}
+    if done.keys() != held.keys():
+        _rewrite(path, header, {i: done[i] for i in sorted(done)})
     for m in members:
         m.eval()
     models = {name: probability_model(members, c) for name, c in aggregators.items()}

@@ -318,6 +318,43 @@ def read_results(path: str | Path, certifiers: Sequence[str]) -> list[ExampleRes
     return results
 
 
+def gather_results(paths: Sequence[Path], certifiers: Sequence[str]) -> dict[int, ExampleResult]:
+    """Every row of the results files ``paths`` that exist, by input index (a row met twice: the first file's)."""
+    return _first_of_each([read_results(path, certifiers) for path in paths if path.exists()])
+
+
+def _first_of_each(tables: Sequence[Sequence[ExampleResult]]) -> dict[int, ExampleResult]:
+    found: dict[int, ExampleResult] = {}
+    for rows in tables:
+        for result in rows:
+            found.setdefault(result.index, result)
+    return found
+
+
+def keep_selected(
+    main: Path, parts: Sequence[Path], unselected: Path, wanted: set[int], certifiers: Sequence[str]
+) -> dict[int, ExampleResult]:
+    """Make ``main`` (and each of ``parts``) hold the rows of exactly the ``wanted`` inputs without losing any row:
+    rows of other inputs move to ``unselected``, and rows of wanted inputs found there move back into ``main``.
+    Returns the rows of wanted inputs found anywhere, by input index.
+
+    ``unselected`` is written first and ``main`` after, both atomically, so a run killed between them holds a row
+    twice, never nowhere (a row met twice is read once, ``main``'s first)."""
+    held = {path: read_results(path, certifiers) for path in [main, *parts] if path.exists()}
+    aside = read_results(unselected, certifiers) if unselected.exists() else []
+    found = _first_of_each([*held.values(), aside])
+    others = sorted((i for i in found if i not in wanted), key=int)
+    if others != [r.index for r in aside]:
+        rewrite_results(unselected, [found[i] for i in others], certifiers)
+    chosen = {i: r for i, r in found.items() if i in wanted}
+    if {r.index for r in held.get(main, [])} != chosen.keys() or any(r.index not in wanted for r in held.get(main, [])):
+        rewrite_results(main, [chosen[i] for i in sorted(chosen)], certifiers)
+    for path in parts:
+        if path in held and any(r.index not in wanted for r in held[path]):
+            rewrite_results(path, [r for r in held[path] if r.index in wanted], certifiers)
+    return chosen
+
+
 def merge_results(paths: Sequence[str | Path], into: str | Path, certifiers: Sequence[str]) -> list[ExampleResult]:
     """Merge the records of ``paths`` (``into`` itself among them when it exists) into ``into``, one row per
     input in index order, and return them. ``into`` is replaced atomically; the merged files other than ``into``

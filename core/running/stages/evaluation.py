@@ -18,7 +18,7 @@ from ..evaluation import evaluate
 class EvaluationStage(Stage):
     """Evaluate the members under ``[evaluation]``'s attacks; leaves ``run.evaluation``."""
 
-    outputs = (Outputs.EVALUATION_TSV, Outputs.EVALUATION_SUMMARY)
+    outputs = (Outputs.EVALUATION_TSV, Outputs.EVALUATION_UNSELECTED, Outputs.EVALUATION_SUMMARY)
     refusal = (
         "holds results of a different model or evaluation setup; run with --fresh to replace them or choose "
         "another output directory"
@@ -67,6 +67,7 @@ class EvaluationStage(Stage):
                 run.data.test,
                 indices,
                 tsv,
+                unselected=run.path(Outputs.EVALUATION_UNSELECTED),
                 batches=every,
                 batch_size=e.batch_size,
                 seed=p.seed,
