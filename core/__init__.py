@@ -72,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
         DataInfo,
         Dataset,
         DataSplits,
+        Decision,
         HeldOut,
         Model,
         NoiseSampler,
@@ -92,6 +93,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
     from .running.pipeline import RunResult, run, run_pipeline
     from .running.study import Study, load_study, run_study
     from .smoothing.certification import certify_inputs, input_generator
+    from .smoothing.decisions import decide, decide_many
     from .smoothing.expectations import (
         EXPECTATIONS,
         PROCEDURES,

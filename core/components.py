@@ -240,6 +240,25 @@ class CertifyPlan:
     alpha: float
 
 
+class Decision(ABC):
+    """One input's decision by a certifier that decides draw by draw (:meth:`Certifier.decision`), driven from
+    outside: the certification loop gives every undecided input the draws it :meth:`wants`, many inputs in one
+    batch, each from the input's own noise stream, so the certificate is the one the input would get alone."""
+
+    @abstractmethod
+    def wants(self) -> int:
+        """How many more draws the input needs before it may decide (0: decided)."""
+
+    @abstractmethod
+    def observe(self, classes: Tensor) -> None:
+        """The classes the base classifier returned on the input's next draws, in order (1-D, on the CPU; at most
+        as many as :meth:`wants` said)."""
+
+    @abstractmethod
+    def certificate(self) -> Certificate:
+        """The certificate, once decided (``wants() == 0``); its ``samples`` are the draws the decision looked at."""
+
+
 class Certifier(ABC):
     """A certifier. ``certify`` is called once per test input.
 
@@ -251,6 +270,13 @@ class Certifier(ABC):
 
     #: The noise families (``NoiseSampler.family``) the certifier's theorem covers; ``None``: any.
     noise_families: ClassVar[tuple[str, ...] | None] = None
+    #: Whether the certifier decides draw by draw through :meth:`decision` (the certification loop then fills each
+    #: batch with the draws of many undecided inputs).
+    stepwise: ClassVar[bool] = False
+    #: Whether the certifier answers the certified-accuracy question for a given label (:meth:`certify_label`:
+    #: does the smoothed classifier return the input's true label with at least a radius?) instead of
+    #: certifying its own prediction (:meth:`certify`). Its rows certify the true label, not a prediction.
+    needs_label: ClassVar[bool] = False
 
     def classifier(self) -> str:
         """The smoothed classifier the certificates are about: :data:`HARD` (class counts) or :data:`SOFT`
@@ -269,6 +295,19 @@ class Certifier(ABC):
     @abstractmethod
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
         """Certify the single input ``x`` (no batch dimension) against ``smoothed``."""
+
+    def decision(self, sigma: float, label: int | None) -> Decision:
+        """For a :attr:`stepwise` certifier: a fresh :class:`Decision` for one input under noise of scale ``sigma``
+        (``label``: its true class, for a certifier that :attr:`needs_label`)."""
+        raise NotImplementedError(f"{type(self).__name__} draws for itself in certify()")
+
+    def certify_label(
+        self, smoothed: SmoothedClassifier, x: Tensor, label: int, generator: torch.Generator | None = None
+    ) -> Certificate:
+        """For a certifier that :attr:`needs_label`: the certificate that the smoothed classifier returns ``label``
+        at ``x`` with the certificate's radius (prediction ``label``), or an abstention. Called instead of
+        :meth:`certify`."""
+        raise NotImplementedError(f"{type(self).__name__} certifies its prediction; call certify()")
 
     def check_noise(self, noise: NoiseSampler) -> str | None:
         """Return why ``noise`` is unsupported by this certifier, or ``None`` if it is fine (by default: whether
@@ -300,9 +339,15 @@ class SmoothingStrategy(ABC):
         smoothed: SmoothedClassifier,
         x: Tensor,
         generator: torch.Generator | None = None,
+        label: int | None = None,
     ) -> Certificate:
         """The certificate of ``x`` by ``certifier`` under this strategy (by default: the certifier's own on
-        ``smoothed``); strategies whose certificate combines per-member ones override this."""
+        ``smoothed``; ``label`` is given, and passed on, only to a certifier that
+        :attr:`~Certifier.needs_label`); strategies whose certificate combines per-member ones override this."""
+        if certifier.needs_label:
+            if label is None:
+                raise ValueError(f"{type(certifier).__name__} certifies a given label; none was given")
+            return certifier.certify_label(smoothed, x, label, generator)
         return certifier.certify(smoothed, x, generator)
 
     def check_certifier(self, certifier: Certifier) -> str | None:

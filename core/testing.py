@@ -446,7 +446,15 @@ def _run_region(
 
     plan = [Planned("certificate", strategy, certifier, SharedTallies(smoothed))]
     bad = certified = 0
-    for index, outcomes in certification_loop(plan, range(offset, offset + trials), point, seed=seed):
+    # a certifier of a given label is given the class the smoothed classifier returns (where errors live)
+    loop = certification_loop(
+        plan,
+        range(offset, offset + trials),
+        point,
+        seed=seed,
+        label_of=lambda i: model.smoothed_class(point(i), sigma, classifier),
+    )
+    for index, outcomes in loop:
         cert = outcomes["certificate"].certificate
         certified += cert.prediction != ABSTAIN
         bad += bool(failed(cert, points.pop(index)))

@@ -119,7 +119,12 @@ class EnsembleAfterSmoothing(SmoothingStrategy):
         return HARD
 
     def certificate(
-        self, certifier: Certifier, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None
+        self,
+        certifier: Certifier,
+        smoothed: SmoothedClassifier,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        label: int | None = None,
     ) -> Certificate:
         plan = certifier.certify_plan()
         if plan is None:

@@ -26,9 +26,12 @@ class RunRecord:
     results: tuple[ExampleResult, ...]
     radii: tuple[float, ...]
     sound: bool = True
+    #: The certifiers that certified the true label they were given, not their own prediction.
+    given_label: tuple[str, ...] = ()
 
     def summary(self, radii: Sequence[float] | None = None) -> Summary:
-        return summarize(self.results, self.labels, radii if radii is not None else self.radii, sound=self.sound)
+        radii = radii if radii is not None else self.radii
+        return summarize(self.results, self.labels, radii, sound=self.sound, given_label=self.given_label)
 
 
 def read_run(directory: str | Path) -> RunRecord:
@@ -42,7 +45,8 @@ def read_run(directory: str | Path) -> RunRecord:
             f"{directory}: holds no certification results ({Outputs.CERTIFICATION_TSV}); run its pipeline with "
             "certification enabled first"
         )
-    labels = read_json(meta, "the run").get("certifiers")
+    recorded = read_json(meta, "the run")
+    labels = recorded.get("certifiers")
     if not isinstance(labels, list) or not labels:
         raise UserError(f"{meta}: damaged (no list of certifiers in it); run the pipeline again with --fresh")
     try:
@@ -58,6 +62,7 @@ def read_run(directory: str | Path) -> RunRecord:
         results=tuple(sorted(results, key=lambda r: r.index)),
         radii=tuple(float(r) for r in radii),
         sound=sound,
+        given_label=tuple(str(label) for label in recorded.get("given_label", [])),
     )
 
 

@@ -66,7 +66,7 @@ def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None, 
                 Row(
                     run=name,
                     certifier=label,
-                    classifier=s.classifier,
+                    classifier=s.describes,
                     inputs=summary.examples,
                     accuracy=tuple(s.certified_accuracy[r] for r in radii),
                     acr=s.acr,

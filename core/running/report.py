@@ -64,7 +64,7 @@ def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
     for name, m in summary.certifiers.items():
         table.add_row(
             escape(name),
-            m.classifier,
+            m.describes,
             *(f"{m.certified_accuracy[float(r)]:.1%}" for r in radii),
             f"{m.acr:.3f}",
             f"{m.abstain_rate:.1%}",

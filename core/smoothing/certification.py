@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import cast
 
 import attrs
 import torch
 from torch import Tensor
 
-from ..components import Certificate, Certifier, NoiseSampler, SmoothingStrategy
+from ..components import Certificate, Certifier, Decision, NoiseSampler, SmoothingStrategy
 from ..ensemble.assembly import Ensemble
 from ..seeds import generator
+from .decisions import decide_many
 from .results import Outcome
 from .sampling import Classifier, MonteCarloSampler, SharedTallies, SmoothedClassifier
 
@@ -57,8 +59,11 @@ def certification_loop(
     *,
     seed: int,
     device: torch.device | str = "cpu",
+    label_of: Callable[[int], int] | None = None,
 ) -> Iterator[tuple[int, dict[str, Outcome]]]:
     """Certify the inputs ``fetch(i)`` for ``i`` in ``indices``, yielding ``(i, outcomes by label)`` as each is done.
+    ``label_of(i)`` is input ``i``'s true class, for certifiers that certify a given label
+    (:attr:`~ensemblecert.Certifier.needs_label`).
 
     Every entry of the plan starts from the input's one noise stream (``input_generator(seed, i)``), so entries
     with equal sampling settings share their draws (:class:`SharedTallies`), and small first draws of upcoming
@@ -66,9 +71,94 @@ def certification_loop(
     classifier the strategy and certifier certify), its seconds (its own work plus an equal share of every tally it
     used with others: :meth:`SharedTallies.time_shares`) and its member evaluations.
     """
+    stepwise = [entry for entry in plan if entry.certifier.stepwise]
+    pools = {entry.smoothed for entry in stepwise}
+    if len(pools) == 1 and next(iter(pools)).sampler is not None:  # fill each batch with many inputs' draws
+        yield from _pooled(plan, stepwise, indices, fetch, seed=seed, device=device, label_of=label_of)
+        return
+    yield from _one_by_one(plan, indices, fetch, seed=seed, device=device, label_of=label_of)
+
+
+def _pooled(
+    plan: Sequence[Planned],
+    stepwise: Sequence[Planned],
+    indices: Sequence[int],
+    fetch: Callable[[int], Tensor],
+    *,
+    seed: int,
+    device: torch.device | str,
+    label_of: Callable[[int], int] | None,
+) -> Iterator[tuple[int, dict[str, Outcome]]]:
+    """The stepwise entries of every input decided in shared batches (:func:`decide_many`); each input's row once
+    they are all decided, with its other entries certified then, one by one. Rows come in the order inputs are
+    decided, each exactly what it would be alone."""
+    shared = stepwise[0].smoothed
+    sampler = shared.sampler
+    assert sampler is not None  # checked by the caller
+    sigma = float(sampler.noise.sigma)
+    others = [entry for entry in plan if not entry.certifier.stepwise]
+    inputs: dict[int, Tensor] = {}
+    found: dict[int, dict[str, Outcome]] = {}
+    classifiers = {entry.label: entry.strategy.classifier(entry.certifier) for entry in plan}
+
+    def pending() -> Iterator[tuple[object, Tensor, torch.Generator | None, Decision]]:
+        for index in indices:
+            inputs[index] = torch.as_tensor(fetch(index))
+            label = label_of(index) if label_of is not None else None
+            for entry in stepwise:
+                decision = entry.certifier.decision(sigma, label)
+                yield (index, entry.label), inputs[index], input_generator(seed, index, 0, device), decision
+
+    for done in decide_many(sampler, pending()):
+        index, name = cast(tuple[int, str], done.key)
+        cert = attrs.evolve(done.certificate, classifier=classifiers[name])
+        found.setdefault(index, {})[name] = Outcome(cert, done.seconds, round(done.evaluations), None)
+        if len(found[index]) < len(stepwise):
+            continue
+        row = found.pop(index)
+        x = inputs.pop(index)
+        shared.clear()
+        for entry in others:
+            row[entry.label] = _certify(entry, x, index, seed=seed, device=device, label_of=label_of)
+        yield index, {entry.label: row[entry.label] for entry in plan}
+
+
+def _certify(
+    entry: Planned,
+    x: Tensor,
+    index: int,
+    *,
+    seed: int,
+    device: torch.device | str,
+    label_of: Callable[[int], int] | None,
+) -> Outcome:
+    """One entry's outcome for one input: its certificate, seconds and member evaluations."""
+    usage = entry.smoothed.usage
+    before = usage.snapshot() if usage is not None else None
+    entry.smoothed.asking = entry.label
+    given = {"label": label_of(index)} if entry.certifier.needs_label and label_of is not None else {}
+    start = time.perf_counter()
+    cert = entry.strategy.certificate(
+        entry.certifier, entry.smoothed, x, input_generator(seed, index, 0, device), **given
+    )
+    seconds = time.perf_counter() - start
+    cert = attrs.evolve(cert, classifier=entry.strategy.classifier(entry.certifier))
+    spent = usage - before if usage is not None and before is not None else None
+    return Outcome(cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None)
+
+
+def _one_by_one(
+    plan: Sequence[Planned],
+    indices: Sequence[int],
+    fetch: Callable[[int], Tensor],
+    *,
+    seed: int,
+    device: torch.device | str,
+    label_of: Callable[[int], int] | None,
+) -> Iterator[tuple[int, dict[str, Outcome]]]:
+    """Every input in turn, every entry in turn; small first draws of upcoming inputs are drawn together."""
     samplers = list(dict.fromkeys(entry.smoothed for entry in plan))
     ahead = {id(s): 0 for s in samplers}  # per sampler: the position in indices up to which first draws are drawn
-    classifiers = [entry.strategy.classifier(entry.certifier) for entry in plan]
     fetched: dict[int, Tensor] = {}  # inputs read ahead for a prefetch, each read once
 
     def get(i: int) -> Tensor:
@@ -86,21 +176,9 @@ def certification_loop(
                 shared.prefetch([get(j) for j in upcoming], [input_generator(seed, j, 0, device) for j in upcoming])
                 ahead[id(shared)] = pos + k
         del fetched[index]
-        outcomes = {}
-        for entry, classifier in zip(plan, classifiers):
-            usage = entry.smoothed.usage
-            before = usage.snapshot() if usage is not None else None
-            entry.smoothed.asking = entry.label
-            start = time.perf_counter()
-            cert = entry.strategy.certificate(
-                entry.certifier, entry.smoothed, x, input_generator(seed, index, 0, device)
-            )
-            seconds = time.perf_counter() - start
-            cert = attrs.evolve(cert, classifier=classifier)
-            spent = usage - before if usage is not None and before is not None else None
-            outcomes[entry.label] = Outcome(
-                cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None
-            )
+        outcomes = {
+            entry.label: _certify(entry, x, index, seed=seed, device=device, label_of=label_of) for entry in plan
+        }
         for shared in samplers:  # shared draws cost each of their users an equal share
             for label, extra in shared.time_shares().items():
                 if label in outcomes:
@@ -121,6 +199,7 @@ def certify_inputs(
     seed: int = 0,
     indices: Sequence[int] | None = None,
     device: torch.device | str | None = None,
+    labels: Sequence[int] | None = None,
 ) -> list[Certificate]:
     """Certify each input with ``certifier``, no pipeline needed.
 
@@ -130,7 +209,8 @@ def certify_inputs(
     indexes inputs, or an iterable of single inputs. The noise of an input comes from
     ``input_generator(seed, index)`` where ``index`` is its entry in ``indices`` (default ``0, 1, 2, ...``):
     certifying a shard with its indices in the full list gives exactly the full run's certificates for those
-    inputs, whatever ``batch_size`` is. A module is certified in evaluation mode and left as it was.
+    inputs, whatever ``batch_size`` is. A module is certified in evaluation mode and left as it was. ``labels``
+    (one per input) are the true classes a certifier that certifies a given label needs.
     """
     strategy = strategy if strategy is not None else DirectSmoothing()
     if isinstance(classifier, SmoothedClassifier):
@@ -157,7 +237,11 @@ def certify_inputs(
         raise ValueError("indices must be distinct: each input's noise comes from its index")
     plan = [Planned("certificate", strategy, certifier, SharedTallies(smoothed))]
     gen_device = smoothed.device if isinstance(smoothed, MonteCarloSampler) else (device or "cpu")
+    if certifier.needs_label and (labels is None or len(labels) != len(inputs)):
+        raise ValueError(f"{type(certifier).__name__} certifies a given label: pass labels=, one per input")
+    label_of = (lambda i: int(labels[position[i]])) if labels is not None else None
     loop = certification_loop(
-        plan, [int(i) for i in indices], lambda i: inputs[position[i]], seed=seed, device=gen_device
+        plan, [int(i) for i in indices], lambda i: inputs[position[i]], seed=seed, device=gen_device, label_of=label_of
     )
-    return [outcomes["certificate"].certificate for _, outcomes in loop]
+    found = {index: outcomes["certificate"].certificate for index, outcomes in loop}  # in the order decided
+    return [found[int(i)] for i in indices]

@@ -14,7 +14,7 @@ import csv
 import math
 import os
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,7 +65,9 @@ class CertifierSummary:
 
     ``evaluation_share``: member evaluations spent over those the full ensemble would have spent on the
     same samples (below 1 when an aggregator skipped members). ``details``: the mean of every extra column.
-    ``classifier``: the smoothed classifier the certificates are about (``hard`` or ``soft``).
+    ``classifier``: the smoothed classifier the certificates are about (``hard`` or ``soft``). ``given_label``: the
+    certifier certified the true label it was given (whether the smoothed classifier returns it with each radius:
+    certified accuracy asked directly), not its own prediction; such rows are no prediction certificates.
     """
 
     certified_accuracy: Mapping[float, float]
@@ -79,6 +81,12 @@ class CertifierSummary:
     evaluation_share: float | None = None
     details: Mapping[str, float] = attrs.field(factory=dict)
     classifier: str = HARD
+    given_label: bool = False
+
+    @property
+    def describes(self) -> str:
+        """The classifier column of a table: the smoothed classifier, and "true label" for given-label rows."""
+        return f"{self.classifier}, true label" if self.given_label else self.classifier
 
 
 @attrs.frozen
@@ -123,8 +131,10 @@ def summarize(
     precision: str = "fp32",
     sound: bool = True,
     check: Mapping[str, Any] | None = None,
+    given_label: Collection[str] = (),
 ) -> Summary:
     """Certified accuracy at ``radii`` (share of inputs predicted correctly with radius >= r), ACR and costs.
+    ``given_label`` names the certifiers that certified the true label they were given.
 
     ACR is the mean over inputs of the certified radius, counting 0 for wrong predictions and abstentions.
     ``members`` (the ensemble size) gives the evaluation share against evaluating every member on every sample.
@@ -153,6 +163,7 @@ def summarize(
             evaluation_share=sum(spent) / (members * sum(counted)) if spent and members and sum(counted) else None,
             details={k: _mean([e[k] for e in extras if k in e and not math.isnan(e[k])]) for k in keys},
             classifier=_classifier(outcomes, name),
+            given_label=name in given_label,
         )
     return Summary(examples=n, certifiers=out, precision=precision, sound=sound, check=check)
 

@@ -37,8 +37,9 @@ class Tally:
     ``counts[c]``: how often the base classifier predicted class ``c`` (all classes, the multinomial
     view). ``prob_sums[c]``: the sum of its class-``c`` probability (the softmax view; ``/ n`` gives
     the empirical softmax expectation), when requested. ``member_counts[i, c]``: how often member ``i``
-    alone predicted ``c`` on the same draws, when requested. ``evaluations``: member forward passes
-    spent (fewer than ``n`` times the ensemble size when the aggregator skipped members).
+    alone predicted ``c`` on the same draws, when requested. ``sequence[j]``: the class the ``j``-th draw
+    predicted, in the order drawn, when requested (for procedures that look after every draw). ``evaluations``:
+    member forward passes spent (fewer than ``n`` times the ensemble size when the aggregator skipped members).
     """
 
     n: int
@@ -46,6 +47,7 @@ class Tally:
     evaluations: int
     prob_sums: Tensor | None = None
     member_counts: Tensor | None = None
+    sequence: Tensor | None = None
 
     @property
     def top(self) -> int:
@@ -87,8 +89,10 @@ class SmoothedClassifier(Protocol):
         generator: torch.Generator | None = None,
         softmax: bool = False,
         members: bool = False,
+        sequence: bool = False,
     ) -> Tally:
-        """Draw ``n`` noisy copies of the single input ``x`` and tally the base classifier's outputs."""
+        """Draw ``n`` noisy copies of the single input ``x`` and tally the base classifier's outputs (with
+        ``sequence``, also each draw's class in order)."""
         ...
 
 
@@ -215,6 +219,7 @@ class MonteCarloSampler:
         generator: torch.Generator | None = None,
         softmax: bool = False,
         members: bool = False,
+        sequence: bool = False,
     ) -> Tally:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -230,6 +235,7 @@ class MonteCarloSampler:
                 raise ValueError("per-member counts need an Ensemble classifier")
             member_counts = torch.zeros(self._ensemble.num_members, classes, dtype=torch.long, device=self.device)
         ones = torch.ones(min(self.batch_size, n), dtype=torch.long, device=self.device)
+        order: list[Tensor] = []  # each batch's classes, kept on the device until the end
         evaluations = 0
         done = 0
         stream = NoiseStream(self.noise, x, generator)
@@ -244,7 +250,10 @@ class MonteCarloSampler:
                 if scores.shape[-1] != classes:
                     raise ValueError(f"the classifier returned {scores.shape[-1]} classes, expected {classes}")
                 # scatter_add, not bincount: bincount on a GPU waits for the batch to learn its length
-                counts.scatter_add_(0, scores.argmax(dim=1), ones[: scores.shape[0]])
+                top = scores.argmax(dim=1)
+                counts.scatter_add_(0, top, ones[: scores.shape[0]])
+                if sequence:
+                    order.append(top)
                 if prob_sums is not None:
                     probs = scores if are_probs else scores.softmax(dim=1)
                     prob_sums += probs.sum(dim=0, dtype=torch.float64)
@@ -263,7 +272,20 @@ class MonteCarloSampler:
             evaluations=evaluations,
             prob_sums=None if prob_sums is None else prob_sums.cpu(),
             member_counts=None if member_counts is None else member_counts.cpu(),
+            sequence=torch.cat(order).cpu() if sequence else None,
         )
+
+    def classify(self, batch: Tensor) -> tuple[Tensor, int]:
+        """The base classifier's class for each input of ``batch`` (on the device) and the member evaluations spent;
+        counted in :attr:`usage`. Call it under ``inference_mode`` with the classifier in evaluation mode."""
+        scores, _, _, spent, settled = self._scores(batch)
+        if self.num_classes is not None and scores.shape[-1] != self.num_classes:
+            raise ValueError(f"the classifier returned {scores.shape[-1]} classes, expected {self.num_classes}")
+        if settled is not None:
+            self.usage.settled = (self.usage.settled or 0) + settled
+        self.usage.draws += batch.shape[0]
+        self.usage.evaluations += spent
+        return scores.argmax(dim=1), spent
 
     def tally_many(
         self,
@@ -367,12 +389,12 @@ class SharedTallies:
 
     def __init__(self, smoothed: SmoothedClassifier) -> None:
         self.smoothed = smoothed
-        self._seen: dict[tuple[bytes, int, bool], tuple[Tally, Tensor]] = {}
-        self._ahead: dict[tuple[bytes, int, bool], tuple[Tally, Tensor, float]] = {}
-        self._drawn: dict[tuple[bytes, int, bool], _Drawn] = {}  # this input's tallies: cost and users
+        self._seen: dict[tuple[bytes, int, bool, bool], tuple[Tally, Tensor]] = {}
+        self._ahead: dict[tuple[bytes, int, bool, bool], tuple[Tally, Tensor, float]] = {}
+        self._drawn: dict[tuple[bytes, int, bool, bool], _Drawn] = {}  # this input's tallies: cost and users
         #: Who is asking for tallies now (a label of the caller's choosing), for :meth:`time_shares`.
         self.asking: object = None
-        self._first: tuple[int, bool] | None = None
+        self._first: tuple[int, bool, bool] | None = None
         self._fresh = True  # no request since clear()
         self._sampler = smoothed if isinstance(smoothed, MonteCarloSampler) else None
         self._batchable = self._sampler is not None  # only a MonteCarloSampler draws several inputs at once
@@ -383,6 +405,11 @@ class SharedTallies:
     def usage(self) -> Usage | None:
         """What the wrapped sampler has spent (``None`` when it is not a :class:`MonteCarloSampler`)."""
         return self._sampler.usage if self._sampler is not None else None
+
+    @property
+    def sampler(self) -> MonteCarloSampler | None:
+        """The wrapped sampler, when it is a :class:`MonteCarloSampler` (what decisions draw from directly)."""
+        return self._sampler
 
     def clear(self) -> None:
         self._seen.clear()
@@ -402,8 +429,8 @@ class SharedTallies:
 
     def inputs_per_pass(self) -> int:
         """How many inputs' first draws fit in one batch (0 or 1: prefetching would not help)."""
-        if not self._batchable or self._sampler is None or self._first is None:
-            return 0
+        if not self._batchable or self._sampler is None or self._first is None or self._first[2]:
+            return 0  # (a first draw that keeps each draw's class is drawn alone)
         return self._sampler.batch_size // self._first[0]
 
     def prefetch(self, xs: Sequence[Tensor], generators: Sequence[torch.Generator]) -> None:
@@ -411,8 +438,8 @@ class SharedTallies:
         sampler, first = self._sampler, self._first
         if sampler is None or first is None or self.inputs_per_pass() < 2 or not xs:
             return
-        n, members = first
-        keys = [(g.get_state().numpy().tobytes(), n, members) for g in generators]
+        n, members, _ = first
+        keys = [(g.get_state().numpy().tobytes(), n, members, False) for g in generators]
         usage = sampler.usage
         before = usage.snapshot()
         start = time.perf_counter()
@@ -433,14 +460,16 @@ class SharedTallies:
         generator: torch.Generator | None = None,
         softmax: bool = False,
         members: bool = False,
+        sequence: bool = False,
     ) -> Tally:
         if self._fresh:
             self._fresh = False
             if self._first is None:
-                self._first = (int(n), bool(members))
+                self._first = (int(n), bool(members), bool(sequence))
+        extra: dict[str, bool] = {"sequence": True} if sequence else {}  # asked only of samplers that keep it
         if generator is None:
-            return self.smoothed.tally(x, n, softmax=softmax, members=members)
-        key = (generator.get_state().numpy().tobytes(), int(n), bool(members))
+            return self.smoothed.tally(x, n, softmax=softmax, members=members, **extra)  # type: ignore[arg-type]
+        key = (generator.get_state().numpy().tobytes(), int(n), bool(members), bool(sequence))
         if key in self._seen:
             tally, after = self._seen[key]
             generator.set_state(after)
@@ -457,7 +486,7 @@ class SharedTallies:
             inside = False
         else:
             start = time.perf_counter()
-            tally = self.smoothed.tally(x, n, generator=generator, softmax=True, members=members)
+            tally = self.smoothed.tally(x, n, generator=generator, softmax=True, members=members, **extra)
             seconds, inside = time.perf_counter() - start, True
             after = generator.get_state()
         self._seen[key] = (tally, after)

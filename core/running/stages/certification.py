@@ -41,6 +41,12 @@ def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:
     return [(f"{s}/{m}", i, k) for i, s in enumerate(strategies) for k, m in enumerate(certifiers)]
 
 
+def given_label(run: RunContext) -> list[str]:
+    """The labels of the plan's certifiers that certify the true label they are given (not a prediction)."""
+    certifiers = run.pipeline.certification.certifiers
+    return [label for label, _, k in certification_plan(run) if certifiers[k].needs_label]
+
+
 def selected(run: RunContext) -> list[int]:
     """The test inputs this configuration certifies (``skip``, ``max_examples``)."""
     c = run.pipeline.certification
@@ -109,7 +115,8 @@ class CertificationStage(Stage):
         world.barrier()  # every rank has read the records before rank 0 writes anything
         if world.main:
             engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe(), "processes": world.size}
-            write_json(run.path(Outputs.CERTIFICATION_META), {"certifiers": labels, "engine": engine})
+            meta = {"certifiers": labels, "given_label": given_label(run), "engine": engine}
+            write_json(run.path(Outputs.CERTIFICATION_META), meta)
             # rows of inputs this selection leaves out are kept beside, and those it selects again come back
             keep_selected(tsv, parts, unselected, wanted, labels)
         world.barrier()  # no rank appends before the files hold only this selection's rows
@@ -130,7 +137,10 @@ class CertificationStage(Stage):
             title = "certify" if not world.distributed else f"certify (rank {world.rank} of {world.size})"
             task = bar.add_task(title, total=len(todo) + len(results), completed=len(results), status="")
             test = run.data.test
-            for index, outcomes in certification_loop(plan, todo, lambda i: test[i][0], seed=p.seed, device=run.device):
+            loop = certification_loop(
+                plan, todo, lambda i: test[i][0], seed=p.seed, device=run.device, label_of=lambda i: int(test[i][1])
+            )
+            for index, outcomes in loop:
                 result = ExampleResult(index=index, label=int(test[index][1]), outcomes=outcomes)
                 writer.write(result)
                 if check is not None:  # what the check did up to this input, for a resumed run to add to
@@ -156,6 +166,7 @@ class CertificationStage(Stage):
             precision=p.engine.precision,
             sound=not p.engine.reduced or (record is not None and record.agreed),
             check=None if record is None else record.to_dict(),
+            given_label=given_label(run),
         )
         if record is not None:
             self._report_check(run, record)

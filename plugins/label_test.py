@@ -1,0 +1,236 @@
+"""The certified-accuracy question answered directly: does the smoothed classifier return the input's true label
+with a radius of at least r? (Voracek24 poses certified accuracy as this test; see docs/methods/label_test.md.)
+
+Every benchmark table asks exactly this per input and radius, and with the label ``y`` known no selection draws
+are needed: each draw asks only whether the base classifier returned ``y``. With ``S`` such hits in ``t`` draws,
+the beta-binomial mixture martingale of the ``sequential`` certifier (Robbins70, Howard21; Jeffreys' prior)
+
+    M_t(p) = B(1/2 + S, 1/2 + t - S) / (B(1/2, 1/2) p^S (1 - p)^(t - S))
+
+gives a confidence sequence for ``p = P(f(x + noise) = y)`` that holds at every ``t`` at once. Radius ``r`` is
+certified at the first draw after which the sequence at level ``alpha`` lies above ``q(r) = Phi(r / sigma)``
+(then the hard smoothed classifier returns ``y`` on the ball of radius ``sigma PhiInv(p) > r``); it is out of
+reach once the sequence at level ``beta`` lies below ``q(r)``. The procedure stops when every radius is decided,
+or at ``max_samples``.
+
+One sequence serves every radius and every look: a certificate is wrong only if the sequence at ``alpha`` misses
+``p``, which happens with probability at most ``alpha`` whatever the radii and whenever the procedure stops, so
+``alpha`` is not split between the radii. ``beta`` bounds how often a robust input is given up early.
+
+Looking after every draw costs no computation: for each radius the least hit count that certifies after ``t``
+draws and the greatest that refutes are tabulated once for ``t = 1 .. max_samples`` (:func:`thresholds`), and a
+batch's running hit counts are compared with them, so the procedure stops at the very draw that decides it
+however large its batches (the draws after it in the batch are never looked at). The certifier is stepwise
+(:class:`LabelDecision`): the certification loop fills each forward pass with the draws of many undecided inputs,
+each from its own noise stream, so an input's certificate does not depend on its company or on the batch size.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import attrs
+import numpy as np
+import torch
+from scipy import special, stats
+from torch import Tensor
+
+from ensemblecert import (
+    ABSTAIN,
+    Certificate,
+    Certifier,
+    Decision,
+    NoiseSampler,
+    SmoothedClassifier,
+    decide,
+    hookimpl,
+)
+from ensemblecert.validators import in_range, probability
+
+from .sequential import PRIOR, RELATIVE_ERROR, confidence_sequence
+
+#: Draws in the first batch; each later batch doubles, up to the certifier's ``batch``.
+FIRST = 64
+
+
+def log_martingale(q: float, hits: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """``log M_t(q)`` for arrays of hit counts and draws (the module's mixture, Jeffreys' prior)."""
+    a, b = PRIOR
+    misses = draws - hits
+    return (
+        special.betaln(a + hits, b + misses)
+        - special.betaln(a, b)
+        - hits * math.log(q)
+        - np.where(misses > 0, misses * math.log1p(-q), 0.0)
+    )
+
+
+def level(hits: np.ndarray, draws: np.ndarray, alpha: float) -> np.ndarray:
+    """``log(1/alpha)``, raised by more than the floating-point error of ``log M_t`` (as the sequential certifier's
+    bounds are), so that every tabulated decision errs towards "undecided"."""
+    a, b = PRIOR
+    centre = np.clip(hits / draws, 1e-300, 1.0 - 1e-16)
+    size = (
+        np.abs(special.betaln(a + hits, b + draws - hits))
+        + abs(special.betaln(a, b))
+        + hits * np.abs(np.log(centre))
+        + (draws - hits) * np.abs(np.log1p(-centre))
+        + 1.0
+    )
+    return math.log(1.0 / alpha) + RELATIVE_ERROR * size
+
+
+def _certifies(q: float, hits: np.ndarray, draws: np.ndarray, alpha: float) -> np.ndarray:
+    """Whether ``hits`` in ``draws`` put the confidence sequence at ``alpha`` above ``q``."""
+    return (hits > q * draws) & (log_martingale(q, hits, draws) >= level(hits, draws, alpha))
+
+
+def _refutes(q: float, hits: np.ndarray, draws: np.ndarray, beta: float) -> np.ndarray:
+    """Whether ``hits`` in ``draws`` put the confidence sequence at ``beta`` below ``q``."""
+    return (hits < q * draws) & (log_martingale(q, hits, draws) >= level(hits, draws, beta))
+
+
+@functools.lru_cache(maxsize=16)
+def thresholds(q: float, alpha: float, beta: float, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """For ``t = 0 .. max_samples`` draws: the least hit count that certifies ``p > q`` at ``alpha`` (``t + 1``
+    where none does) and the greatest that refutes it at ``beta`` (``-1`` where none does). Found by bisection
+    over the hit count for every ``t`` at once (the martingale grows with the distance of ``S / t`` from ``q``)."""
+    t = np.arange(max_samples + 1, dtype=np.float64)
+    t[0] = 1.0  # no decision after no draw (set below)
+    # certify: the least S in (q t, t] that certifies; bisection keeps "lo fails, hi certifies (or is t + 1)"
+    lo, hi = np.floor(q * t), t + 1.0
+    while np.any(hi - lo > 1):
+        mid = np.floor((lo + hi) / 2)
+        ok = _certifies(q, np.minimum(mid, t), t, alpha) & (mid <= t)
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    certify = hi.astype(np.int64)
+    # refute: the greatest S in [0, q t) that refutes; bisection keeps "lo refutes (or is -1), hi fails"
+    lo, hi = np.full_like(t, -1.0), np.ceil(q * t)
+    while np.any(hi - lo > 1):
+        mid = np.floor((lo + hi) / 2)
+        ok = _refutes(q, np.maximum(mid, 0.0), t, beta) & (mid >= 0)
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    refute = lo.astype(np.int64)
+    certify[0], refute[0] = 1, -1
+    return certify, refute
+
+
+def largest_certifiable(sigma: float, alpha: float, max_samples: int) -> float:
+    """The largest radius ``max_samples`` draws can certify at ``alpha`` (every draw a hit)."""
+    lower = confidence_sequence(max_samples, max_samples, alpha)[0]
+    return float(sigma * stats.norm.ppf(lower))
+
+
+def _increasing(_instance, _attribute, value: list[float]) -> None:
+    if not value:
+        raise ValueError("must list at least one radius")
+    if any(v < 0 for v in value) or any(b <= a for a, b in zip(value, value[1:])):
+        raise ValueError(f"must be radii >= 0 in increasing order, got {value}")
+
+
+@attrs.frozen
+class LabelTest(Certifier):
+    """Certified accuracy asked directly: does the smoothed classifier return the true label with each radius?
+
+    Decided draw by draw with one confidence sequence for all ``radii`` (see the module); certifies the given label,
+    not a prediction."""
+
+    radii: list[float] = attrs.field(factory=lambda: [0.25], validator=_increasing)
+    alpha: float = attrs.field(default=0.001, validator=probability)
+    beta: float = attrs.field(default=0.001, validator=probability)
+    max_samples: int = attrs.field(default=100_000, validator=in_range(1))
+    #: The largest batch of draws asked for at once (the first holds 64; each later one doubles up to this).
+    batch: int = attrs.field(default=4096, validator=in_range(1))
+
+    noise_families = ("gaussian",)
+    needs_label = True
+    stepwise = True
+
+    def failure_probability(self) -> float:
+        return self.alpha
+
+    def check_noise(self, noise: NoiseSampler) -> str | None:
+        problem = super().check_noise(noise)
+        if problem:
+            return problem
+        reach = largest_certifiable(float(noise.sigma), self.alpha, self.max_samples)
+        if self.radii[-1] > reach:
+            return (
+                f"radius {self.radii[-1]:g} can never be certified: {self.max_samples:,} draws certify at most "
+                f"r = {reach:.4g} at sigma = {noise.sigma:g} and alpha = {self.alpha:g}; raise max_samples or drop "
+                "the radius"
+            )
+        return None
+
+    def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
+        raise NotImplementedError("label_test certifies a given label (certify_label); it makes no prediction")
+
+    def tables(self, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per radius (rows) and number of draws (columns): the certify and refute thresholds on the hit count."""
+        qs = [float(stats.norm.cdf(r / sigma)) for r in self.radii]
+        pairs = [thresholds(q, self.alpha, self.beta, self.max_samples) for q in qs]
+        return np.stack([c for c, _ in pairs]), np.stack([r for _, r in pairs])
+
+    def decision(self, sigma: float, label: int | None) -> LabelDecision:
+        if label is None:
+            raise ValueError("label_test certifies a given label; none was given")
+        certify, refute = self.tables(sigma)
+        return LabelDecision(self, certify, refute, int(label))
+
+    def certify_label(
+        self, smoothed: SmoothedClassifier, x: Tensor, label: int, generator: torch.Generator | None = None
+    ) -> Certificate:
+        return decide(smoothed, x, self.decision(float(smoothed.noise.sigma), label), generator)
+
+
+class LabelDecision(Decision):
+    """One input's state: hits and draws so far, and how many radii are certified (from the smallest) and
+    refuted (from the largest). It wants 64 draws, then twice as many as last time (up to the certifier's
+    ``batch``), and looks at them one by one."""
+
+    def __init__(self, certifier: LabelTest, certify: np.ndarray, refute: np.ndarray, label: int) -> None:
+        self.certifier, self.certify, self.refute, self.label = certifier, certify, refute, label
+        self.hits = self.draws = self.certified = self.refuted = 0
+        self.size = min(FIRST, certifier.batch)
+
+    def wants(self) -> int:
+        if self.certified + self.refuted >= len(self.certifier.radii):
+            return 0
+        return min(self.size, self.certifier.max_samples - self.draws)
+
+    def observe(self, classes: Tensor) -> None:
+        count = min(int(classes.shape[0]), self.wants())
+        if count == 0:
+            return
+        running = self.hits + np.cumsum(classes[:count].numpy() == self.label)  # hits after each draw
+        t = np.arange(self.draws + 1, self.draws + count + 1)
+        up = np.maximum.accumulate((running[None, :] >= self.certify[:, t]).sum(axis=0))  # radii certified by then
+        down = np.maximum.accumulate((running[None, :] <= self.refute[:, t]).sum(axis=0))
+        up, down = np.maximum(up, self.certified), np.maximum(down, self.refuted)
+        decided = np.flatnonzero(up + down >= len(self.certifier.radii))
+        last = int(decided[0]) if decided.size else count - 1  # the draw that decides, or the last one seen
+        self.certified, self.refuted = int(up[last]), int(down[last])
+        self.hits, self.draws = int(running[last]), self.draws + last + 1
+        self.size = min(2 * self.size, self.certifier.batch)
+
+    def certificate(self) -> Certificate:
+        c = self.certifier
+        lower = confidence_sequence(self.hits, self.draws, c.alpha)[0] if self.draws else 0.0
+        upper = confidence_sequence(self.hits, self.draws, c.beta)[1] if self.draws else 1.0
+        details = {
+            "draws": float(self.draws),
+            "count": float(self.hits),
+            "p_lower": lower,
+            "p_upper": upper,
+            "certified_radii": float(self.certified),
+            "refuted_radii": float(self.refuted),
+        }
+        if self.certified == 0:
+            return Certificate(ABSTAIN, 0.0, self.draws, details)
+        return Certificate(self.label, c.radii[self.certified - 1], self.draws, details)
+
+
+@hookimpl
+def register_certifiers(register):
+    register("label_test", LabelTest)
