@@ -94,3 +94,16 @@ def non_empty(_instance: Any, _attribute: Any, value: Any) -> None:
     """The list must have at least one element."""
     if len(value) == 0:
         raise ValueError("must not be empty")
+
+
+def increasing(low: float, what: str) -> Validator:
+    """The list must be non-empty, strictly increasing, and every element at least ``low`` (``what`` names the
+    elements in the message: "sample counts", "radii")."""
+
+    def check(_instance: Any, _attribute: Any, value: Sequence[float]) -> None:
+        if len(value) == 0:
+            raise ValueError(f"must list at least one of the {what}")
+        if any(v < low for v in value) or any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"must be {what} >= {_fmt(low)} in strictly increasing order, got {list(value)}")
+
+    return check

@@ -29,7 +29,7 @@ from ensemblecert import (
     gaussian_radius,
     hookimpl,
 )
-from ensemblecert.validators import in_range, probability
+from ensemblecert.validators import in_range, increasing, probability
 
 
 class Decision(Enum):
@@ -66,20 +66,15 @@ def matching_final_stage(n: int, alpha: float, stages: int) -> int:
     return math.ceil(n * (1.0 - math.log(stages) / math.log(alpha)))
 
 
-def _increasing(_instance, _attribute, value: list[int]) -> None:
-    if not value:
-        raise ValueError("must not be empty")
-    if any(v < 1 for v in value) or any(b <= a for a, b in zip(value, value[1:])):
-        raise ValueError(f"must be strictly increasing sample counts >= 1 (n_1 < ... < n_s), got {value}")
-
-
 @attrs.frozen
 class CertifyAdp(Certifier):
     """CERTIFYADP (Algorithm 2 of Horvath22): certify one target radius with stages that may stop early."""
 
     radius: float = attrs.field(validator=in_range(0))
     n0: int = attrs.field(default=100, validator=in_range(1))
-    stages: list[int] = attrs.field(factory=lambda: [1_000, 10_000, 125_000], validator=_increasing)
+    stages: list[int] = attrs.field(
+        factory=lambda: [1_000, 10_000, 125_000], validator=increasing(1, "sample counts (n_1 < ... < n_s)")
+    )
     alpha: float = attrs.field(default=0.001, validator=probability)
     beta: float = attrs.field(default=0.0001, validator=probability)
 

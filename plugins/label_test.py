@@ -46,7 +46,7 @@ from ensemblecert import (
     decide,
     hookimpl,
 )
-from ensemblecert.validators import in_range, probability
+from ensemblecert.validators import in_range, increasing, probability
 
 from .sequential import PRIOR, RELATIVE_ERROR, confidence_sequence
 
@@ -122,13 +122,6 @@ def largest_certifiable(sigma: float, alpha: float, max_samples: int) -> float:
     return float(sigma * stats.norm.ppf(lower))
 
 
-def _increasing(_instance, _attribute, value: list[float]) -> None:
-    if not value:
-        raise ValueError("must list at least one radius")
-    if any(v < 0 for v in value) or any(b <= a for a, b in zip(value, value[1:])):
-        raise ValueError(f"must be radii >= 0 in increasing order, got {value}")
-
-
 @attrs.frozen
 class LabelTest(Certifier):
     """Certified accuracy asked directly: does the smoothed classifier return the true label with each radius?
@@ -136,7 +129,7 @@ class LabelTest(Certifier):
     Decided draw by draw with one confidence sequence for all ``radii`` (see the module); certifies the given label,
     not a prediction."""
 
-    radii: list[float] = attrs.field(factory=lambda: [0.25], validator=_increasing)
+    radii: list[float] = attrs.field(factory=lambda: [0.25], validator=increasing(0, "radii"))
     alpha: float = attrs.field(default=0.001, validator=probability)
     beta: float = attrs.field(default=0.001, validator=probability)
     max_samples: int = attrs.field(default=100_000, validator=in_range(1))

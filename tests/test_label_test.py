@@ -170,8 +170,8 @@ def test_in_a_pipeline_its_rows_certify_the_true_label(tiny_pipeline):
     [
         ({"alpha": 1.5}, "alpha"),
         ({"beta": 0.0}, "beta"),
-        ({"radii": []}, "must list at least one radius"),
-        ({"radii": [0.5, 0.25]}, "increasing order"),
+        ({"radii": []}, "must list at least one of the radii"),
+        ({"radii": [0.5, 0.25]}, "strictly increasing order"),
         ({"radii": [0.25, 3.0], "max_samples": 1000}, "radius 3 can never be certified"),
     ],
 )
