@@ -27,13 +27,10 @@ each from its own noise stream, so an input's certificate does not depend on its
 
 from __future__ import annotations
 
-import functools
-import math
-
 import attrs
 import numpy as np
 import torch
-from scipy import special, stats
+from scipy import stats
 from torch import Tensor
 
 from ensemblecert import (
@@ -48,72 +45,10 @@ from ensemblecert import (
 )
 from ensemblecert.validators import in_range, increasing, probability
 
-from .sequential import PRIOR, RELATIVE_ERROR, confidence_sequence
+from .sequential import confidence_sequence, thresholds
 
 #: Draws in the first batch; each later batch doubles, up to the certifier's ``batch``.
 FIRST = 64
-
-
-def log_martingale(q: float, hits: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """``log M_t(q)`` for arrays of hit counts and draws (the module's mixture, Jeffreys' prior)."""
-    a, b = PRIOR
-    misses = draws - hits
-    return (
-        special.betaln(a + hits, b + misses)
-        - special.betaln(a, b)
-        - hits * math.log(q)
-        - np.where(misses > 0, misses * math.log1p(-q), 0.0)
-    )
-
-
-def level(hits: np.ndarray, draws: np.ndarray, alpha: float) -> np.ndarray:
-    """``log(1/alpha)``, raised by more than the floating-point error of ``log M_t`` (as the sequential certifier's
-    bounds are), so that every tabulated decision errs towards "undecided"."""
-    a, b = PRIOR
-    centre = np.clip(hits / draws, 1e-300, 1.0 - 1e-16)
-    size = (
-        np.abs(special.betaln(a + hits, b + draws - hits))
-        + abs(special.betaln(a, b))
-        + hits * np.abs(np.log(centre))
-        + (draws - hits) * np.abs(np.log1p(-centre))
-        + 1.0
-    )
-    return math.log(1.0 / alpha) + RELATIVE_ERROR * size
-
-
-def _certifies(q: float, hits: np.ndarray, draws: np.ndarray, alpha: float) -> np.ndarray:
-    """Whether ``hits`` in ``draws`` put the confidence sequence at ``alpha`` above ``q``."""
-    return (hits > q * draws) & (log_martingale(q, hits, draws) >= level(hits, draws, alpha))
-
-
-def _refutes(q: float, hits: np.ndarray, draws: np.ndarray, beta: float) -> np.ndarray:
-    """Whether ``hits`` in ``draws`` put the confidence sequence at ``beta`` below ``q``."""
-    return (hits < q * draws) & (log_martingale(q, hits, draws) >= level(hits, draws, beta))
-
-
-@functools.lru_cache(maxsize=16)
-def thresholds(q: float, alpha: float, beta: float, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """For ``t = 0 .. max_samples`` draws: the least hit count that certifies ``p > q`` at ``alpha`` (``t + 1``
-    where none does) and the greatest that refutes it at ``beta`` (``-1`` where none does). Found by bisection
-    over the hit count for every ``t`` at once (the martingale grows with the distance of ``S / t`` from ``q``)."""
-    t = np.arange(max_samples + 1, dtype=np.float64)
-    t[0] = 1.0  # no decision after no draw (set below)
-    # certify: the least S in (q t, t] that certifies; bisection keeps "lo fails, hi certifies (or is t + 1)"
-    lo, hi = np.floor(q * t), t + 1.0
-    while np.any(hi - lo > 1):
-        mid = np.floor((lo + hi) / 2)
-        ok = _certifies(q, np.minimum(mid, t), t, alpha) & (mid <= t)
-        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
-    certify = hi.astype(np.int64)
-    # refute: the greatest S in [0, q t) that refutes; bisection keeps "lo refutes (or is -1), hi fails"
-    lo, hi = np.full_like(t, -1.0), np.ceil(q * t)
-    while np.any(hi - lo > 1):
-        mid = np.floor((lo + hi) / 2)
-        ok = _refutes(q, np.maximum(mid, 0.0), t, beta) & (mid >= 0)
-        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
-    refute = lo.astype(np.int64)
-    certify[0], refute[0] = 1, -1
-    return certify, refute
 
 
 def largest_certifiable(sigma: float, alpha: float, max_samples: int) -> float:

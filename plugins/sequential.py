@@ -15,16 +15,20 @@ The confidence sequence is the beta-binomial mixture (Robbins, 1970; Howard, Ram
 is a nonnegative martingale with ``M_0 = 1`` under the true ``p``, so ``{p : M_t(p) < 1/alpha}`` covers ``p`` at
 all ``t`` simultaneously with probability ``1 - alpha``. The prior is Jeffreys' ``Beta(1/2, 1/2)``.
 
-Stopping: with a target ``radius``, look after every ``batch`` draws and stop once the lower bound
-certifies it (report the larger radius the bound allows) or the upper bound, at its own level ``beta``,
-shows it unreachable; without one, double the batch at every look and stop once the upper bound is at
-most 1/2 (abstain) or the radii the two bounds allow differ by at most ``tolerance``. At ``max_samples`` certify
+Stopping: with a target ``radius``, look after every draw and stop once the lower bound certifies it (report
+the larger radius the bound allows) or the upper bound, at its own level ``beta``, shows it unreachable: the
+decisions are hit-count thresholds tabulated once per ``t`` (:func:`thresholds`), so looking costs nothing and
+draws come in batches (64, then doubling up to ``batch``) of which only those up to the deciding one count.
+Without a target, double the batch at every look and stop once the upper bound is at most 1/2 (abstain) or the
+radii the two bounds allow differ by at most ``tolerance``. The certifier is stepwise (:class:`SequentialDecision`),
+so the certification loop fills each forward pass with many undecided inputs' draws. At ``max_samples`` certify
 what the lower bound allows, as CERTIFY does. An early stop only costs radius, never soundness: the certificate
 always comes from the lower bound.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from enum import IntEnum
 
@@ -34,7 +38,7 @@ import torch
 from scipy import optimize, special, stats
 from torch import Tensor
 
-from ensemblecert import ABSTAIN, Certificate, Certifier, SmoothedClassifier, hookimpl
+from ensemblecert import ABSTAIN, Certificate, Certifier, Decision, SmoothedClassifier, decide, hookimpl
 from ensemblecert.validators import in_range, probability
 
 PRIOR = (0.5, 0.5)
@@ -65,19 +69,59 @@ def log_mixture(
 RELATIVE_ERROR = 1e-12
 
 
-def level_of(hits: int, draws: int, alpha: float, prior: tuple[float, float] = PRIOR) -> float:
+def level_of(hits: int, draws: int, alpha: float) -> float:
     """The threshold ``log(1/alpha)``, raised by more than the floating-point error of ``log M_t`` near the bounds,
     so that a bound found on the computed martingale errs outwards (the interval only grows)."""
-    a, b = prior
-    centre = min(max(hits / draws, 1e-300), 1.0 - 1e-16)
+    return float(level(np.asarray(float(hits)), np.asarray(float(draws)), alpha))
+
+
+def level(hits: np.ndarray, draws: np.ndarray, alpha: float) -> np.ndarray:
+    """:func:`level_of` for arrays: every tabulated decision errs towards "undecided"."""
+    a, b = PRIOR
+    centre = np.clip(hits / draws, 1e-300, 1.0 - 1e-16)
     size = (
-        abs(special.betaln(a + hits, b + draws - hits))
+        np.abs(special.betaln(a + hits, b + draws - hits))
         + abs(special.betaln(a, b))
-        + hits * abs(math.log(centre))
-        + (draws - hits) * abs(math.log1p(-centre))
+        + hits * np.abs(np.log(centre))
+        + (draws - hits) * np.abs(np.log1p(-centre))
         + 1.0
     )
     return math.log(1.0 / alpha) + RELATIVE_ERROR * size
+
+
+def _certifies(q: float, hits: np.ndarray, draws: np.ndarray, alpha: float) -> np.ndarray:
+    """Whether ``hits`` in ``draws`` put the confidence sequence at ``alpha`` above ``q``."""
+    return (hits > q * draws) & (log_mixture(q, hits, draws) >= level(hits, draws, alpha))
+
+
+def _refutes(q: float, hits: np.ndarray, draws: np.ndarray, beta: float) -> np.ndarray:
+    """Whether ``hits`` in ``draws`` put the confidence sequence at ``beta`` below ``q``."""
+    return (hits < q * draws) & (log_mixture(q, hits, draws) >= level(hits, draws, beta))
+
+
+@functools.lru_cache(maxsize=16)
+def thresholds(q: float, alpha: float, beta: float, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """For ``t = 0 .. max_samples`` draws: the least hit count that certifies ``p > q`` at ``alpha`` (``t + 1``
+    where none does) and the greatest that refutes it at ``beta`` (``-1`` where none does). Found by bisection
+    over the hit count for every ``t`` at once (the martingale grows with the distance of ``S / t`` from ``q``)."""
+    t = np.arange(max_samples + 1, dtype=np.float64)
+    t[0] = 1.0  # no decision after no draw (set below)
+    # certify: the least S in (q t, t] that certifies; bisection keeps "lo fails, hi certifies (or is t + 1)"
+    lo, hi = np.floor(q * t), t + 1.0
+    while np.any(hi - lo > 1):
+        mid = np.floor((lo + hi) / 2)
+        ok = _certifies(q, np.minimum(mid, t), t, alpha) & (mid <= t)
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    certify = hi.astype(np.int64)
+    # refute: the greatest S in [0, q t) that refutes; bisection keeps "lo refutes (or is -1), hi fails"
+    lo, hi = np.full_like(t, -1.0), np.ceil(q * t)
+    while np.any(hi - lo > 1):
+        mid = np.floor((lo + hi) / 2)
+        ok = _refutes(q, np.maximum(mid, 0.0), t, beta) & (mid >= 0)
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    refute = lo.astype(np.int64)
+    certify[0], refute[0] = 1, -1
+    return certify, refute
 
 
 def excludes(p: float, hits: int, draws: int, alpha: float) -> bool:
@@ -89,9 +133,9 @@ def excludes(p: float, hits: int, draws: int, alpha: float) -> bool:
 def confidence_sequence(hits: int, draws: int, alpha: float) -> tuple[float, float]:
     """The interval ``{p : M_t(p) < 1/alpha}`` after ``hits`` in ``draws``: valid at every ``t`` at once. Both ends
     err outwards by more than the arithmetic's error (:func:`level_of`)."""
-    level = level_of(hits, draws, alpha)
+    threshold = level_of(hits, draws, alpha)
     centre = hits / draws
-    inside = lambda p: log_mixture(p, hits, draws) - level  # noqa: E731 - negative inside the interval
+    inside = lambda p: log_mixture(p, hits, draws) - threshold  # noqa: E731 - negative inside the interval
     slack = 4e-15  # brentq's tolerance, so that each bound errs outwards
     lower = 0.0 if inside(0.0) < 0 else max(0.0, optimize.brentq(inside, 0.0, centre, xtol=1e-15, rtol=1e-15) - slack)
     upper = 1.0 if inside(1.0) < 0 else min(1.0, optimize.brentq(inside, centre, 1.0, xtol=1e-15, rtol=1e-15) + slack)
@@ -126,6 +170,7 @@ class Sequential(Certifier):
     tolerance: float = attrs.field(default=0.02, validator=in_range(0, low_open=True))
 
     noise_families = ("gaussian",)
+    stepwise = True
 
     def failure_probability(self) -> float:
         return self.alpha
@@ -156,24 +201,77 @@ class Sequential(Certifier):
                 return Stop.PRECISE
         return Stop.CAP if draws >= self.max_samples else None
 
+    def decision(self, sigma: float, label: int | None) -> SequentialDecision:
+        return SequentialDecision(self, sigma)
+
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
-        top = smoothed.tally(x, self.n0, generator=generator).top
-        sigma = smoothed.noise.sigma
-        hits = draws = looks = 0
-        while True:
-            grow = 1 if self.radius is not None else 2**looks  # without a target, batches double
-            size = min(self.batch * grow, self.max_samples - draws)
-            looks += 1
-            hits += int(smoothed.tally(x, size, generator=generator).counts[top])
-            draws += size
-            stop = self.decide(hits, draws, sigma)
-            if stop is not None:
-                break
-        lower, upper = self.bounds(hits, draws)  # the certificate: always the lower bound at alpha
-        details = {"stop": float(stop), "draws": float(draws), "count": float(hits), "p_lower": lower, "p_upper": upper}
+        return decide(smoothed, x, self.decision(float(smoothed.noise.sigma), None), generator)
+
+
+class SequentialDecision(Decision):
+    """One input: ``n0`` selection draws pick ``c_A``; then, with a target, every draw is looked at (its running hit
+    count against the thresholds of :func:`thresholds`, 64 draws at a time, then twice as many up to ``batch``);
+    without one, batches of ``batch`` that double, looked at after each (:meth:`Sequential.decide`)."""
+
+    def __init__(self, certifier: Sequential, sigma: float) -> None:
+        self.certifier, self.sigma = certifier, sigma
+        self.selection: list[Tensor] = []
+        self.top: int | None = None
+        self.hits = self.draws = self.looks = 0
+        self.stop: Stop | None = None
+        self.size = min(64, certifier.batch)
+        self.tables = None
+        if certifier.radius is not None:
+            q = max(float(stats.norm.cdf(certifier.radius / sigma)), 0.5)
+            self.tables = thresholds(q, certifier.alpha, certifier.beta, certifier.max_samples)
+
+    def wants(self) -> int:
+        c = self.certifier
+        if self.top is None:
+            return c.n0 - sum(len(s) for s in self.selection)
+        if self.stop is not None:
+            return 0
+        size = self.size if self.tables is not None else c.batch * 2**self.looks  # without a target, batches double
+        return min(size, c.max_samples - self.draws)
+
+    def observe(self, classes: Tensor) -> None:
+        classes = classes[: self.wants()]
+        if self.top is None:
+            self.selection.append(classes)
+            if self.wants() == 0:
+                drawn = torch.cat(self.selection)
+                self.top = int(torch.bincount(drawn).argmax())  # the most frequent class, lowest index on ties
+            return
+        hits = (classes == self.top).numpy()
+        if self.tables is None:
+            self.hits, self.draws, self.looks = self.hits + int(hits.sum()), self.draws + len(hits), self.looks + 1
+            self.stop = self.certifier.decide(self.hits, self.draws, self.sigma)
+            return
+        certify, refute = self.tables
+        running = self.hits + np.cumsum(hits)
+        t = np.arange(self.draws + 1, self.draws + len(hits) + 1)
+        decided = np.flatnonzero((running >= certify[t]) | (running <= refute[t]) | (t >= self.certifier.max_samples))
+        last = int(decided[0]) if decided.size else len(hits) - 1  # the draw that decides, or the last one seen
+        self.hits, self.draws = int(running[last]), int(t[last])
+        if decided.size:
+            reached = self.hits >= certify[self.draws]
+            self.stop = Stop.TARGET if reached else Stop.UNREACHABLE if self.hits <= refute[self.draws] else Stop.CAP
+        self.size = min(2 * self.size, self.certifier.batch)
+
+    def certificate(self) -> Certificate:
+        c = self.certifier
+        assert self.top is not None and self.stop is not None  # decided
+        lower, upper = c.bounds(self.hits, self.draws)  # the certificate: always the lower bound at alpha
+        details = {
+            "stop": float(self.stop),
+            "draws": float(self.draws),
+            "count": float(self.hits),
+            "p_lower": lower,
+            "p_upper": upper,
+        }
         if lower <= 0.5:
-            return Certificate(ABSTAIN, 0.0, self.n0 + draws, details)
-        return Certificate(top, radius_of(lower, sigma), self.n0 + draws, details)
+            return Certificate(ABSTAIN, 0.0, c.n0 + self.draws, details)
+        return Certificate(self.top, radius_of(lower, self.sigma), c.n0 + self.draws, details)
 
 
 @hookimpl

@@ -34,12 +34,13 @@ class Scripted:
         self.noise = GaussianNoise(SIGMA)
         self.num_classes = len(draws[0][0])
 
-    def tally(self, x, n, *, generator=None, softmax=False, members=False):
+    def tally(self, x, n, *, generator=None, softmax=False, members=False, sequence=False):
         counts, means = self.script.pop(0)
         counts = torch.tensor(counts)
         assert int(counts.sum()) == n
         prob_sums = torch.tensor(means, dtype=torch.float64) * n if means is not None else None
-        return Tally(n=n, counts=counts, evaluations=n, prob_sums=prob_sums)
+        order = torch.repeat_interleave(torch.arange(len(counts)), counts) if sequence else None  # class by class
+        return Tally(n=n, counts=counts, evaluations=n, prob_sums=prob_sums, sequence=order)
 
 
 def cp_lower(k, n, level):
@@ -169,7 +170,7 @@ def test_sequential_bounds_err_outwards(hits, draws, alpha):
 
 def test_sequential_certifies_from_alpha_and_stops_early_only_at_beta():
     # alpha and beta differ, so using one for the other shows
-    seq = Sequential(radius=0.25, n0=10, batch=1000, max_samples=1000, alpha=0.001, beta=0.3)
+    seq = Sequential(n0=10, batch=1000, max_samples=1000, alpha=0.001, beta=0.3, tolerance=1e-6)  # to the cap
     cert = seq.certify(Scripted(([10, 0], None), ([930, 70], None)), None)
     lower_alpha = float(exact_sequence_bound(930, 1000, 0.001, "lower"))
     assert cert.details["p_lower"] == pytest.approx(lower_alpha, rel=1e-9)

@@ -90,6 +90,8 @@ def test_sequential_is_sound_on_a_k_class_model():
 class PeekingCertify(Sequential):
     """Wrong: the fixed-n Clopper-Pearson bound after every batch, stopping as soon as it reaches the target."""
 
+    stepwise = False  # draws for itself in certify()
+
     def certify(self, smoothed, x, generator=None):
         top = smoothed.tally(x, self.n0, generator=generator).top
         hits = draws = 0
@@ -117,5 +119,26 @@ def test_sequential_in_a_pipeline(tiny_pipeline):
     ]
     result = run(tiny_pipeline)
     samples = [r.outcomes["sequential"].certificate.samples for r in result.results]
-    assert all(70 <= s <= 1020 and (s - 20) % 50 == 0 for s in samples)  # whole batches of 50
-    assert min(samples) < 1020  # some inputs stop early
+    assert all(20 < s <= 1020 for s in samples)
+    assert min(samples) < 1020 and any((s - 20) % 50 for s in samples)  # some stop early, at the deciding draw
+
+
+def test_with_a_target_it_stops_at_the_first_draw_that_decides():
+    """The stepwise sequential certifier looks after every draw: its certificate counts exactly n0 plus the draws up
+    to the first at which decide() stops, on the very draws of the input's one noise stream."""
+    import torch
+
+    from ensemblecert import MonteCarloSampler, certify_inputs, input_generator
+    from ensemblecert.testing import LinearModel
+
+    model, sigma = LinearModel(8, seed=5), 0.5
+    seq = Sequential(radius=0.25, n0=20, batch=256, max_samples=3000, alpha=0.01, beta=0.01)
+    xs = [model.point_with_top_probability(p, sigma, seed=i) for i, p in enumerate([0.99, 0.8, 0.7, 0.6, 0.3])]
+    sampler = MonteCarloSampler(model, GaussianNoise(sigma), num_classes=2, batch_size=500)
+    certs = certify_inputs(seq, sampler, xs, seed=7)
+    for i, (x, cert) in enumerate(zip(xs, certs)):
+        draws = sampler.tally(x, 20 + 3000, generator=input_generator(7, i), sequence=True).sequence
+        top = int(torch.bincount(draws[:20]).argmax())
+        hits = (draws[20:] == top).cumsum(0).tolist()
+        stop = next(t for t in range(1, 3001) if seq.decide(hits[t - 1], t, sigma) is not None)
+        assert cert.samples == 20 + stop, i
