@@ -112,5 +112,6 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
         clopper_pearson_upper,
         clopper_pearson_upper_gap,
         gaussian_radius,
+        randomized_clopper_pearson_lower_gap,
     )
     from .training.objectives import TrainBatch

@@ -32,6 +32,7 @@ from ensemblecert import (
     draw_expectations,
     gaussian_radius,
     hookimpl,
+    randomized_clopper_pearson_lower_gap,
 )
 from ensemblecert.validators import in_range, one_of, probability
 
@@ -58,12 +59,18 @@ class Cohen(Certifier):
     alpha: float = attrs.field(default=0.001, validator=probability)
     expectation: str | None = attrs.field(default=None, validator=attrs.validators.optional(one_of(EXPECTATIONS)))
     procedure: str = attrs.field(default="sound", validator=one_of(PROCEDURES))
+    #: A randomized certificate: the randomized Clopper-Pearson bound (Voracek24), exact where Clopper-Pearson's is
+    #: conservative, so the radius is larger at the same n; its uniform is drawn from the input's noise generator
+    #: after the draws (seeded like them) and recorded in the row (``u``).
+    randomized: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.procedure != "sound" and self.expectation is None:
             raise ValueError(
                 f"procedure {self.procedure!r} applies to the expectations of Cullen24 only; set expectation as well"
             )
+        if self.randomized and self.expectation is not None:
+            raise ValueError("randomized applies to CERTIFY's Clopper-Pearson bound, not to Cullen24's expectations")
 
     noise_families = ("gaussian",)
 
@@ -75,8 +82,9 @@ class Cohen(Certifier):
         return SOFT if self.expectation == "softmax" else HARD
 
     def certify_plan(self) -> CertifyPlan | None:
-        """CERTIFY's plan, so EAS can run it per member (not under Cullen24's expectations: that is Eq. 9)."""
-        return CertifyPlan(self.n0, self.n, self.alpha) if self.expectation is None else None
+        """CERTIFY's plan, so EAS can run it per member (not under Cullen24's expectations: that is Eq. 9; not
+        randomized)."""
+        return CertifyPlan(self.n0, self.n, self.alpha) if self.expectation is None and not self.randomized else None
 
     def radius(self, count: int, n: int, sigma: float) -> tuple[float, float]:
         """``(p_lower, radius)`` from ``count`` top-class hits in ``n`` draws, without sampling."""
@@ -88,8 +96,14 @@ class Cohen(Certifier):
             return self._certify_expectation(smoothed, x, generator)
         top = smoothed.tally(x, self.n0, generator=generator).top
         count = int(smoothed.tally(x, self.n, generator=generator).counts[top])
-        p_lower, radius = self.radius(count, self.n, smoothed.noise.sigma)
-        details = {"count": float(count), "p_lower": p_lower}
+        details: dict[str, float] = {"count": float(count)}
+        if self.randomized:
+            u = 1.0 - float(torch.rand((), generator=generator, device=_device(generator)))  # in (0, 1]
+            gap = randomized_clopper_pearson_lower_gap(count, self.n, self.alpha, u)
+            p_lower, radius, details["u"] = 1.0 - gap, float(gaussian_radius(gap, smoothed.noise.sigma)), u
+        else:
+            p_lower, radius = self.radius(count, self.n, smoothed.noise.sigma)
+        details["p_lower"] = p_lower
         if radius <= 0.0:
             return Certificate(ABSTAIN, 0.0, self.n0 + self.n, details)
         return Certificate(top, radius, self.n0 + self.n, details)
@@ -115,6 +129,10 @@ class Cohen(Certifier):
         if stats.binomtest(n_a, n_a + n_b, 0.5).pvalue <= self.alpha:
             return int(top2.indices[0])
         return ABSTAIN
+
+
+def _device(generator: torch.Generator | None) -> torch.device | str:
+    return generator.device if generator is not None else "cpu"
 
 
 @hookimpl

@@ -275,3 +275,39 @@ def test_clopper_pearson_bounds_and_radii_err_outwards(k, n, alpha):
     if lower > 0.5:
         exact_radius = SIGMA * mp.sqrt(2) * mp.erfinv(2 * lower - 1)
         assert gaussian_radius(clopper_pearson_lower_gap(k, n, alpha), SIGMA) <= exact_radius
+
+
+# ------------------------------------------------------------------------------------ randomized Clopper-Pearson
+@pytest.mark.parametrize("n, p", [(50, 0.9), (40, 0.75)])
+def test_the_randomized_bound_exceeds_p_with_probability_alpha_over_the_draws_and_the_uniform(n, p):
+    """Over the binomial draws and the uniform, P(L > p) = alpha exactly: the implementation's decision at each
+    (k, u) on a grid equals the exact randomized test's (``(1 - u) P_p(X > k) + u P_p(X >= k) < alpha``), and the
+    grid average is alpha within the grid's resolution."""
+    from ensemblecert import randomized_clopper_pearson_lower_gap as gap
+
+    alpha, grid = 0.05, (np.arange(200) + 0.5) / 200
+    total = 0.0
+    for k in range(n + 1):
+        a, b = stats.binom.sf(k, n, p), stats.binom.sf(k - 1, n, p)
+        exact = (1 - grid) * a + grid * b < alpha
+        if stats.binom.pmf(k, n, p) < 1e-9 or exact.all() or not exact.any() and k < n * p - 3 * math.sqrt(n):
+            total += stats.binom.pmf(k, n, p) * exact.mean()
+            continue
+        found = np.array([gap(k, n, alpha, float(u)) < 1 - p for u in grid])
+        assert (found == exact).mean() >= 0.99, k  # equal except within rounding of the boundary
+        total += stats.binom.pmf(k, n, p) * found.mean()
+    assert total == pytest.approx(alpha, abs=2.5e-3) and total <= alpha + 2.5e-3
+
+
+def test_the_randomized_bound_is_clopper_pearsons_at_u_1_and_grows_as_u_falls():
+    from ensemblecert import clopper_pearson_lower_gap
+    from ensemblecert import randomized_clopper_pearson_lower_gap as gap
+
+    for k, n in [(90, 100), (100, 100), (3, 10), (99_990, 100_000)]:
+        cp = clopper_pearson_lower_gap(k, n, 0.001)
+        gaps = [gap(k, n, 0.001, u) for u in (1.0, 0.7, 0.3, 0.01)]
+        assert gaps[0] == pytest.approx(cp, rel=1e-9) and gaps[0] >= cp  # equal, erring outwards
+        assert all(b < a for a, b in zip(gaps, gaps[1:]))  # a smaller u: a smaller gap, a larger bound
+        if k < n:
+            assert gaps[-1] > clopper_pearson_lower_gap(k + 1, n, 0.001)  # never beyond one more success
+    assert gap(0, 10, 0.01, 0.5) == 1.0 and gap(10, 10, 0.01, 0.005) > 0  # all hits, u below alpha: finite

@@ -170,3 +170,21 @@ def test_cohen_abstains_exactly_below_one_half():
     k = smallest_certifying_count(n, alpha)
     assert clopper_gap(k, n, alpha) < 0.5 <= clopper_gap(k - 1, n, alpha)
     assert stats.beta.ppf(alpha, k, n - k + 1) > 0.5 >= stats.beta.ppf(alpha, k - 1, n - k + 2)
+
+
+def test_randomized_certify_is_sound_records_its_uniform_and_never_certifies_less():
+    """The randomized Clopper-Pearson bound (an exact test over the draws and the uniform) certifies at least the
+    radius CERTIFY does on the same draws, records its uniform, repeats with the seed, and passes the harness."""
+    noise = GaussianNoise(sigma=0.5)
+    randomized = Cohen(n0=20, n=200, alpha=0.1, randomized=True)
+    report = check_soundness(randomized, noise, trials=600, seed=5, target_radii=[0.25])
+    assert report.sound, str(report)
+    model = LinearModel(8, seed=2)
+    xs = [model.point_with_top_probability(p, 0.5, seed=i) for i, p in enumerate([0.7, 0.9, 0.99, 0.999])]
+    plain = certify_inputs(Cohen(n0=20, n=200, alpha=0.1), model, xs, noise, num_classes=2, seed=9)
+    first = certify_inputs(randomized, model, xs, noise, num_classes=2, seed=9)
+    again = certify_inputs(randomized, model, xs, noise, num_classes=2, seed=9)
+    assert first == again and all(0 < c.details["u"] <= 1 for c in first)
+    assert all(r.radius >= c.radius and r.details["count"] == c.details["count"] for r, c in zip(first, plain))
+    assert any(r.radius > c.radius for r, c in zip(first, plain))
+    assert Cohen(randomized=True).certify_plan() is None  # EAS runs CERTIFY's plan per member: not randomized

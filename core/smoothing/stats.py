@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
+from scipy import optimize, stats
 
 #: The relative amount by which every bound is moved outwards (lower bounds down, upper bounds up).
 OUTWARD = 1e-12
@@ -45,6 +45,41 @@ def clopper_pearson_lower_gap(successes: ArrayLike, trials: ArrayLike, alpha: fl
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = stats.beta.isf(alpha, n - k + 1, np.maximum(k, 1))
     return _out(np.where(k == 0, 1.0, np.minimum(gap * (1.0 + OUTWARD), 1.0)))
+
+
+#: The randomized bound is solved at ``alpha (1 - RANDOMIZED_SLACK)``: far more than the relative error of scipy's
+#: binomial distribution function (about 1e-13 here), so rounding can only make the bound smaller.
+RANDOMIZED_SLACK = 1e-10
+#: The smallest gap a randomized bound reports (a radius of about 7.9 sigma): with all draws hits and a uniform
+#: below ``alpha`` the exact randomized bound is 1, an infinite radius; reporting less is conservative.
+SMALLEST_GAP = 1e-15
+
+
+def randomized_clopper_pearson_lower_gap(successes: int, trials: int, alpha: float, u: float) -> float:
+    """``1 -`` the randomized one-sided Clopper-Pearson lower bound for ``successes`` in ``trials`` and a uniform
+    ``u`` in (0, 1]: the ``L`` with ``P_L(X > k) + u P_L(X = k) = alpha`` for ``X ~ Bin(n, L)``. With ``u`` drawn
+    uniformly, ``P(L > p) = alpha`` exactly (the randomized test is exact where Clopper-Pearson's is conservative),
+    and ``L`` is at least the Clopper-Pearson bound (equal at ``u = 1``): a larger radius at the same ``n``, at
+    the price of a certificate that depends on ``u`` as well as on the draws. Solved for the gap ``g = 1 - L``
+    between the Clopper-Pearson gaps of ``k + 1`` and ``k`` successes (``misses ~ Bin(n, g)``), erring outwards."""
+    k, n = int(successes), int(trials)
+    _check(k, n, alpha)
+    if not 0.0 < u <= 1.0:
+        raise ValueError(f"u must be in (0, 1], got {u}")
+    if k == 0:
+        return 1.0
+    level = alpha * (1.0 - RANDOMIZED_SLACK)  # solved at a slightly smaller level: the gap errs outwards
+    if k == n:  # u (1 - g)^n = alpha
+        gap = 1.0 - (level / u) ** (1.0 / n) if u > level else 0.0
+    else:
+
+        def excess(g: float) -> float:  # decreasing in g; zero at the bound
+            return (1 - u) * stats.binom.cdf(n - k - 1, n, g) + u * stats.binom.cdf(n - k, n, g) - level
+
+        low = float(clopper_pearson_lower_gap(k + 1, n, alpha)) / (1.0 + OUTWARD)  # u = 0
+        high = min(float(clopper_pearson_lower_gap(k, n, level)), 1.0)  # u = 1
+        gap = high if excess(high) >= 0 else optimize.brentq(excess, low, high, xtol=1e-300, rtol=1e-15)
+    return float(min(max(gap * (1.0 + OUTWARD) + 1e-300, SMALLEST_GAP), 1.0))
 
 
 def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float) -> float | np.ndarray:
