@@ -221,3 +221,21 @@ def test_reduced_precision_is_recorded_and_changes_the_fingerprint(tmp_path):
     assert fp32["engine"]["precision"] == "fp32" and fp32_summary["sound"] is True
     assert bf16["engine"]["members"]["precision"] == "bf16" and bf16_summary["sound"] is False
     assert fp32_fingerprint != bf16_fingerprint
+
+
+def test_building_an_ensemble_leaves_the_callers_modules_alone():
+    """Two ensembles over the same members with different engines: building the channels-last one changes neither
+    the members' weights nor their memory layout, and the first ensemble's outputs stay the same."""
+    members = members_of(ResNet20(), DataInfo((3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3), count=2)
+    before = [{k: (v.clone(), v.stride()) for k, v in m.state_dict().items()} for m in members]
+    x = torch.rand(4, 3, 32, 32)
+    plain = Ensemble(members, WeightedEnsemble(), engine=Engine(compile=False))
+    with torch.inference_mode():
+        expected = plain(x)
+        other = Ensemble(members, WeightedEnsemble(), engine=Engine(compile=False, channels_last=True))
+        assert other.runner().channels_last
+        assert torch.allclose(other(x), expected, atol=1e-5)
+        assert torch.equal(plain(x), expected)
+    for member, saved in zip(members, before):
+        for key, value in member.state_dict().items():
+            assert torch.equal(value, saved[key][0]) and value.stride() == saved[key][1], key

@@ -95,7 +95,9 @@ class Members:
     member's ``[B, C]``, for aggregators that skip members. The layout is settled on the first batch: ``fused``
     needs a probe batch to check the wider network against the members, and falls back to the loop, saying why in
     :attr:`why_not`, when the architecture does not fuse. Members that differ in architecture or run in training
-    mode always loop. Stacked or fused layouts hold copies of the weights: build a new ``Members`` after a change.
+    mode always loop. Stacked or fused layouts, and channels-last members, hold copies of the weights: build a new
+    ``Members`` after a change. The modules passed in are never changed, so several ensembles over the same members
+    with different ``[engine]`` settings all work.
     """
 
     def __init__(self, modules: Sequence[nn.Module], engine: Engine | None = None) -> None:
@@ -118,9 +120,8 @@ class Members:
         self.channels_last = convolutional and (
             cl if cl is not None else self.device_type == "cuda" and self.engine.reduced
         )
-        if self.channels_last:
-            for module in self.modules:
-                module.to(memory_format=torch.channels_last)
+        if self.channels_last:  # copies: the caller's modules (another ensemble may run them) keep their layout
+            self.modules = [copy.deepcopy(module).to(memory_format=torch.channels_last) for module in self.modules]
 
     def _requested_layout(self) -> str:
         layout = self.engine.layout
