@@ -25,12 +25,12 @@ SIGMA, ALPHA, BETA = 0.25, 0.001, 0.0001
 STAGES = [1_000, 10_000, 125_000]
 
 
-def train(output: str) -> ec.RunResult:
+def train(output: str, device: str = "cpu") -> ec.RunResult:
     cfg = ec.load_pipeline(None)[0].source | {}
     cfg = {
         **cfg,
         "output": output,
-        "device": "cpu",
+        "device": device,
         "ensemble": {**cfg["ensemble"], "members": 5, "aggregator": {"name": "k_consensus", "k": 2}},
         "certification": {"enabled": False},
     }
@@ -58,10 +58,11 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=100)
     parser.add_argument("--output", default="runs/bench-adaptive")
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the members run")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    trained = train(args.output)
+    trained = train(args.output, args.device)
     members = list(trained.ensemble.members)
     k_consensus = trained.ensemble.aggregator  # ranked on the held-out split
     registry = ec.load_registry()
