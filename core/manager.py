@@ -9,8 +9,10 @@ import difflib
 import functools
 import importlib
 import inspect
+import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
+from pathlib import Path
 
 import pluggy
 
@@ -26,12 +28,14 @@ def make_plugin_manager(
     *,
     plugins: Iterable[object] = (),
     entry_points: bool = True,
+    beside: Path | None = None,
 ) -> pluggy.PluginManager:
     """Return a plugin manager holding the entry-point plugins, ``modules`` and ``plugins``.
 
-    ``modules`` are importable module names (what a pipeline file lists under ``plugins``);
-    ``plugins`` are already-imported plugin objects (handy in tests); ``entry_points=False`` skips the
-    ``ensemblecert`` entry-point group, built-ins included.
+    ``modules`` are importable module names (what a pipeline file lists under ``plugins``), looked for first in the
+    folder ``beside`` (the pipeline file's, as pytest finds a conftest.py beside the tests) whatever the working
+    directory, then on the import path; ``plugins`` are already-imported plugin objects (handy in tests);
+    ``entry_points=False`` skips the ``ensemblecert`` entry-point group, built-ins included.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -54,7 +58,7 @@ def make_plugin_manager(
         if pm.has_plugin(name):
             continue
         try:
-            plugin = importlib.import_module(name)
+            plugin = _import_beside(name, beside)
         except Exception as exc:
             raise UserError(
                 f"plugins[{index}]: cannot import plugin module {name!r}: {type(exc).__name__}: {exc}. "
@@ -70,6 +74,17 @@ def make_plugin_manager(
     except pluggy.PluginValidationError as exc:
         raise UserError(f"plugin {exc.plugin!r} has a hook that ensemblecert does not define: {exc}") from exc
     return pm
+
+
+def _import_beside(name: str, folder: Path | None) -> object:
+    """Import the module ``name``, looking in ``folder`` first (it stays on the path only while importing)."""
+    if folder is None:
+        return importlib.import_module(name)
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(folder))
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -131,6 +146,8 @@ def load_registry(
     *,
     plugins: Iterable[object] = (),
     entry_points: bool = True,
+    beside: Path | None = None,
 ) -> Registry:
     """Make a plugin manager (see :func:`make_plugin_manager`) and collect its components."""
-    return collect_components(make_plugin_manager(modules, plugins=plugins, entry_points=entry_points))
+    pm = make_plugin_manager(modules, plugins=plugins, entry_points=entry_points, beside=beside)
+    return collect_components(pm)

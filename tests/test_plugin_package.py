@@ -8,10 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, THIRD_PARTY_MODULE
 
 PACKAGE = REPO / "examples" / "plugin_package"
 
@@ -94,3 +96,22 @@ def test_it_passes_the_soundness_harness(site, monkeypatch):
     report = check_soundness(HoeffdingCertify(n0=50, n=500, alpha=0.05), GaussianNoise(0.5), trials=200)
     assert report.sound, str(report)
     assert report.certified > 100
+
+
+def test_a_plugin_module_beside_the_pipeline_file_is_found_from_any_working_directory(tmp_path):
+    """The `ensemblecert` command (no cwd on the import path) finds `plugins = ["my_local"]` beside the pipeline
+    file, as pytest finds a conftest.py beside the tests, run from another directory."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "my_local_majority.py").write_text(
+        textwrap.dedent(THIRD_PARTY_MODULE).replace('"majority"', '"local_majority"')
+    )
+    (folder / "p.toml").write_text(
+        'plugins = ["my_local_majority"]\n[certification]\ncertifiers = [{ name = "local_majority" }]\n'
+    )
+    script = Path(sys.executable).parent / "ensemblecert"
+    proc = subprocess.run(
+        [str(script), "validate", str(folder / "p.toml")], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "local_majority" in proc.stdout

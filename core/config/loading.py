@@ -156,11 +156,13 @@ def load_pipeline(
     overrides: Sequence[str] = (),
     plugins: Sequence[object] = (),
     entry_points: bool = True,
+    beside: Path | None = None,
 ) -> tuple[Pipeline, Registry]:
     """Read a pipeline (a TOML path, a dict, or ``None`` for the built-in default) and resolve it.
 
     Plugin modules listed under ``plugins`` in the pipeline are loaded before its components are
-    resolved; ``plugins`` here adds already-imported plugin objects. Returns the pipeline and the
+    resolved, looked for first in the folder ``beside`` (by default the pipeline file's), whatever the working
+    directory; ``plugins`` here adds already-imported plugin objects. Returns the pipeline and the
     registry its components came from.
     """
     from ..manager import load_registry
@@ -176,7 +178,9 @@ def load_pipeline(
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError([f"plugins: expected a list of module names, got {modules!r}"], label)
     try:
-        registry = load_registry(modules, plugins=plugins, entry_points=entry_points)
+        if beside is None and isinstance(source, (str, Path)):
+            beside = Path(source).resolve().parent
+        registry = load_registry(modules, plugins=plugins, entry_points=entry_points, beside=beside)
     except UserError as exc:
         raise UserError(f"{label}: {exc}" if label else str(exc)) from None
     try:

@@ -43,6 +43,8 @@ class Study:
     pipelines: tuple[Pipeline, ...]
     registry: Registry
     trains_with: tuple[int, ...]  # per point, the point whose members it uses (itself when it trains)
+    #: The study file's folder, searched first for the plugin modules its pipelines list.
+    beside: Path | None = None
 
     @property
     def trainings(self) -> int:
@@ -60,6 +62,7 @@ def load_study(
     """Read a study and check every point's pipeline (all problems, every point, before any work)."""
     data, label = read_source(source)
     data = apply_overrides(data, overrides)
+    beside = Path(source).resolve().parent if isinstance(source, (str, Path)) else None
     try:
         points = sweep_points(data.pop(SWEEP, None))
     except ConfigError as exc:
@@ -72,7 +75,7 @@ def load_study(
             set_setting(mine, path, value, where=f'{SWEEP}."{path}"')
         mine["output"] = str(output / point.name)
         try:
-            pipeline, registry = load_pipeline(mine, plugins=plugins)
+            pipeline, registry = load_pipeline(mine, plugins=plugins, beside=beside)
         except ConfigError as exc:
             problems += [f"point {point.name}: {problem}" for problem in exc.problems]
             continue
@@ -81,7 +84,7 @@ def load_study(
         raise ConfigError(problems or ["the sweep has no points"], label)
     keys = [_training_key(p, registry) for p in pipelines]
     trains_with = tuple(keys.index(k) if k is not None else i for i, k in enumerate(keys))
-    return Study(output, tuple(points), tuple(pipelines), registry, trains_with)
+    return Study(output, tuple(points), tuple(pipelines), registry, trains_with, beside)
 
 
 def _training_key(pipeline: Pipeline, registry: Registry) -> str | None:
@@ -132,7 +135,7 @@ def run_study(
         leader = study.trains_with[i]
         reporter.info(f"Point {i + 1} of {len(study.points)}: {point.name}")
         if leader != i:  # certify the members its twin trained
-            pipeline, registry = load_pipeline(_point_source(study, i), plugins=plugins)
+            pipeline, registry = load_pipeline(_point_source(study, i), plugins=plugins, beside=study.beside)
             reporter.info(f"  using the members trained for {study.points[leader].name}")
         else:
             registry = study.registry
@@ -178,7 +181,7 @@ def _run_in_processes(study: Study, *, fresh: bool, reporter: Reporter, jobs: in
                     if len(running) >= jobs:
                         break
                     waiting.remove(i)
-                    running[pool.submit(_run_point, _point_source(study, i), fresh)] = i
+                    running[pool.submit(_run_point, _point_source(study, i), fresh, study.beside)] = i
                 names = ", ".join(study.points[i].name for i in sorted(running.values()))
                 bars.update(task, status=f"running {names}" if names else "")
                 ended, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -210,7 +213,7 @@ def _worker_start(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_point(source: dict[str, Any], fresh: bool) -> str | None:
+def _run_point(source: dict[str, Any], fresh: bool, beside: Path | None = None) -> str | None:
     """Run one point in this process, its messages in ``log.txt`` in its folder; ``None`` when it finished, else
     what went wrong (a message, or the traceback of an unexpected error)."""
     from rich.console import Console
@@ -220,7 +223,7 @@ def _run_point(source: dict[str, Any], fresh: bool) -> str | None:
     with (output / Outputs.LOG).open("a", encoding="utf-8") as log:
         reporter = Reporter(Console(file=log, width=120, force_terminal=False))
         try:
-            pipeline, registry = load_pipeline(source)
+            pipeline, registry = load_pipeline(source, beside=beside)
             run_pipeline(pipeline, registry, fresh=fresh, reporter=reporter)
         except UserError as exc:
             return str(exc)
