@@ -67,6 +67,12 @@ class Dataset(ABC):
     def load(self) -> DataSplits:
         """Return the splits; raise :class:`ensemblecert.UserError` naming the missing files if absent."""
 
+    def missing_files(self) -> list[str]:
+        """The files or folders ``load`` would need and cannot find, each with its resolved path (none by default:
+        a data set without files, or one that downloads them). Checked by ``ensemblecert validate`` and before a
+        run, without loading anything."""
+        return []
+
 
 # -------------------------------------------------------------------------------------- models
 class Model(ABC):

@@ -53,16 +53,17 @@ class MNIST(Dataset):
     root: str = "data"
     download: bool = False
 
+    FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    def missing_files(self) -> list[str]:
+        raw = (Path(self.root) / "MNIST" / "raw").resolve()
+        return [] if self.download else [str(raw / f) for f in self.FILES if not (raw / f).is_file()]
+
     def load(self) -> DataSplits:
         from torchvision import datasets, transforms
 
         raw = Path(self.root) / "MNIST" / "raw"
-        files = [
-            "train-images-idx3-ubyte",
-            "train-labels-idx1-ubyte",
-            "t10k-images-idx3-ubyte",
-            "t10k-labels-idx1-ubyte",
-        ]
+        files = list(self.FILES)
         to_tensor = transforms.ToTensor()
         try:
             train = datasets.MNIST(self.root, train=True, download=self.download, transform=to_tensor)
@@ -161,6 +162,13 @@ class CIFAR10(Dataset):
     augment: bool = True
     verify: bool = True
 
+    def missing_files(self) -> list[str]:
+        from torchvision import datasets
+
+        where = (Path(self.root) / datasets.CIFAR10.base_folder).resolve()
+        names = [n for n, _ in datasets.CIFAR10.train_list + datasets.CIFAR10.test_list]
+        return [] if self.download else [str(where / n) for n in names if not (where / n).is_file()]
+
     def load(self) -> DataSplits:
         from torchvision import datasets, transforms
         from torchvision.datasets.utils import check_integrity, download_and_extract_archive
@@ -214,6 +222,10 @@ class ImageNet(Dataset):
     """
 
     root: str = "data/imagenet"
+
+    def missing_files(self) -> list[str]:
+        root = Path(self.root).resolve()
+        return [f"{root / split}/<wnid>/*.JPEG" for split in ("train", "val") if not (root / split).is_dir()]
 
     def load(self) -> DataSplits:
         from torchvision import datasets, transforms

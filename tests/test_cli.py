@@ -53,7 +53,7 @@ def test_bad_set_and_bad_arguments(tmp_path, cli):
 def test_missing_data_files_are_a_user_error(tmp_path, cli):
     proc = cli("run", "--set", 'data={ name = "mnist", root = "nowhere" }', cwd=tmp_path)
     assert proc.returncode == 2
-    assert "MNIST not found: expected train-images-idx3-ubyte" in proc.stderr
+    assert "data: missing " in proc.stderr and "nowhere/MNIST/raw/train-images-idx3-ubyte" in proc.stderr
     assert "data.download = true" in proc.stderr and "Traceback" not in proc.stderr
 
 

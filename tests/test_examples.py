@@ -1,5 +1,6 @@
 """Every example pipeline validates, and every registered component is used by at least one example."""
 
+import pathlib
 import sys
 
 import pytest
@@ -35,17 +36,52 @@ def make_inputs(path, tmp_path, monkeypatch):
             target.write_bytes(b"")
 
 
+def make_files(pipeline) -> None:
+    """The data files and given checkpoints a pipeline names, as empty stand-ins in the working directory (validate
+    checks that they exist, not what they hold)."""
+    for missing in pipeline.data.missing_files():
+        target = pathlib.Path(missing.split("/<wnid>")[0])
+        if "/<wnid>" in missing:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"")
+    for name in pipeline.ensemble.checkpoints:
+        pathlib.Path(name).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(name).touch()
+
+
 @pytest.mark.parametrize("path", EXAMPLES + PAPERS, ids=lambda p: p.relative_to(REPO / "examples").as_posix())
 def test_example_validates(path, tmp_path, monkeypatch):
     make_inputs(path, tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
     if is_study(path):
         study = load_study(path)
         assert len(study.points) > 1
         for pipeline in study.pipelines:
+            make_files(pipeline)
             check_pipeline(pipeline)
     else:
         pipeline, _ = load_pipeline(path)
+        make_files(pipeline)
         check_pipeline(pipeline)
+
+
+def test_validate_names_every_missing_input_file_with_its_resolved_path(tmp_path, monkeypatch):
+    """Three missing checkpoints and a missing data root: one message naming each, before any work."""
+    from ensemblecert import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    data = {
+        "data": {"name": "mnist", "root": "nowhere"},
+        "ensemble": {"members": 3, "checkpoints": ["a.pt", "b.pt", "c.pt"]},
+    }
+    with pytest.raises(ConfigError) as caught:
+        check_pipeline(load_pipeline(data)[0])
+    message = str(caught.value)
+    for i, name in enumerate("abc"):
+        assert f"ensemble.checkpoints[{i}]: no such file '{name}.pt' ({tmp_path / (name + '.pt')})" in message
+    assert f"data: missing {tmp_path / 'nowhere' / 'MNIST' / 'raw' / 'train-images-idx3-ubyte'}" in message
 
 
 @pytest.mark.parametrize("path", PAPERS, ids=lambda p: p.name)

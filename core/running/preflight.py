@@ -64,7 +64,19 @@ def check_pipeline(pipeline: Pipeline) -> None:
                 "ensemble.aggregator skips members (as k_consensus does); use an aggregator that evaluates all "
                 "members (for example we) with it"
             )
+    missing = pipeline.data.missing_files()
+    if missing:
+        problems.append(
+            f"data: missing {', '.join(missing)}; set data.root (relative paths are relative to the working "
+            "directory) or data.download = true where the data set offers it"
+        )
     checkpoints = pipeline.ensemble.checkpoints
+    for i, name in enumerate(checkpoints):
+        if not Path(name).is_file():
+            problems.append(
+                f"ensemble.checkpoints[{i}]: no such file {name!r} ({Path(name).resolve()}); relative paths are "
+                "relative to the working directory"
+            )
     if checkpoints and len(checkpoints) != pipeline.ensemble.members:
         problems.append(
             f"ensemble.checkpoints: {len(checkpoints)} files for {pipeline.ensemble.members} members; "
