@@ -280,3 +280,10 @@ def test_the_real_command_line_prints_one_message_without_a_traceback(tmp_path, 
     proc = cli("simplex", "-o", str(tmp_path / "taken.png"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert textwrap.dedent(proc.stderr).count("error:") == 1
+
+
+def test_a_misspelt_set_path_gets_the_same_did_you_mean_as_a_toml_key(capsys):
+    message = fails(capsys, "validate", "--set", "certification.certifier[0].n=100")
+    assert "certification.certifier[0].n does not exist in this pipeline; did you mean 'certification.certifiers'?" in (
+        message
+    )

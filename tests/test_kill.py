@@ -176,3 +176,26 @@ def test_a_narrower_selection_killed_mid_way_loses_no_certified_row(tmp_path):
     again = start(tmp_path, "run")
     assert again.wait(timeout=600) == 0, again.stderr.read()
     assert tsv.read_text().splitlines() == certified
+
+
+POOLED = NARROWING.replace(
+    'certifiers = [{ name = "cohen", n0 = 20, n = 1000, alpha = 0.01 }]',
+    'certifiers = [{ name = "label_test", radii = [0.0, 0.25, 0.5], alpha = 0.01, beta = 0.01, max_samples = 4000 }]',
+).replace("max_examples = 8", "max_examples = 30")
+
+
+@pytest.mark.slow
+def test_a_run_of_pooled_stepwise_decisions_killed_mid_way_ends_as_an_uninterrupted_one(tmp_path):
+    """The label test fills each pass with many inputs' draws and writes rows as inputs are decided: a run killed
+    while some are decided and others are not resumes to the uninterrupted rows (each undecided input starts its
+    own stream again)."""
+    (tmp_path / "pipeline.toml").write_text(POOLED)
+    whole = start(tmp_path, "whole")
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    killed = start(tmp_path, "killed")
+    tsv = tmp_path / "killed" / "certification.tsv"
+    assert kill_when(killed, lambda: lines(tsv) >= 1 + 5), "the run finished before the kill point"
+    again = start(tmp_path, "killed")
+    assert again.wait(timeout=600) == 0, again.stderr.read()
+    rows = {name: sorted(rows_without_times(tmp_path / name / "certification.tsv")[1:]) for name in ("whole", "killed")}
+    assert rows["killed"] == rows["whole"] and len(rows["whole"]) == 30

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -119,12 +120,26 @@ def set_setting(data: dict[str, Any], path: str, value: Any, *, where: str) -> N
             try:
                 node[part] = child
             except (IndexError, TypeError):
-                raise UserError(f"{where}: {path.strip()} does not exist in this pipeline") from None
+                raise UserError(f"{where}: {path.strip()} does not exist in this pipeline{_hint(parts)}") from None
         node = child
     try:
         node[parts[-1]] = copy.deepcopy(value)
     except (IndexError, TypeError):
-        raise UserError(f"{where}: {path.strip()} does not exist in this pipeline") from None
+        raise UserError(f"{where}: {path.strip()} does not exist in this pipeline{_hint(parts)}") from None
+
+
+def _hint(parts: Sequence[str | int]) -> str:
+    """"; did you mean 'certifiers'?" for the first key of ``parts`` the schema's sections do not have."""
+    cls: Any = Pipeline
+    for part in parts:
+        if not isinstance(part, str) or cls is None or not attrs.has(cls):
+            return ""
+        fields = {f.alias: f for f in attrs.fields(attrs.resolve_types(cls))}
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            return f"; did you mean {'.'.join([*map(str, parts[: parts.index(part)]), close[0]])!r}?" if close else ""
+        cls = fields[part].type if fields[part].metadata.get("section") else None
+    return ""
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
