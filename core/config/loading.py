@@ -129,7 +129,7 @@ def set_setting(data: dict[str, Any], path: str, value: Any, *, where: str) -> N
 
 
 def _hint(parts: Sequence[str | int]) -> str:
-    """"; did you mean 'certifiers'?" for the first key of ``parts`` the schema's sections do not have."""
+    """ "; did you mean 'certifiers'?" for the first key of ``parts`` the schema's sections do not have."""
     cls: Any = Pipeline
     for part in parts:
         if not isinstance(part, str) or cls is None or not attrs.has(cls):

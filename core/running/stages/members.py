@@ -146,8 +146,8 @@ class MembersStage(Stage):
             run.reporter.info(f"Fine-tuning from {', '.join(map(str, starts))}")
         log = TrainLog(run.path(Outputs.TRAIN_LOG), start)
         with run.reporter.progress() as bar:
-            epochs = bar.add_task("train", total=t.epochs, completed=start, status="")
-            steps = bar.add_task("  epoch", total=batches, status="")
+            epochs = bar.add_task("epoch", total=t.epochs, completed=start, status="", each=True)
+            steps = bar.add_task("  batch", total=batches, status="", repeats=True)
 
             def on_epoch(epoch: int, record: Mapping[str, float], state: dict[str, Any]) -> None:
                 if world.main:
