@@ -18,7 +18,15 @@ def test_default_pipeline_resolves():
     assert pipeline.ensemble.members == 3
     cfg = describe(pipeline, registry)
     assert cfg["certification"]["certifiers"] == [
-        {"name": "cohen", "n0": 100, "n": 10000, "alpha": 0.001, "expectation": None, "procedure": "sound"}
+        {
+            "name": "cohen",
+            "n0": 100,
+            "n": 10000,
+            "alpha": 0.001,
+            "expectation": None,
+            "procedure": "sound",
+            "randomized": False,
+        }
     ]
     assert cfg["ensemble"]["aggregator"] == {"name": "we", "weights": None}
 
