@@ -405,6 +405,11 @@ class SoundnessReport:
                 f"in {r.trials} trials ({r.certified} certified, at most {self.alpha * r.trials:.1f} expected), "
                 f"p-value {r.p_value:.3g}"
             )
+        if self.sound:
+            lines.append(f"verdict: SOUND (no region over-claims more than {self.alpha:g} allows)")
+        else:
+            worst = min(self.regions, key=lambda r: r.p_value)
+            lines.append(f"verdict: NOT SOUND (over-claims in {worst.region.name} beyond {self.alpha:g})")
         return "\n".join(lines)
 
 

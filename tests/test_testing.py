@@ -65,6 +65,7 @@ def test_correct_cohen_passes_in_every_region():
     assert report.sound, str(report)
     assert [r.region.name for r in report.regions] == ["boundary", "moderate", "confident"]
     assert all(r.certified > 0 for r in report.regions)
+    assert str(report).splitlines()[-1].startswith("verdict: SOUND")
 
 
 @pytest.mark.parametrize("mutant", [TopOfEstimation, SameDraws])
@@ -73,6 +74,7 @@ def test_selection_mistakes_are_caught_near_the_boundary(mutant):
     assert not report.sound, str(report)
     worst = min(report.regions, key=lambda r: r.p_value)
     assert worst.region.name == "boundary"
+    assert str(report).splitlines()[-1] == "verdict: NOT SOUND (over-claims in boundary beyond 0.1)"
 
 
 @pytest.mark.parametrize("region", DEFAULT_REGIONS, ids=lambda r: r.name)
