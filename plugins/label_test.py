@@ -45,7 +45,7 @@ from ensemblecert import (
 )
 from ensemblecert.validators import in_range, increasing, probability
 
-from .sequential import confidence_sequence, thresholds
+from .sequential import confidence_sequence, look, thresholds
 
 #: Draws in the first batch; each later batch doubles, up to the certifier's ``batch``.
 FIRST = 64
@@ -131,15 +131,10 @@ class LabelDecision(Decision):
         count = min(int(classes.shape[0]), self.wants())
         if count == 0:
             return
-        running = self.hits + np.cumsum(classes[:count].numpy() == self.label)  # hits after each draw
-        t = np.arange(self.draws + 1, self.draws + count + 1)
-        up = np.maximum.accumulate((running[None, :] >= self.certify[:, t]).sum(axis=0))  # radii certified by then
-        down = np.maximum.accumulate((running[None, :] <= self.refute[:, t]).sum(axis=0))
-        up, down = np.maximum(up, self.certified), np.maximum(down, self.refuted)
-        decided = np.flatnonzero(up + down >= len(self.certifier.radii))
-        last = int(decided[0]) if decided.size else count - 1  # the draw that decides, or the last one seen
-        self.certified, self.refuted = int(up[last]), int(down[last])
-        self.hits, self.draws = int(running[last]), self.draws + last + 1
+        hit = classes[:count].numpy() == self.label
+        self.hits, self.draws, self.certified, self.refuted = look(
+            self.hits, self.draws, hit, self.certify, self.refute, self.certified, self.refuted
+        )
         self.size = min(2 * self.size, self.certifier.batch)
 
     def certificate(self) -> Certificate:

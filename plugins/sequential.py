@@ -124,6 +124,22 @@ def thresholds(q: float, alpha: float, beta: float, max_samples: int) -> tuple[n
     return certify, refute
 
 
+def look(
+    hits: int, draws: int, hit: np.ndarray, certify: np.ndarray, refute: np.ndarray, certified: int, refuted: int
+) -> tuple[int, int, int, int]:
+    """Look after each new draw (``hit``: whether it returned the class tested, in order) against the tables of
+    several thresholds (rows of ``certify`` and ``refute``, from :func:`thresholds`, in increasing order): how many
+    are certified (from the smallest) and refuted (from the largest). Returns ``(hits, draws, certified, refuted)``
+    at the first draw after which every threshold is decided, or after the last draw."""
+    running = hits + np.cumsum(hit)
+    t = np.arange(draws + 1, draws + len(hit) + 1)
+    up = np.maximum(np.maximum.accumulate((running[None, :] >= certify[:, t]).sum(axis=0)), certified)
+    down = np.maximum(np.maximum.accumulate((running[None, :] <= refute[:, t]).sum(axis=0)), refuted)
+    decided = np.flatnonzero(up + down >= certify.shape[0])
+    last = int(decided[0]) if decided.size else len(hit) - 1  # the draw that decides, or the last one seen
+    return int(running[last]), int(t[last]), int(up[last]), int(down[last])
+
+
 def excludes(p: float, hits: int, draws: int, alpha: float) -> bool:
     """Whether ``p`` lies outside the confidence sequence at level ``alpha``: one evaluation, no root finding
     (erring towards "inside", as the bounds do)."""
@@ -248,14 +264,9 @@ class SequentialDecision(Decision):
             self.stop = self.certifier.decide(self.hits, self.draws, self.sigma)
             return
         certify, refute = self.tables
-        running = self.hits + np.cumsum(hits)
-        t = np.arange(self.draws + 1, self.draws + len(hits) + 1)
-        decided = np.flatnonzero((running >= certify[t]) | (running <= refute[t]) | (t >= self.certifier.max_samples))
-        last = int(decided[0]) if decided.size else len(hits) - 1  # the draw that decides, or the last one seen
-        self.hits, self.draws = int(running[last]), int(t[last])
-        if decided.size:
-            reached = self.hits >= certify[self.draws]
-            self.stop = Stop.TARGET if reached else Stop.UNREACHABLE if self.hits <= refute[self.draws] else Stop.CAP
+        self.hits, self.draws, up, down = look(self.hits, self.draws, hits, certify[None], refute[None], 0, 0)
+        capped = self.draws >= self.certifier.max_samples
+        self.stop = Stop.TARGET if up else Stop.UNREACHABLE if down else Stop.CAP if capped else None
         self.size = min(2 * self.size, self.certifier.batch)
 
     def certificate(self) -> Certificate:

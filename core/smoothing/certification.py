@@ -71,23 +71,35 @@ def certification_loop(
     classifier the strategy and certifier certify), its seconds (its own work plus an equal share of every tally it
     used with others: :meth:`SharedTallies.time_shares`) and its member evaluations.
     """
+    source = _Source(fetch, seed, device, label_of, {e.label: e.strategy.classifier(e.certifier) for e in plan})
     stepwise = [entry for entry in plan if entry.certifier.stepwise]
     pools = {entry.smoothed for entry in stepwise}
     if len(pools) == 1 and next(iter(pools)).sampler is not None:  # fill each batch with many inputs' draws
-        yield from _pooled(plan, stepwise, indices, fetch, seed=seed, device=device, label_of=label_of)
+        yield from _pooled(plan, stepwise, indices, source)
         return
-    yield from _one_by_one(plan, indices, fetch, seed=seed, device=device, label_of=label_of)
+    yield from _one_by_one(plan, indices, source)
+
+
+@attrs.frozen
+class _Source:
+    """Where a loop's inputs, their noise and their labels come from, and the classifier each entry's
+    certificates are about (worked out once per loop)."""
+
+    fetch: Callable[[int], Tensor]
+    seed: int
+    device: torch.device | str
+    label_of: Callable[[int], int] | None
+    classifiers: dict[str, str]
+
+    def generator(self, index: int) -> torch.Generator:
+        return input_generator(self.seed, index, 0, self.device)
+
+    def label(self, index: int) -> int | None:
+        return self.label_of(index) if self.label_of is not None else None
 
 
 def _pooled(
-    plan: Sequence[Planned],
-    stepwise: Sequence[Planned],
-    indices: Sequence[int],
-    fetch: Callable[[int], Tensor],
-    *,
-    seed: int,
-    device: torch.device | str,
-    label_of: Callable[[int], int] | None,
+    plan: Sequence[Planned], stepwise: Sequence[Planned], indices: Sequence[int], source: _Source
 ) -> Iterator[tuple[int, dict[str, Outcome]]]:
     """The stepwise entries of every input decided in shared batches (:func:`decide_many`); each input's row once
     they are all decided, with its other entries certified then, one by one. Rows come in the order inputs are
@@ -99,19 +111,17 @@ def _pooled(
     others = [entry for entry in plan if not entry.certifier.stepwise]
     inputs: dict[int, Tensor] = {}
     found: dict[int, dict[str, Outcome]] = {}
-    classifiers = {entry.label: entry.strategy.classifier(entry.certifier) for entry in plan}
 
     def pending() -> Iterator[tuple[object, Tensor, torch.Generator | None, Decision]]:
         for index in indices:
-            inputs[index] = torch.as_tensor(fetch(index))
-            label = label_of(index) if label_of is not None else None
+            inputs[index] = torch.as_tensor(source.fetch(index))
             for entry in stepwise:
-                decision = entry.certifier.decision(sigma, label)
-                yield (index, entry.label), inputs[index], input_generator(seed, index, 0, device), decision
+                decision = entry.certifier.decision(sigma, source.label(index))
+                yield (index, entry.label), inputs[index], source.generator(index), decision
 
     for done in decide_many(sampler, pending()):
         index, name = cast(tuple[int, str], done.key)
-        cert = attrs.evolve(done.certificate, classifier=classifiers[name])
+        cert = attrs.evolve(done.certificate, classifier=source.classifiers[name])
         found.setdefault(index, {})[name] = Outcome(cert, done.seconds, round(done.evaluations), None)
         if len(found[index]) < len(stepwise):
             continue
@@ -119,42 +129,26 @@ def _pooled(
         x = inputs.pop(index)
         shared.clear()
         for entry in others:
-            row[entry.label] = _certify(entry, x, index, seed=seed, device=device, label_of=label_of)
+            row[entry.label] = _certify(entry, x, index, source)
         yield index, {entry.label: row[entry.label] for entry in plan}
 
 
-def _certify(
-    entry: Planned,
-    x: Tensor,
-    index: int,
-    *,
-    seed: int,
-    device: torch.device | str,
-    label_of: Callable[[int], int] | None,
-) -> Outcome:
+def _certify(entry: Planned, x: Tensor, index: int, source: _Source) -> Outcome:
     """One entry's outcome for one input: its certificate, seconds and member evaluations."""
     usage = entry.smoothed.usage
     before = usage.snapshot() if usage is not None else None
     entry.smoothed.asking = entry.label
-    given = {"label": label_of(index)} if entry.certifier.needs_label and label_of is not None else {}
+    given = {"label": source.label(index)} if entry.certifier.needs_label else {}
     start = time.perf_counter()
-    cert = entry.strategy.certificate(
-        entry.certifier, entry.smoothed, x, input_generator(seed, index, 0, device), **given
-    )
+    cert = entry.strategy.certificate(entry.certifier, entry.smoothed, x, source.generator(index), **given)
     seconds = time.perf_counter() - start
-    cert = attrs.evolve(cert, classifier=entry.strategy.classifier(entry.certifier))
+    cert = attrs.evolve(cert, classifier=source.classifiers[entry.label])
     spent = usage - before if usage is not None and before is not None else None
     return Outcome(cert, seconds, spent.evaluations if spent else None, spent.settled if spent else None)
 
 
 def _one_by_one(
-    plan: Sequence[Planned],
-    indices: Sequence[int],
-    fetch: Callable[[int], Tensor],
-    *,
-    seed: int,
-    device: torch.device | str,
-    label_of: Callable[[int], int] | None,
+    plan: Sequence[Planned], indices: Sequence[int], source: _Source
 ) -> Iterator[tuple[int, dict[str, Outcome]]]:
     """Every input in turn, every entry in turn; small first draws of upcoming inputs are drawn together."""
     samplers = list(dict.fromkeys(entry.smoothed for entry in plan))
@@ -163,7 +157,7 @@ def _one_by_one(
 
     def get(i: int) -> Tensor:
         if i not in fetched:
-            fetched[i] = torch.as_tensor(fetch(i))
+            fetched[i] = torch.as_tensor(source.fetch(i))
         return fetched[i]
 
     for pos, index in enumerate(indices):
@@ -173,12 +167,10 @@ def _one_by_one(
             k = shared.inputs_per_pass()
             if k > 1 and pos >= ahead[id(shared)]:
                 upcoming = list(indices[pos : pos + k])
-                shared.prefetch([get(j) for j in upcoming], [input_generator(seed, j, 0, device) for j in upcoming])
+                shared.prefetch([get(j) for j in upcoming], [source.generator(j) for j in upcoming])
                 ahead[id(shared)] = pos + k
         del fetched[index]
-        outcomes = {
-            entry.label: _certify(entry, x, index, seed=seed, device=device, label_of=label_of) for entry in plan
-        }
+        outcomes = {entry.label: _certify(entry, x, index, source) for entry in plan}
         for shared in samplers:  # shared draws cost each of their users an equal share
             for label, extra in shared.time_shares().items():
                 if label in outcomes:

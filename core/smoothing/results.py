@@ -358,7 +358,7 @@ def keep_selected(
     if others != [r.index for r in aside]:
         rewrite_results(unselected, [found[i] for i in others], certifiers)
     chosen = {i: r for i, r in found.items() if i in wanted}
-    if {r.index for r in held.get(main, [])} != chosen.keys() or any(r.index not in wanted for r in held.get(main, [])):
+    if {r.index for r in held.get(main, [])} != chosen.keys():  # an input to leave out, or one to bring back
         rewrite_results(main, [chosen[i] for i in sorted(chosen)], certifiers)
     for path in parts:
         if path in held and any(r.index not in wanted for r in held[path]):

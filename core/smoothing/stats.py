@@ -79,7 +79,7 @@ def randomized_clopper_pearson_lower_gap(successes: int, trials: int, alpha: flo
         low = float(clopper_pearson_lower_gap(k + 1, n, alpha)) / (1.0 + OUTWARD)  # u = 0
         high = min(float(clopper_pearson_lower_gap(k, n, level)), 1.0)  # u = 1
         gap = high if excess(high) >= 0 else optimize.brentq(excess, low, high, xtol=1e-300, rtol=1e-15)
-    return float(min(max(gap * (1.0 + OUTWARD) + 1e-300, SMALLEST_GAP), 1.0))
+    return float(min(max(gap * (1.0 + OUTWARD), SMALLEST_GAP), 1.0))
 
 
 def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float) -> float | np.ndarray:
