@@ -52,7 +52,9 @@ def digits_members(tmp_path_factory):
 def test_checked_bf16_counts_are_float32s_on_digits_mlps(digits_members, aggregator):
     members, xs = digits_members
     exact, _ = tallies(members, Engine(), xs, aggregator=aggregator)
-    checked, ensemble = tallies(members, Engine(precision="bf16-checked"), xs, aggregator=aggregator)
+    checked, ensemble = tallies(
+        members, Engine(check_fallback=False, precision="bf16-checked"), xs, aggregator=aggregator
+    )
     assert checked == exact
     record = ensemble.check.record
     assert record.probes and record.audited_batches > 0 and record.disagreements == 0 and record.agreed
@@ -68,7 +70,7 @@ def test_checked_bf16_counts_are_float32s_on_batch_norm_resnet20():
     engine = dict(compile=False)
     exact, _ = tallies(members, Engine(**engine), xs, n=200, batch=100)
     checked, ensemble = tallies(
-        members, Engine(precision="bf16-checked", check_probe=100, **engine), xs, n=200, batch=100
+        members, Engine(check_fallback=False, precision="bf16-checked", check_probe=100, **engine), xs, n=200, batch=100
     )
     assert checked == exact
     assert ensemble.check.record.agreed and ensemble.check.record.member_evaluations > 0  # it ran checked batches
@@ -78,7 +80,9 @@ def test_the_margins_come_from_check_probe_samples_not_from_a_first_clean_input(
     """The sampler's first call evaluates one clean input (to learn the number of classes): the probe goes on,
     counting float32's decisions, until check_probe noisy samples have run at both precisions."""
     members, xs = digits_members
-    ensemble = Ensemble(members, WeightedEnsemble(), engine=Engine(precision="bf16-checked", check_probe=500))
+    ensemble = Ensemble(
+        members, WeightedEnsemble(), engine=Engine(check_fallback=False, precision="bf16-checked", check_probe=500)
+    )
     check = ensemble.check
     with torch.inference_mode():
         ensemble.evaluate(xs[0][None])
@@ -115,7 +119,7 @@ def test_members_with_many_near_ties_flip_in_bf16_but_not_when_checked():
     xs = [torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     exact, _ = tallies(members, Engine(), xs)
     plain, _ = tallies(members, Engine(precision="bf16"), xs)
-    checked, ensemble = tallies(members, Engine(precision="bf16-checked"), xs)
+    checked, ensemble = tallies(members, Engine(check_fallback=False, precision="bf16-checked"), xs)
     assert plain != exact  # the near-ties do decide differently in bf16 ...
     assert checked == exact  # ... and the check puts float32's decisions back
     assert ensemble.check.record.member_reevaluated_share > 0.2
@@ -148,7 +152,9 @@ def test_an_fp16_overflow_is_close_everywhere_and_float32_decides():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         assert members[0](xs[0][None]).isnan().all()  # the overflow is real
     exact, _ = tallies(members, Engine(), xs, n=300, batch=100)
-    checked, ensemble = tallies(members, Engine(precision="fp16-checked", check_probe=100), xs, n=300, batch=100)
+    checked, ensemble = tallies(
+        members, Engine(check_fallback=False, precision="fp16-checked", check_probe=100), xs, n=300, batch=100
+    )
     assert checked == exact
     record = ensemble.check.record
     assert record.probes[0]["member_margin"] == float("inf") and record.member_reevaluated_share == 1.0
@@ -174,7 +180,7 @@ class Planted(nn.Module):
 def test_a_planted_precision_error_is_caught_by_the_audit(digits_members):
     members, xs = digits_members
     planted = [Planted(m) for m in members]
-    engine = Engine(precision="bf16-checked", check_audit=0.5, check_probe=100)
+    engine = Engine(check_fallback=False, precision="bf16-checked", check_audit=0.5, check_probe=100)
     ensemble = Ensemble(planted, WeightedEnsemble(), engine=engine)
     sampler = MonteCarloSampler(ensemble, GaussianNoise(sigma=0.25), batch_size=100, num_classes=10)
     sampler.tally(xs[0], 100, generator=torch.Generator().manual_seed(0))  # the probe, unarmed
@@ -193,7 +199,12 @@ def test_a_planted_precision_error_is_caught_by_the_audit(digits_members):
 
 
 def test_a_checked_run_records_its_check_and_resumes_it(tiny_pipeline, tmp_path):
-    tiny_pipeline["engine"] = {"precision": "bf16-checked", "check_audit": 0.25, "check_probe": 100}
+    tiny_pipeline["engine"] = {
+        "precision": "bf16-checked",
+        "check_audit": 0.25,
+        "check_probe": 100,
+        "check_fallback": False,
+    }
     tiny_pipeline["certification"]["max_examples"] = 3
     checked = run(tiny_pipeline)
     fp32 = run({**tiny_pipeline, "engine": {}, "output": str(tmp_path / "fp32")})
@@ -262,3 +273,76 @@ def test_a_run_whose_audit_disagreed_is_marked_not_sound_in_its_summary_and_tabl
     assert summary["precision_check"]["disagreements"] > 0
     assert summary["sound"] is False and result.summary.sound is False
     assert "(NOT SOUND)" in (result.output / "report.md").read_text()
+
+
+class FakeTime:
+    """A clock that moves only when members run: ``low`` seconds per batch at the reduced precision, ``exact`` per
+    batch in float32 (what a slow or a fast checked path looks like to the trial, whatever this machine does)."""
+
+    def __init__(self, monkeypatch, *, low: float, exact: float) -> None:
+        self.now = 0.0
+        from ensemblecert.ensemble.engine import Members
+
+        checking, exact_mode = Members.checking, Members.exact
+        clock = self
+
+        def slow_checking(members, margin):
+            clock.now += low
+            return checking(members, margin)
+
+        def slow_exact(members):
+            clock.now += exact
+            return exact_mode(members)
+
+        monkeypatch.setattr(Members, "checking", slow_checking)
+        monkeypatch.setattr(Members, "exact", slow_exact)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("slow", ["checked", "fp32"])
+def test_checking_falls_back_to_float32_when_float32_is_faster(digits_members, monkeypatch, slow):
+    members, xs = digits_members
+    exact, _ = tallies(members, Engine(), xs[:4], n=400, batch=100)
+    clock = FakeTime(monkeypatch, low=1.0 if slow == "checked" else 0.0, exact=0.0 if slow == "checked" else 1.0)
+    ensemble = Ensemble(members, WeightedEnsemble(), engine=Engine(precision="bf16-checked", check_probe=100))
+    from ensemblecert.ensemble.checked import TRIAL, PrecisionCheck
+
+    ensemble.check = PrecisionCheck(ensemble.engine, clock=clock)
+    sampler = MonteCarloSampler(ensemble, GaussianNoise(sigma=0.25), batch_size=100, num_classes=10)
+    counts = []
+    for i, x in enumerate(xs[:4]):
+        tally = sampler.tally(x, 400, generator=torch.Generator().manual_seed(i), members=True)
+        counts.append((tally.counts.tolist(), tally.member_counts.tolist()))
+    record = ensemble.check.record
+    assert counts == exact  # float32's counts either way
+    assert record.fell_back_to_fp32 is (slow == "checked")
+    assert record.agreed  # falling back is not a disagreement
+    if slow == "checked":
+        assert record.checked_seconds_per_sample > record.fp32_seconds_per_sample
+        # after the trial nothing ran at the reduced precision: the member evaluations stop at the trial's
+        assert record.member_evaluations == TRIAL * 100 * len(members)
+    else:
+        assert record.member_evaluations > TRIAL * 100 * len(members)
+
+
+def test_a_run_that_fell_back_says_so(tiny_pipeline, monkeypatch):
+    import functools
+    import io
+
+    from rich.console import Console
+
+    from ensemblecert.ensemble.checked import PrecisionCheck
+    from ensemblecert.running.report import Reporter
+    from ensemblecert.running.stages import certification
+
+    clock = FakeTime(monkeypatch, low=1.0, exact=0.0)
+    monkeypatch.setattr(certification, "PrecisionCheck", functools.partial(PrecisionCheck, clock=clock))
+    tiny_pipeline["engine"] = {"precision": "bf16-checked", "check_probe": 100}
+    tiny_pipeline["certification"]["max_examples"] = 6  # the probe, then a trial of 2 x TRIAL batches
+    out = io.StringIO()
+    result = run(tiny_pipeline, reporter=Reporter(Console(file=out, width=400)))
+    record = json.loads((result.output / "certification.json").read_text())["precision_check"]
+    assert record["fell_back_to_fp32"] is True and record["disagreements"] == 0
+    assert "float32 alone was faster" in out.getvalue() and "the rest of the run ran in float32" in out.getvalue()

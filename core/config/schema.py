@@ -87,6 +87,8 @@ class Engine:
     check_audit: float = attrs.field(default=0.05, validator=in_range(0.0, 1.0))
     #: Checked precisions: samples run at both precisions before the margins are fixed.
     check_probe: int = attrs.field(default=1000, validator=in_range(1))
+    #: Checked precisions: run the rest in float32 when a timed trial finds it faster than checking.
+    check_fallback: bool = True
 
     @property
     def reduced(self) -> bool:

@@ -19,6 +19,12 @@ float32's by the measured size of their difference; every other sample is evalua
 3. **Audit.** A share ``check_audit`` of the batches is also evaluated fully in float32 and every decision
    (the ensemble's and, where the aggregator ran them all, each member's) is compared with the checked path; the
    batch counts float32's. Any disagreement switches the rest of the run to float32 and is reported.
+4. **Never slower than float32.** Checking costs re-evaluations and host synchronisations, and where most samples
+   are close or the members are small it costs more than the reduced precision saves. After the probe, and again
+   every :data:`RETRIAL` batches, :data:`TRIAL` batches run checked and :data:`TRIAL` in float32 alone, timed (on a
+   GPU with a synchronisation before and after each); when float32 took less time per sample, the rest of the run
+   runs in float32 (sound either way: every batch counts float32's decisions), and the record says so
+   (``fell_back_to_fp32``, with both times). ``check_fallback = false`` keeps checking whatever it costs.
 
 What this guarantees: agreement with float32 in every audited sample, measured; elsewhere agreement wherever the
 probed difference bounds the actual one (the safety factor's job, and what the audit measures). What it does not:
@@ -34,7 +40,8 @@ again (the float32 path has none beyond the counts).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -47,6 +54,10 @@ from .engine import Members
 
 #: The rounding step (unit roundoff times two) of each reduced precision's significand.
 STEPS = {"bf16": 2.0**-8, "fp16": 2.0**-11}
+#: Batches timed at each precision in one trial of whether checking is faster than float32 alone.
+TRIAL = 3
+#: Batches between two trials (the share of close samples changes with the inputs).
+RETRIAL = 256
 
 
 @attrs.define
@@ -68,6 +79,11 @@ class CheckRecord:
     audited_samples: int = 0
     disagreements: int = 0
     switched_to_fp32: bool = False
+    #: Float32 alone was faster than checking, so the rest of the run ran in float32 (sound either way).
+    fell_back_to_fp32: bool = False
+    #: The last trial's seconds per sample, checked and in float32 alone (0 before any trial).
+    checked_seconds_per_sample: float = 0.0
+    fp32_seconds_per_sample: float = 0.0
 
     @property
     def agreed(self) -> bool:
@@ -97,6 +113,10 @@ class CheckRecord:
             setattr(self, name, mine[name] + int(other.get(name, 0)))
         self.probes = [*other.get("probes", []), *self.probes]
         self.switched_to_fp32 = self.switched_to_fp32 or bool(other.get("switched_to_fp32", False))
+        self.fell_back_to_fp32 = self.fell_back_to_fp32 or bool(other.get("fell_back_to_fp32", False))
+        for name in ("checked_seconds_per_sample", "fp32_seconds_per_sample"):
+            if not getattr(self, name):
+                setattr(self, name, float(other.get(name, 0.0)))
 
 
 #: The counts of a :class:`CheckRecord` (what :meth:`CheckRecord.merge` adds up).
@@ -144,10 +164,22 @@ def decisions_differ(a: Aggregate, b: Aggregate) -> Tensor:
     return differ
 
 
-class PrecisionCheck:
-    """The checked evaluation of one ensemble (see the module docstring); :attr:`record` says what it did."""
+def float32_is_faster(checked: list[tuple[float, int]], fp32: list[tuple[float, int]]) -> bool:
+    """Whether float32 alone took less time per sample than checking, from timed batches ``(seconds, samples)``
+    of each (the median batch's rate, so one slow batch, a compilation say, does not decide)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def rate(timed: list[tuple[float, int]]) -> float:
+        rates = sorted(seconds / max(1, samples) for seconds, samples in timed)
+        return rates[len(rates) // 2]
+
+    return bool(checked and fp32) and rate(fp32) < rate(checked)
+
+
+class PrecisionCheck:
+    """The checked evaluation of one ensemble (see the module docstring); :attr:`record` says what it did.
+    ``clock`` times the trials (a test can make one precision look slow)."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.perf_counter) -> None:
         if not engine.checked:
             raise ValueError(f"{engine.precision!r} is not a checked precision")
         self.low = engine.precision.removesuffix("-checked")
@@ -158,6 +190,11 @@ class PrecisionCheck:
         self._period = round(1 / engine.check_audit) if engine.check_audit > 0 else 0
         self._probe_samples = engine.check_probe
         self._probed = Probe()
+        self._clock = clock
+        self._fallback = engine.check_fallback
+        self._trial_left = 0  # batches left in the current trial (2 * TRIAL when one starts)
+        self._since_trial = 0
+        self._timed: dict[str, list[tuple[float, int]]] = {"checked": [], "fp32": []}
 
     def evaluate(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
         """The aggregate of batch ``x`` with float32's decisions (under autograd: float32 throughout)."""
@@ -168,14 +205,45 @@ class PrecisionCheck:
         batch = record.batches
         record.batches += 1
         record.samples += x.shape[0]
-        if record.switched_to_fp32:
+        if record.switched_to_fp32 or record.fell_back_to_fp32:
             with members.exact():
                 return aggregator.forward(members, x)
         if self.member_margin is None:
-            return self._probe(aggregator, members, x)
+            out = self._probe(aggregator, members, x)
+            if self.member_margin is not None and self._fallback:
+                self._trial_left = 2 * TRIAL
+            return out
         if self._period and batch % self._period == 0:
             return self._audit(aggregator, members, x)
+        if self._trial_left:
+            return self._trial(aggregator, members, x)
+        self._since_trial += 1
+        if self._fallback and self._since_trial >= RETRIAL:
+            self._since_trial, self._trial_left = 0, 2 * TRIAL
         return self._checked(aggregator, members, x)
+
+    def _trial(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
+        """One timed batch of a trial, checked and in float32 alone by turns; at the trial's end, fall back to
+        float32 for the rest of the run if it was faster."""
+        kind = "checked" if self._trial_left % 2 == 0 else "fp32"
+        self._trial_left -= 1
+        _synchronize(x)
+        start = self._clock()
+        if kind == "checked":
+            out = self._checked(aggregator, members, x)
+        else:
+            with members.exact():
+                out = aggregator.forward(members, x)
+        _synchronize(x)
+        self._timed[kind].append((self._clock() - start, x.shape[0]))
+        if not self._trial_left:
+            checked, fp32 = self._timed["checked"], self._timed["fp32"]
+            record = self.record
+            record.checked_seconds_per_sample = sum(s for s, _ in checked) / max(1, sum(n for _, n in checked))
+            record.fp32_seconds_per_sample = sum(s for s, _ in fp32) / max(1, sum(n for _, n in fp32))
+            record.fell_back_to_fp32 = float32_is_faster(checked, fp32)
+            self._timed = {"checked": [], "fp32": []}
+        return out
 
     def _probe(self, aggregator: Aggregator, members: Members, x: Tensor) -> Aggregate:
         """Run ``x`` at both precisions, add what differed to the probe, and fix the margins once enough samples
@@ -240,3 +308,9 @@ class PrecisionCheck:
         if wrong:
             record.switched_to_fp32 = True
         return exact
+
+
+def _synchronize(x: Tensor) -> None:
+    """Wait for the device's queued work, so that a trial times the work and not its launch (a GPU only)."""
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)

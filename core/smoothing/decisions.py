@@ -64,10 +64,7 @@ def decide_many(
                 more = False
                 break
             key, x, generator, decision = item
-            x = x.to(sampler.device)
-            if sampler.num_classes is None:
-                sampler.num_classes = sampler._infer_classes(x)
-            entry = _Open(key, NoiseStream(sampler.noise, x, generator), decision)
+            entry = _Open(key, sampler.stream(x, generator), decision)
             if decision.wants() == 0:
                 yield Decided(key, decision.certificate(), 0.0, 0.0)
             else:
@@ -82,16 +79,15 @@ def decide_many(
                 room -= take
         start = time.perf_counter()
         with torch.inference_mode(), evaluation_mode(sampler.classifier):
-            batch = torch.cat([entry.stream.take(take) for entry, take in parts])
-            classes, spent = sampler.classify(batch)
-        classes = classes.cpu()
+            drawn = sampler.draw([(entry.stream, take) for entry, take in parts])
+        classes, spent = drawn.classes.cpu(), drawn.evaluations
         seconds = time.perf_counter() - start
-        drawn = batch.shape[0]
+        drawn_rows = classes.shape[0]
         at = 0
         for entry, take in parts:
             entry.decision.observe(classes[at : at + take])
-            entry.seconds += seconds * take / drawn
-            entry.evaluations += spent * take / drawn
+            entry.seconds += seconds * take / drawn_rows
+            entry.evaluations += spent * take / drawn_rows
             at += take
         still = []
         for entry in open_:

@@ -173,6 +173,19 @@ class NoiseStream:
         return batch.add_(self.x)  # rows handed out are never handed out again, so in place is safe
 
 
+@attrs.frozen
+class Drawn:
+    """One forward pass over draws of several inputs, on the device: each draw's class, its probabilities and each
+    member's class (``[members, draws]``) when asked for, and the member evaluations spent; ``exact`` when every
+    member ran on every draw (so each input's share of the evaluations is known)."""
+
+    classes: Tensor
+    probs: Tensor | None
+    member_classes: Tensor | None
+    evaluations: int
+    exact: bool
+
+
 class MonteCarloSampler:
     """Smooth ``classifier`` under ``noise`` by sampling.
 
@@ -211,6 +224,39 @@ class MonteCarloSampler:
             return agg.probs, True, agg.member_logits, agg.evaluations, agg.settled
         return self.classifier(batch), False, None, batch.shape[0], None
 
+    def stream(self, x: Tensor, generator: torch.Generator | None) -> NoiseStream:
+        """The noisy copies of ``x`` (moved to the sampler's device) drawn from ``generator``, in order."""
+        x = x.to(self.device)
+        if self.num_classes is None:
+            self.num_classes = self._infer_classes(x)
+        return NoiseStream(self.noise, x, generator)
+
+    def draw(self, parts: Sequence[tuple[NoiseStream, int]], *, probs: bool = False, members: bool = False) -> Drawn:
+        """One forward pass over the next draws of several inputs (``parts``: each input's stream and how many of
+        its draws), counted in :attr:`usage`. Every tally and every decision goes through here. Call it under
+        ``inference_mode`` with the classifier in evaluation mode (:func:`evaluation_mode`)."""
+        batch = parts[0][0].take(parts[0][1]) if len(parts) == 1 else torch.cat([s.take(k) for s, k in parts])
+        scores, are_probs, member_logits, spent, settled = self._scores(batch)
+        if scores.shape[-1] != self.num_classes:
+            raise ValueError(f"the classifier returned {scores.shape[-1]} classes, expected {self.num_classes}")
+        if members and member_logits is None:
+            if self._ensemble is None:
+                raise ValueError("per-member counts need an Ensemble classifier")
+            raise ValueError("the aggregator skipped members, so per-member counts are unavailable")
+        if settled is not None:
+            self.usage.settled = (self.usage.settled or 0) + settled
+        rows = batch.shape[0]
+        self.usage.draws += rows
+        self.usage.evaluations += spent
+        size = self._ensemble.num_members if self._ensemble is not None else 1
+        return Drawn(
+            classes=scores.argmax(dim=1),
+            probs=(scores if are_probs else scores.softmax(dim=1)) if probs else None,
+            member_classes=member_logits.argmax(dim=2) if members and member_logits is not None else None,
+            evaluations=spent,
+            exact=spent == size * rows and not settled,
+        )
+
     def tally(
         self,
         x: Tensor,
@@ -223,69 +269,9 @@ class MonteCarloSampler:
     ) -> Tally:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        x = x.to(self.device)
-        if self.num_classes is None:
-            self.num_classes = self._infer_classes(x)
-        classes = self.num_classes
-        counts = torch.zeros(classes, dtype=torch.long, device=self.device)
-        prob_sums = torch.zeros(classes, dtype=torch.float64, device=self.device) if softmax else None
-        member_counts = None
-        if members:
-            if self._ensemble is None:
-                raise ValueError("per-member counts need an Ensemble classifier")
-            member_counts = torch.zeros(self._ensemble.num_members, classes, dtype=torch.long, device=self.device)
-        ones = torch.ones(min(self.batch_size, n), dtype=torch.long, device=self.device)
-        order: list[Tensor] = []  # each batch's classes, kept on the device until the end
-        evaluations = 0
-        done = 0
-        stream = NoiseStream(self.noise, x, generator)
-        with torch.inference_mode(), evaluation_mode(self.classifier):
-            while done < n:
-                size = min(self.batch_size, n - done)
-                batch = stream.take(size)
-                scores, are_probs, member_logits, spent, settled = self._scores(batch)
-                evaluations += spent
-                if settled is not None:
-                    self.usage.settled = (self.usage.settled or 0) + settled
-                if scores.shape[-1] != classes:
-                    raise ValueError(f"the classifier returned {scores.shape[-1]} classes, expected {classes}")
-                # scatter_add, not bincount: bincount on a GPU waits for the batch to learn its length
-                top = scores.argmax(dim=1)
-                counts.scatter_add_(0, top, ones[: scores.shape[0]])
-                if sequence:
-                    order.append(top)
-                if prob_sums is not None:
-                    probs = scores if are_probs else scores.softmax(dim=1)
-                    prob_sums += probs.sum(dim=0, dtype=torch.float64)
-                if member_counts is not None:
-                    if member_logits is None:
-                        raise ValueError("the aggregator skipped members, so per-member counts are unavailable")
-                    member_counts.scatter_add_(
-                        1, member_logits.argmax(dim=2), torch.ones_like(member_logits[..., 0], dtype=torch.long)
-                    )
-                done += size
-        self.usage.draws += n
-        self.usage.evaluations += evaluations
-        return Tally(
-            n=n,
-            counts=counts.cpu(),
-            evaluations=evaluations,
-            prob_sums=None if prob_sums is None else prob_sums.cpu(),
-            member_counts=None if member_counts is None else member_counts.cpu(),
-            sequence=torch.cat(order).cpu() if sequence else None,
-        )
-
-    def classify(self, batch: Tensor) -> tuple[Tensor, int]:
-        """The base classifier's class for each input of ``batch`` (on the device) and the member evaluations spent;
-        counted in :attr:`usage`. Call it under ``inference_mode`` with the classifier in evaluation mode."""
-        scores, _, _, spent, settled = self._scores(batch)
-        if self.num_classes is not None and scores.shape[-1] != self.num_classes:
-            raise ValueError(f"the classifier returned {scores.shape[-1]} classes, expected {self.num_classes}")
-        if settled is not None:
-            self.usage.settled = (self.usage.settled or 0) + settled
-        self.usage.draws += batch.shape[0]
-        self.usage.evaluations += spent
-        return scores.argmax(dim=1), spent
+        tallies = self._tallies([x], n, [generator], softmax=softmax, members=members, sequence=sequence)
+        assert tallies is not None  # one input: its evaluations are always known
+        return tallies[0]
 
     def tally_many(
         self,
@@ -300,51 +286,74 @@ class MonteCarloSampler:
         :meth:`tally` would make), evaluated together in one forward pass so that small draws still fill a
         batch. ``len(xs) * n`` must fit in ``batch_size``. Returns ``None``, having spent the pass, when the
         aggregator skipped members (the evaluations of each input are then unknown): tally them one by one."""
-        count = len(xs)
-        if count * n > self.batch_size or n < 1:
-            raise ValueError(f"{count} inputs of {n} draws do not fit in a batch of {self.batch_size}")
-        xs = [x.to(self.device) for x in xs]
-        if self.num_classes is None:
-            self.num_classes = self._infer_classes(xs[0])
-        classes = self.num_classes
+        if len(xs) * n > self.batch_size or n < 1:
+            raise ValueError(f"{len(xs)} inputs of {n} draws do not fit in a batch of {self.batch_size}")
+        return self._tallies(xs, n, generators, softmax=softmax, members=members, sequence=False)
+
+    def _tallies(
+        self,
+        xs: Sequence[Tensor],
+        n: int,
+        generators: Sequence[torch.Generator | None],
+        *,
+        softmax: bool,
+        members: bool,
+        sequence: bool,
+    ) -> list[Tally] | None:
+        """``n`` draws of each input, packed in order into passes of up to ``batch_size`` draws; ``None`` when a
+        pass shared by several inputs skipped members (each input's evaluations are then unknown)."""
+        streams = [self.stream(x, g) for x, g in zip(xs, generators)]
+        classes, count = int(self.num_classes or 0), len(streams)
+        counts = torch.zeros(count, classes, dtype=torch.long, device=self.device)
+        prob_sums = torch.zeros(count, classes, dtype=torch.float64, device=self.device) if softmax else None
+        member_counts = None
+        if members and self._ensemble is not None:
+            member_counts = torch.zeros(
+                count, self._ensemble.num_members, classes, dtype=torch.long, device=self.device
+            )
+        ones = torch.ones(min(self.batch_size, n), dtype=torch.long, device=self.device)
+        order: list[list[Tensor]] = [[] for _ in streams]  # each input's classes, on the device until the end
+        evaluations, left, i = [0] * count, [n] * count, 0
         with torch.inference_mode(), evaluation_mode(self.classifier):
-            batch = torch.cat([NoiseStream(self.noise, x, g).take(n) for x, g in zip(xs, generators)])
-            scores, are_probs, member_logits, spent, settled = self._scores(batch)
-            members_run = self._ensemble.num_members if self._ensemble is not None else 1
-            if spent != members_run * batch.shape[0] or settled:
-                return None
-            if scores.shape[-1] != classes:
-                raise ValueError(f"the classifier returned {scores.shape[-1]} classes, expected {classes}")
-            owner = torch.arange(count, device=self.device).repeat_interleave(n)
-            counts = torch.zeros(count * classes, dtype=torch.long, device=self.device)
-            counts.scatter_add_(0, owner * classes + scores.argmax(dim=1), torch.ones_like(owner))
-            counts = counts.view(count, classes).cpu()
-            prob_sums = None
-            if softmax:
-                probs = scores if are_probs else scores.softmax(dim=1)
-                prob_sums = probs.view(count, n, classes).sum(dim=1, dtype=torch.float64).cpu()
-            member_counts = None
-            if members:
-                if member_logits is None:
-                    raise ValueError("per-member counts need an Ensemble classifier")
-                size = member_logits.shape[0]
-                slot = (owner.unsqueeze(0) * size + torch.arange(size, device=self.device).unsqueeze(1)) * classes
-                flat = (slot + member_logits.argmax(dim=2)).flatten()
-                member_counts = torch.zeros(count * size * classes, dtype=torch.long, device=self.device)
-                member_counts.scatter_add_(0, flat, torch.ones_like(flat))
-                member_counts = member_counts.view(count, size, classes).cpu()
-        per_input = spent // count
-        self.usage.draws += n * count
-        self.usage.evaluations += spent
+            while i < count:
+                room, parts, owners = self.batch_size, [], []
+                while i < count and room > 0:
+                    take = min(left[i], room)
+                    parts.append((streams[i], take))
+                    owners.append(i)
+                    left[i] -= take
+                    room -= take
+                    i += left[i] == 0
+                drawn = self.draw(parts, probs=softmax, members=members)
+                if len(parts) > 1 and not drawn.exact:
+                    return None
+                at, drawn_rows = 0, drawn.classes.shape[0]
+                for (_, take), owner in zip(parts, owners):
+                    rows = slice(at, at + take)
+                    at += take
+                    # scatter_add, not bincount: bincount on a GPU waits for the batch to learn its length
+                    counts[owner].scatter_add_(0, drawn.classes[rows], ones[:take])
+                    evaluations[owner] += drawn.evaluations * take // drawn_rows  # exact when shared (above)
+                    if sequence:
+                        order[owner].append(drawn.classes[rows])
+                    if prob_sums is not None and drawn.probs is not None:
+                        prob_sums[owner] += drawn.probs[rows].sum(dim=0, dtype=torch.float64)
+                    if member_counts is not None and drawn.member_classes is not None:
+                        picked = drawn.member_classes[:, rows]
+                        member_counts[owner].scatter_add_(1, picked, torch.ones_like(picked))
+        counts_cpu = counts.cpu()
+        sums_cpu = None if prob_sums is None else prob_sums.cpu()
+        members_cpu = None if member_counts is None else member_counts.cpu()
         return [
             Tally(
                 n=n,
-                counts=counts[i],
-                evaluations=per_input,
-                prob_sums=None if prob_sums is None else prob_sums[i],
-                member_counts=None if member_counts is None else member_counts[i],
+                counts=counts_cpu[k],
+                evaluations=evaluations[k],
+                prob_sums=None if sums_cpu is None else sums_cpu[k],
+                member_counts=None if members_cpu is None else members_cpu[k],
+                sequence=torch.cat(order[k]).cpu() if sequence else None,
             )
-            for i in range(count)
+            for k in range(count)
         ]
 
 

@@ -78,6 +78,7 @@ class CertificationStage(Stage):
         "engine.check_safety": "a checked precision counts float32's decisions whatever its margins",
         "engine.check_audit": "a checked precision counts float32's decisions whatever share it audits",
         "engine.check_probe": "a checked precision counts float32's decisions however long it probes",
+        "engine.check_fallback": "a checked precision counts float32's decisions whether or not it falls back",
         "certification.enabled": "a disabled stage does not run; enabled again, it resumes",
         "certification.skip": "selects the inputs; an input's row depends only on it and its own noise stream",
         "certification.max_examples": "selects the inputs; an input's row depends only on it and its own noise stream",
@@ -204,6 +205,12 @@ class CertificationStage(Stage):
             f"audit: {record.audited_samples:,} samples in {record.audited_batches} batches, "
             f"{record.disagreements} disagreements with float32"
         )
+        if record.fell_back_to_fp32:
+            line += (
+                f"; float32 alone was faster ({record.fp32_seconds_per_sample * 1e6:.1f} against "
+                f"{record.checked_seconds_per_sample * 1e6:.1f} us per sample checked), so the rest of the run "
+                "ran in float32"
+            )
         if record.agreed:
             run.reporter.info(line)
         else:
