@@ -89,6 +89,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
     from .hookspecs import hookimpl
     from .manager import load_registry
     from .registry import Component, Registry
+    from .reports.frames import results_frame, summary_frame
     from .running.evaluation import probability_model
     from .running.pipeline import RunResult, run, run_pipeline
     from .running.study import Study, load_study, run_study

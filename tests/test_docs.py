@@ -176,3 +176,27 @@ def test_every_method_page_says_what_ensemblecert_does_differently():
         assert heading in text, page.name
         section = text.split(heading, 1)[1].split("\n## ", 1)[0]
         assert len(section.split()) > 20, page.name
+
+
+def test_the_notebook_page_draws_a_study_from_its_frame_alone(tmp_path, monkeypatch):
+    """docs/notebook.md: its study (made small) runs, then its Python code draws the figure and prints the table."""
+    import tomllib
+
+    from ensemblecert import load_study, run_study
+
+    page = (REPO / "docs" / "notebook.md").read_text()
+    study_toml = re.search(r"```toml\n(.*?)```", page, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    config = tomllib.loads(study_toml)
+    config.update(seed=0, device="cpu", ensemble={"members": 1, "model": {"name": "mlp", "hidden": [32]}})
+    config["training"]["epochs"] = 1
+    config["certification"].update(certifiers=[{"name": "cohen", "n0": 20, "n": 200}], max_examples=6)
+    monkeypatch.chdir(tmp_path)
+    run_study(load_study(config))
+    namespace: dict = {}
+    exec(compile(code, "docs/notebook.md", "exec"), namespace)
+    assert (tmp_path / "certified_accuracy_by_sigma.png").stat().st_size > 0
+    table = namespace["table"]
+    assert list(table.index) == [0.25, 0.5] and list(table.columns) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    rows = namespace["rows"]
+    assert len(rows) == 12 and set(rows["point"]) == {"sigma=0.25", "sigma=0.5"}

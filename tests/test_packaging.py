@@ -80,3 +80,14 @@ def test_wheel_contents_and_imports(tmp_path):
     assert all(line.startswith(str(site)) for line in lines[:3]), lines
     assert lines[3] == "True ensemblecert.plugins.cohen"
     assert lines[4] == "[]", f"modules imported from outside the installed wheel: {lines[4]}"
+
+
+def test_the_researchers_tools_are_extras_the_base_install_does_not_pull():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"])
+    extras = project["optional-dependencies"]
+    for extra, package in (("frames", "pandas"), ("tensorboard", "tensorboard"), ("slurm", "submitit")):
+        assert package not in base
+        assert any(d.startswith(package) for d in extras[extra]) and any(d.startswith(package) for d in extras["test"])

@@ -182,6 +182,14 @@ class HeldoutConfig:
 
 
 @attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """``[logging]``: where a run's progress goes besides the terminal and its own files."""
+
+    #: Write TensorBoard event files under ``<output>/tensorboard`` (the ``tensorboard`` extra).
+    tensorboard: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class Pipeline:
     """A whole pipeline: data -> train (or load) members -> aggregate -> smooth -> certify -> report."""
 
@@ -193,6 +201,7 @@ class Pipeline:
     evaluation: EvaluationConfig = section()
     heldout: HeldoutConfig = section()
     engine: Engine = section()
+    logging: LoggingConfig = section()
     #: Seeds initialisation, shuffling and noise; any integer that fits in 63 bits.
     seed: int = attrs.field(default=0, validator=in_range(0, MAX_SEED))
     device: str = attrs.field(default="auto", validator=_device)

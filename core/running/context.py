@@ -33,6 +33,7 @@ from ..smoothing.results import ExampleResult, Summary
 from .changes import changes, summary
 from .evaluation import EvaluationSummary
 from .report import Reporter
+from .tensorboard import Board
 
 
 def size(dataset: torch.utils.data.Dataset) -> int:
@@ -101,6 +102,8 @@ class RunContext:
     products: dict[str, Any] = attrs.Factory(dict)
     #: What each stage did so far, by name: ``"disabled"`` or what :func:`resume_or_refuse` returned.
     outcomes: dict[str, str] = attrs.Factory(dict)
+    #: The run's TensorBoard event files (writes nothing unless ``[logging] tensorboard`` and the main process).
+    board: Board = attrs.Factory(lambda: Board(Path(), enabled=False))
 
     def path(self, name: str, **fields: object) -> Path:
         """The output file ``name`` (an :class:`Outputs` name, with its ``{fields}`` filled in)."""
@@ -116,7 +119,7 @@ class RunContext:
     def settings(self, stage: Stage) -> dict[str, Any]:
         """The resolved configuration without the settings ``stage`` declares it does not depend on
         (:attr:`ensemblecert.Stage.independent_of`) and without ``output``: a stage's fingerprint of the settings."""
-        return without(self.config, ["output", *stage.independent_of])
+        return without(self.config, ["output", *RUN_ONLY, *stage.independent_of])
 
     def assembled(self) -> Ensemble:
         """The members combined by the (calibrated) aggregator, on the run's device, in evaluation mode; built once."""
@@ -135,6 +138,8 @@ class RunContext:
         return component_labels(node)
 
 
+#: Settings that say where a run's progress is shown, never what any stage computes: no fingerprint holds them.
+RUN_ONLY = {"logging": "says where progress is shown (TensorBoard), never what is computed"}
 #: The reason a stage gives for a setting that changes only floating-point rounding (the device, the layout).
 ROUNDING = "changes only floating-point rounding, not what is computed"
 #: The reason a later stage gives for the settings that make the members: their weights are in its fingerprint.

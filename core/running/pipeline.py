@@ -34,6 +34,7 @@ from .preflight import attack_problems, check_pipeline, prepare_output, resolve_
 from .report import Reporter
 from .stages import BUILT_IN
 from .stages.calibration import split_heldout
+from .tensorboard import Board
 
 __all__ = ["CHECKPOINT_FORMAT", "RunResult", "check_pipeline", "run", "run_pipeline", "stages_of"]
 
@@ -123,6 +124,7 @@ def _start(
         config=config,
         data=data,
         heldout=heldout,
+        board=Board(out, enabled=pipeline.logging.tensorboard and world.main),
     )
 
 
@@ -133,16 +135,19 @@ def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: R
     problems += [problem for _, stage in stages if stage.enabled(run) for problem in stage.check(run)]
     if problems:
         raise ConfigError(problems, pipeline.origin)
-    for name, stage in stages:
-        if not stage.enabled(run):
-            run.outcomes[name] = "disabled"
-            continue
-        try:
-            run.outcomes[name] = resume_or_refuse(run, stage, name)
-        except Refused as exc:
-            exc.outcomes = dict(run.outcomes)
-            raise
-        stage.run(run)
+    try:
+        for name, stage in stages:
+            if not stage.enabled(run):
+                run.outcomes[name] = "disabled"
+                continue
+            try:
+                run.outcomes[name] = resume_or_refuse(run, stage, name)
+            except Refused as exc:
+                exc.outcomes = dict(run.outcomes)
+                raise
+            stage.run(run)
+    finally:
+        run.board.close()
     return RunResult(
         pipeline=pipeline,
         output=run.out,

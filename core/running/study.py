@@ -32,6 +32,7 @@ from .context import Outputs, fingerprint
 from .pipeline import RunResult, run_pipeline
 from .report import Reporter
 from .stages.members import training_setup
+from .tensorboard import Board, results_of
 
 
 @attrs.frozen
@@ -139,7 +140,13 @@ def run_study(
             reporter.info(f"  using the members trained for {study.points[leader].name}")
         else:
             registry = study.registry
-        results.append(run_pipeline(pipeline, registry, fresh=fresh, reporter=reporter))
+        result = run_pipeline(pipeline, registry, fresh=fresh, reporter=reporter)
+        results.append(result)
+        made = any(outcome not in ("resumed", "disabled") for outcome in result.stages.values())
+        if pipeline.logging.tensorboard and result.summary is not None and made:
+            board = Board(result.output, enabled=True)  # the point's settings, for TensorBoard's HPARAMS tab
+            board.hparams(dict(point.settings), results_of(result.summary))
+            board.close()
     if any(r.summary is not None for r in results):
         from ..reports.runs import read_run
         from ..reports.writer import write_report

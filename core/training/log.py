@@ -1,8 +1,9 @@
 """The epoch log of a training run: every term and metric per epoch, saved as the run goes, and its plot.
 
 ``train_log.json`` holds one record per finished epoch (``epoch``, ``loss``, each term of the objective, each
-metric such as DRT's share of valid pairs, ``lr``, ``seconds``); it is rewritten atomically after every epoch
-and cut back to the resumed epoch when an interrupted run resumes. ``train_log.png`` plots it.
+metric such as DRT's share of valid pairs, each member's base loss ``member i ce``, ``lr``, ``seconds``); it is
+rewritten atomically after every epoch and cut back to the resumed epoch when an interrupted run resumes.
+``train_log.png`` plots it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from ..errors import UserError
 
 #: Columns that are bookkeeping, not terms.
 _META = ("epoch", "lr", "seconds")
+#: How one member's own columns start (``member 0 ce``): logged and kept, left out of the status line and the plot.
+MEMBER = "member "
 
 
 class TrainLog:
@@ -44,7 +47,7 @@ class TrainLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        keys = [k for k in self.records[-1] if k not in _META]
+        keys = [k for k in self.records[-1] if k not in _META and not k.startswith(MEMBER)]
         shares = [k for k in keys if k.endswith("share")]  # shares of a whole, drawn on their own [0, 1] axis
         terms = [k for k in keys if k not in shares]
         epochs = [r["epoch"] for r in self.records]
@@ -71,5 +74,9 @@ class TrainLog:
 
 def status(record: Mapping[str, float]) -> str:
     """A one-line progress status: the loss, every term and metric."""
-    parts = [f"{k} {v:.3g}" if not k.endswith("share") else f"{k} {v:.0%}" for k, v in record.items() if k not in _META]
+    parts = [
+        f"{k} {v:.3g}" if not k.endswith("share") else f"{k} {v:.0%}"
+        for k, v in record.items()
+        if k not in _META and not k.startswith(MEMBER)
+    ]
     return " · ".join(parts)

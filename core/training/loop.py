@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -22,6 +23,7 @@ from ..config import TrainingConfig
 from ..distributed import SINGLE, World
 from ..errors import UserError
 from ..seeds import generator
+from .log import MEMBER
 from .objectives import TrainBatch, total
 
 
@@ -33,6 +35,20 @@ def batch_terms(config: TrainingConfig, batch: TrainBatch) -> dict[str, torch.Te
         for name, value in reg.terms(batch).items():
             terms[name if name not in terms else f"{k}.{name}"] = value
     return terms
+
+
+def member_losses(batch: TrainBatch) -> dict[str, torch.Tensor]:
+    """Each member's cross-entropy on its noisy inputs (``member 0 ce``, ...), where a term computed the members'
+    logits anyway (no forward pass is added); recorded per epoch beside the terms."""
+    logits = batch.computed_logits()
+    if logits is None:
+        return {}
+    targets = batch.targets()
+    return {
+        f"{MEMBER}{i} ce": F.cross_entropy(z.detach().float(), targets)
+        for i, z in enumerate(logits)
+        if z.shape[0] == targets.shape[0]
+    }
 
 
 def train_ensemble(
@@ -109,6 +125,7 @@ def train_ensemble(
                 loss.backward()
                 values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
                 values.update({k: v.to(device, torch.float32) for k, v in batch.metrics.items()})
+                values.update(member_losses(batch))
             else:  # a last mini-batch smaller than the number of ranks leaves this one nothing
                 values = {k: torch.zeros_like(v) for k, v in sums.items()}
             if world.distributed:  # every rank must send every gradient, used or not

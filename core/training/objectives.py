@@ -120,6 +120,10 @@ class TrainBatch:
             self._logits = [member(inp) for member, inp in zip(self.members, self.inputs())]
         return self._logits
 
+    def computed_logits(self) -> list[Tensor] | None:
+        """The members' logits if a term has computed them (:meth:`logits`), else ``None``; computes nothing."""
+        return self._logits
+
     def log(self, name: str, value: float | Tensor) -> None:
         """Record a metric of this batch (shown with the terms; not part of the loss); kept on the device, so
         logging never waits for it."""

@@ -27,6 +27,7 @@ from ...smoothing.results import (
 )
 from ...smoothing.sampling import SharedTallies
 from ..context import ROUNDING, THROUGH_WEIGHTS, Outputs, RunContext, read_json, size, weights_digest
+from ..tensorboard import results_of
 
 
 def certification_plan(run: RunContext) -> list[tuple[str, int, int]]:
@@ -149,6 +150,7 @@ class CertificationStage(Stage):
                 results.append(result)
                 correct += result.correct(labels[0])
                 bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
+                run.board.scalars({"inputs": len(results), "accuracy": correct / len(results)}, len(results), "certify")
         world.barrier()  # every rank's records are written
         parts = sorted(run.out.glob(Outputs.CERTIFICATION_PARTS))
         if world.main and parts:
@@ -171,6 +173,7 @@ class CertificationStage(Stage):
         )
         if record is not None:
             self._report_check(run, record)
+        run.board.scalars(results_of(run.summary), 0, "certified")
         if world.main:
             write_json(run.path(Outputs.CERTIFICATION_SUMMARY), {**run.summary.to_dict(), "tsv": str(tsv)})
             run.reporter.info(f"Results: {tsv}, {run.path(Outputs.CERTIFICATION_SUMMARY)}")

@@ -152,6 +152,7 @@ class MembersStage(Stage):
             def on_epoch(epoch: int, record: Mapping[str, float], state: dict[str, Any]) -> None:
                 if world.main:
                     log.add(epoch, record)
+                    run.board.scalars(record, epoch, "train")
                     save_checkpoint({**state, "fingerprint": setup}, state_path)
                 world.barrier()
                 bar.update(epochs, completed=epoch, status=train_status(record))
