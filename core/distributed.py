@@ -44,11 +44,20 @@ class World:
     local_rank: int = 0
     #: Whether :func:`join` started the process group (and :func:`leave` ends it).
     owns_group: bool = attrs.field(default=False, eq=False)
+    #: A shard run as a job of its own (see :mod:`ensemblecert.running.launcher`): no process group, no
+    #: collectives, no shared file written; it certifies its fixed share of the inputs into its part file, and a
+    #: later run of one process merges the parts. Only certification runs in such a world.
+    independent: bool = False
 
     @property
     def main(self) -> bool:
-        """Whether this process writes the run's shared files (rank 0)."""
-        return self.rank == 0
+        """Whether this process writes the run's shared files (rank 0 of a process group)."""
+        return self.rank == 0 and not self.independent
+
+    @property
+    def collective(self) -> bool:
+        """Whether the ranks talk to each other (several processes in one group)."""
+        return self.size > 1 and not self.independent
 
     @property
     def distributed(self) -> bool:
@@ -59,11 +68,13 @@ class World:
         return list(items[self.rank :: self.size])
 
     def barrier(self) -> None:
-        if self.distributed:
+        if self.collective:
             dist.barrier()
 
     def average_(self, tensors: Sequence[Tensor]) -> None:
         """Replace each tensor by its mean over the ranks (one all-reduce for all of them)."""
+        if self.independent:
+            raise RuntimeError("a shard running alone cannot average with other ranks (it must not train)")
         if not self.distributed or not tensors:
             return
         flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -76,6 +87,8 @@ class World:
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Overwrite each tensor with rank 0's (one broadcast for all of them)."""
+        if self.independent:
+            raise RuntimeError("a shard running alone cannot take rank 0's tensors (it must not train)")
         if not self.distributed or not tensors:
             return
         flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
@@ -86,8 +99,8 @@ class World:
             offset += t.numel()
 
     def any(self, flag: bool) -> bool:
-        """Whether ``flag`` is true on any rank (every rank must call it)."""
-        if not self.distributed:
+        """Whether ``flag`` is true on any rank (every rank must call it; a shard running alone knows only its own)."""
+        if not self.collective:
             return flag
         value = torch.tensor([1 if flag else 0])
         dist.all_reduce(value, op=dist.ReduceOp.MAX)

@@ -28,7 +28,7 @@ import torch
 
 from conftest import write_mnist
 from ensemblecert import ConfigError, Pipeline, UserError, load_pipeline, run
-from ensemblecert.running.context import ROUNDING, Refused
+from ensemblecert.running.context import ROUNDING, RUN_ONLY, Refused
 from ensemblecert.running.pipeline import stages_of
 
 NOTE_PLUGIN = '''
@@ -181,6 +181,8 @@ def values(path, value, walk, base):
         "engine.precision": ["bf16"],
         "engine.compile": [False],
         "engine.channels_last": [False],
+        "launcher.partition": ["gpu"],
+        "launcher.cpus": [2],
     }
     if name in special:
         return special[name]
@@ -298,7 +300,7 @@ def walk_run(walk, base_key: str, tmp_path: Path) -> list[str]:
         check = []
         for name in resumed:
             declared = next(
-                (why for key, why in stages[name].independent_of.items() if setting(path) == key
+                (why for key, why in {**RUN_ONLY, **stages[name].independent_of}.items() if setting(path) == key
                  or setting(path).startswith(key + ".")),
                 None,
             )  # fmt: skip

@@ -95,3 +95,97 @@ def test_a_study_writes_one_tensorboard_run_per_point_with_its_settings(tiny_pip
         assert "hparam/cohen/acr" in events.Tags()["tensors"]
     frame = ec.results_frame(tmp_path / "study")
     assert sorted(set(frame["certification.certifiers[0].alpha"])) == [0.001, 0.01] and len(frame) == 6
+
+
+SHARDED = """\
+seed = 3
+device = "cpu"
+output = "run"
+
+[ensemble]
+members = 2
+model = { name = "mlp", hidden = [32] }
+
+[training]
+epochs = 2
+batch_size = 128
+lr = 0.1
+
+[certification]
+certifiers = [{ name = "cohen", n0 = 50, n = 30000, alpha = 0.01 }]
+batch_size = 1000
+skip = 24
+max_examples = 12
+radii = [0.0, 0.25]
+
+[launcher]
+shards = 2
+"""
+
+
+def rows_without_time(path):
+    lines = path.read_text().splitlines()
+    header = lines[0].split("\t")
+    keep = [k for k, name in enumerate(header) if not name.endswith("time")]
+    return sorted(tuple(line.split("\t")[k] for k in keep) for line in lines[1:])
+
+
+@pytest.mark.slow
+def test_a_sharded_certification_killed_mid_run_resumes_to_the_single_process_result(tmp_path):
+    """``--launcher local`` runs the jobs SLURM would (submitit's local executor): a job that trains, two shards that
+    certify every other input, a job that merges. Killed while the shards run, the same command finishes the work
+    and the rows equal one process's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "p.toml").write_text(SHARDED)
+    command = [sys.executable, "-m", "ensemblecert", "run", "p.toml", "--launcher", "local", "--quiet"]
+    first = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "run"
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None:
+        written = [p for p in parts.glob("certification.part-*.tsv") if len(p.read_text().splitlines()) > 1]
+        if written:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, "the run ended before a shard had certified an input"
+    os.killpg(first.pid, signal.SIGKILL)  # the submitting process and every job it started
+    first.wait()
+    time.sleep(0.5)
+    assert not (parts / "certification.tsv").exists()  # killed before the merge
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ec.run(str(tmp_path / "p.toml"), overrides=[f"output={json.dumps(str(tmp_path / 'reference'))}"])
+    got = rows_without_time(parts / "certification.tsv")
+    assert len(got) == 12 and got == rows_without_time(tmp_path / "reference" / "certification.tsv")
+    assert len(list((parts / "jobs").glob("*_log.out"))) >= 5  # the jobs of both commands, logged
+
+
+def test_a_study_runs_its_points_as_jobs_followers_after_their_leader(tiny_pipeline, tmp_path, monkeypatch):
+    tiny_pipeline.update(output=str(tmp_path / "study"))
+    tiny_pipeline["certification"]["max_examples"] = 3
+    tiny_pipeline["sweep"] = {"certification.certifiers[0].alpha": [0.01, 0.001]}  # one trains, one follows
+    study = ec.load_study(tiny_pipeline)
+    results = ec.run_study(study, launcher="local")
+    jobs = sorted((tmp_path / "study" / "jobs").glob("*_log.out"))
+    assert len(jobs) == 2  # each point ran as a job
+    assert [len(r.results) for r in results] == [3, 3]
+    assert all(set(r.stages.values()) <= {"resumed", "disabled", "unchecked"} for r in results)  # collected
+    leader, follower = (json.loads((r.output / "stages.json").read_text()) for r in results)
+    assert "members" in leader and (tmp_path / "study" / "alpha=0.001" / "certification.tsv").exists()
+
+
+def test_launcher_mistakes_get_one_clear_message(tmp_path, capsys):
+    from ensemblecert.running.cli import main
+
+    (tmp_path / "p.toml").write_text(SHARDED.replace("[certification]", "[certification]\nenabled = false"))
+    assert main(["run", str(tmp_path / "p.toml"), "--launcher", "local", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "launcher.shards" in err and "Traceback" not in err and not (tmp_path / "x" / "jobs").exists()
+    assert main(["run", str(tmp_path / "p.toml"), "--launcher", "local", "--processes", "2"]) == 2
+    assert "--launcher and --processes" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "p.toml"), "--set", "launcher.shards=0"]) == 2
+    assert "launcher.shards" in capsys.readouterr().err

@@ -190,6 +190,22 @@ class LoggingConfig:
 
 
 @attrs.frozen(kw_only=True)
+class LauncherConfig:
+    """``[launcher]``: the jobs ``--launcher slurm`` submits (through submitit; the ``slurm`` extra)."""
+
+    #: The SLURM partition (the cluster's default when absent).
+    partition: str | None = None
+    #: GPUs per job.
+    gpus: int = attrs.field(default=0, validator=in_range(0))
+    #: CPU cores per job (the cluster's default when absent).
+    cpus: int | None = attrs.field(default=None, validator=attrs.validators.optional(in_range(1)))
+    #: Minutes a job may run; a job that reaches it is requeued and resumes from its files.
+    time: int = attrs.field(default=240, validator=in_range(1))
+    #: Jobs a pipeline's certification is split into (its inputs dealt out as torchrun's ranks do); 1: one job.
+    shards: int = attrs.field(default=1, validator=in_range(1))
+
+
+@attrs.frozen(kw_only=True)
 class Pipeline:
     """A whole pipeline: data -> train (or load) members -> aggregate -> smooth -> certify -> report."""
 
@@ -202,6 +218,7 @@ class Pipeline:
     heldout: HeldoutConfig = section()
     engine: Engine = section()
     logging: LoggingConfig = section()
+    launcher: LauncherConfig = section()
     #: Seeds initialisation, shuffling and noise; any integer that fits in 63 bits.
     seed: int = attrs.field(default=0, validator=in_range(0, MAX_SEED))
     device: str = attrs.field(default="auto", validator=_device)

@@ -114,9 +114,9 @@ class CheckRecord:
         self.probes = [*other.get("probes", []), *self.probes]
         self.switched_to_fp32 = self.switched_to_fp32 or bool(other.get("switched_to_fp32", False))
         self.fell_back_to_fp32 = self.fell_back_to_fp32 or bool(other.get("fell_back_to_fp32", False))
-        for name in ("checked_seconds_per_sample", "fp32_seconds_per_sample"):
-            if not getattr(self, name):
-                setattr(self, name, float(other.get(name, 0.0)))
+        if not self.checked_seconds_per_sample:  # this session has not timed a trial yet: the last one's
+            self.checked_seconds_per_sample = float(other.get("checked_seconds_per_sample", 0.0))
+            self.fp32_seconds_per_sample = float(other.get("fp32_seconds_per_sample", 0.0))
 
 
 #: The counts of a :class:`CheckRecord` (what :meth:`CheckRecord.merge` adds up).

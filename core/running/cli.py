@@ -121,6 +121,13 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         metavar="J",
         help="a study: run J points at a time, each in a process of its own (its messages in log.txt in its folder)",
     )
+    run.add_argument(
+        "--launcher",
+        choices=("slurm", "local"),
+        help="run as cluster jobs through submitit: a study's points as job arrays, a pipeline as one job or, with "
+        "[launcher] shards = K, its certification as K jobs; resources from the [launcher] table or --set "
+        "launcher.partition=... (local: the same jobs as processes here); needs pip install 'ensemblecert[slurm]'",
+    )
 
     val = sub.add_parser(
         "validate",
@@ -326,13 +333,23 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         return _run_study(args, overrides, out, err)
     if args.jobs != 1:
         raise UserError("--jobs: runs points of a study at once; this pipeline has no [sweep] (use --processes)")
+    if args.launcher is not None and args.processes is not None:
+        raise UserError("--launcher and --processes: choose one (cluster jobs, or K processes on this machine)")
     pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
-    if args.processes is not None:
-        check_pipeline(pipeline)  # one message, before any process starts
+    if args.processes is not None or args.launcher is not None:
+        check_pipeline(pipeline)  # one message, before any process starts or any job is submitted
     if (status := _spread(args.processes, pipeline.device)) is not None:
         return status
     reporter = Reporter(err, quiet=args.quiet)
-    result = run_pipeline(pipeline, registry, fresh=args.fresh, reporter=reporter)
+    fresh = args.fresh
+    if args.launcher is not None:
+        from .launcher import launch_pipeline
+
+        beside = Path(args.pipeline).resolve().parent if args.pipeline else None  # its plugin modules, for the jobs
+        launch_pipeline(pipeline, kind=args.launcher, fresh=fresh, reporter=reporter, beside=beside)
+        fresh = False  # the jobs did the work: collect it
+        reporter.info("Collecting the results")
+    result = run_pipeline(pipeline, registry, fresh=fresh, reporter=reporter)
     if result.rank != 0:
         return 0  # rank 0 prints
     if result.summary is not None:
@@ -374,6 +391,8 @@ def _run_study(args: argparse.Namespace, overrides: list[str], out: Console, err
     study = load_study(args.pipeline, overrides=overrides)
     for pipeline in study.pipelines:
         check_pipeline(pipeline)
+    if args.launcher is not None and (args.jobs != 1 or args.processes is not None):
+        raise UserError("--launcher: the cluster runs the points; leave out --jobs and --processes")
     if args.jobs != 1:
         if args.processes is not None:
             raise UserError("--jobs and --processes: choose one (points at once, or each point over K processes)")
@@ -387,7 +406,7 @@ def _run_study(args: argparse.Namespace, overrides: list[str], out: Console, err
         f"Study of {len(study.points)} points in {study.output}: {study.trainings} of them train, the others "
         "share their members"
     )
-    results = run_study(study, fresh=args.fresh, reporter=reporter, jobs=args.jobs)
+    results = run_study(study, fresh=args.fresh, reporter=reporter, jobs=args.jobs, launcher=args.launcher)
     if results and results[0].rank != 0:
         return 0
     certified = [read_run(r.output) for r in results if r.summary is not None]

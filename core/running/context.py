@@ -139,7 +139,10 @@ class RunContext:
 
 
 #: Settings that say where a run's progress is shown, never what any stage computes: no fingerprint holds them.
-RUN_ONLY = {"logging": "says where progress is shown (TensorBoard), never what is computed"}
+RUN_ONLY = {
+    "logging": "says where progress is shown (TensorBoard), never what is computed",
+    "launcher": "says where the work runs (which jobs, on which partition), never what is computed",
+}
 #: The reason a stage gives for a setting that changes only floating-point rounding (the device, the layout).
 ROUNDING = "changes only floating-point rounding, not what is computed"
 #: The reason a later stage gives for the settings that make the members: their weights are in its fingerprint.

@@ -17,24 +17,22 @@ from typing import Any
 import attrs
 from rich.console import Console
 
-from ..checkpoints import write_json
 from ..components import DataInfo, Stage
 from ..config import Pipeline, describe, load_pipeline
 from ..config.labels import component_labels
 from ..distributed import World, join, leave
 from ..ensemble.assembly import Ensemble
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from ..registry import Registry
 from ..smoothing.results import ExampleResult, Summary
-from .context import Outputs, Refused, RunContext, owned, remove, resume_or_refuse, size
+from .context import Refused, resume_or_refuse
 from .evaluation import EvaluationSummary
 from .lock import OutputLock
 from .member_checkpoints import CHECKPOINT_FORMAT
-from .preflight import attack_problems, check_pipeline, prepare_output, resolve_device, start_checkpoints
+from .preflight import attack_problems, check_pipeline
 from .report import Reporter
 from .stages import BUILT_IN
-from .stages.calibration import split_heldout
-from .tensorboard import Board
+from .start import start_run
 
 __all__ = ["CHECKPOINT_FORMAT", "RunResult", "check_pipeline", "run", "run_pipeline", "stages_of"]
 
@@ -64,73 +62,17 @@ def stages_of(pipeline: Pipeline, registry: Registry) -> list[tuple[str, Stage]]
     return built_in + list(zip(names, pipeline.stages))
 
 
-def _refuse_deleting_inputs(pipeline: Pipeline, out: Path, doomed: Sequence[Path]) -> None:
-    """A UserError when ``--fresh`` would delete a file this run reads (``training.start_from``,
-    ``ensemble.checkpoints``)."""
-    inputs = [("ensemble.checkpoints", Path(p)) for p in pipeline.ensemble.checkpoints or []]
-    if pipeline.training.enabled:
-        inputs += [("training.start_from", p) for p in start_checkpoints(pipeline)]
-    doomed = [p.resolve() for p in doomed]
-    for setting, path in inputs:
-        where = path.resolve()
-        if any(where == d or d in where.parents for d in doomed):
-            raise UserError(
-                f"--fresh: would delete {path}, which {setting} names as an input of this run; nothing was deleted. "
-                f"Copy it elsewhere and point {setting} there, or write this run to another output directory"
-            )
-
-
-def _start(
+def _run_stages(
     pipeline: Pipeline,
     registry: Registry,
-    stages: Sequence[tuple[str, Stage]],
     fresh: bool,
     reporter: Reporter,
     world: World,
-) -> RunContext:
-    """Prepare the output directory (emptied of every stage's outputs with ``fresh``), load the data and take the
-    held-out split: the context the stages share."""
-    out = Path(pipeline.output)
-    if world.main:
-        if fresh:  # everything is checked before anything is deleted
-            doomed = [p for _, stage in stages for p in owned(out, stage)] + [out / Outputs.STAGES]
-            _refuse_deleting_inputs(pipeline, out, doomed)
-            remove(doomed)
-        files = [Outputs.PIPELINE, Outputs.STAGES, *(p for _, stage in stages for p in stage.outputs)]
-        prepare_output(out, checkpoints=not pipeline.ensemble.checkpoints, files=files)
-    config = describe(pipeline, registry)
-    if world.main:
-        write_json(out / Outputs.PIPELINE, config)
-    world.barrier()
-    device = resolve_device(pipeline.device)
-    data = pipeline.data.load()
-    reporter.info(
-        f"Data: {size(data.train)} training and {size(data.test)} test inputs of shape "
-        f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes; device {device}"
-    )
-    heldout = None
-    if pipeline.ensemble.aggregator.needs_heldout():
-        data, heldout = split_heldout(data, pipeline.heldout.fraction, pipeline.seed)
-        reporter.info(f"Held out {len(heldout)} training inputs to calibrate the aggregator (heldout.json)")
-    if world.distributed:
-        reporter.info(f"Running on {world.size} processes (rank 0 reports)")
-    return RunContext(
-        pipeline=pipeline,
-        registry=registry,
-        reporter=reporter,
-        world=world,
-        device=device,
-        out=out,
-        config=config,
-        data=data,
-        heldout=heldout,
-        board=Board(out, enabled=pipeline.logging.tensorboard and world.main),
-    )
-
-
-def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: Reporter, world: World) -> RunResult:
+    until: str | None = None,
+    through: str | None = None,
+) -> RunResult:
     stages = stages_of(pipeline, registry)
-    run = _start(pipeline, registry, stages, fresh, reporter, world)
+    run = start_run(pipeline, registry, stages, fresh, reporter, world)
     problems = attack_problems(pipeline, run.data.info.num_classes)
     problems += [problem for _, stage in stages if stage.enabled(run) for problem in stage.check(run)]
     if problems:
@@ -145,7 +87,11 @@ def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: R
             except Refused as exc:
                 exc.outcomes = dict(run.outcomes)
                 raise
+            if name == until:
+                break
             stage.run(run)
+            if name == through:
+                break
     finally:
         run.board.close()
     return RunResult(
@@ -163,21 +109,32 @@ def _run_stages(pipeline: Pipeline, registry: Registry, fresh: bool, reporter: R
 
 
 def run_pipeline(
-    pipeline: Pipeline, registry: Registry, *, fresh: bool = False, reporter: Reporter | None = None
+    pipeline: Pipeline,
+    registry: Registry,
+    *,
+    fresh: bool = False,
+    reporter: Reporter | None = None,
+    world: World | None = None,
+    until: str | None = None,
+    through: str | None = None,
 ) -> RunResult:
     """Run a loaded pipeline (see :func:`ensemblecert.load_pipeline`) and return its results.
 
     Started by ``torchrun``, every process runs this; they share the work as :mod:`ensemblecert.distributed`
-    says, and only rank 0 reports and writes the shared files."""
+    says, and only rank 0 reports and writes the shared files. A cluster launcher
+    (:mod:`ensemblecert.running.launcher`) runs parts of a run as jobs: ``until`` stops at that stage after checking
+    and recording its fingerprint (the stages before it run), ``through`` stops after that stage, and ``world`` (an
+    independent shard's) replaces the one ``torchrun`` would give."""
     reporter = reporter or Reporter(quiet=True)
     check_pipeline(pipeline)
-    world = join(pipeline.device)
+    world = world if world is not None else join(pipeline.device)
     silent = Reporter(Console(file=io.StringIO()), quiet=True)  # other ranks say nothing, warnings included
     lock = OutputLock(pipeline.output)
     try:
         if world.main:  # one lock per run, held by rank 0 from before anything in the directory is touched
             lock.acquire()
-        result = _run_stages(pipeline, registry, fresh, reporter if world.main else silent, world)
+        speaks = world.main or world.independent
+        result = _run_stages(pipeline, registry, fresh, reporter if speaks else silent, world, until, through)
     except BaseException:
         leave(world, synchronize=False)
         raise

@@ -102,17 +102,19 @@ def run_study(
     reporter: Reporter | None = None,
     plugins: Sequence[object] = (),
     jobs: int = 1,
+    launcher: str | None = None,
 ) -> list[RunResult]:
     """Run every point (members shared as :attr:`Study.trains_with` says), ``jobs`` at a time, and write
     ``study.json`` and the study's report in its folder.
 
     With ``jobs > 1`` the points run in processes of their own (plugins must then be installed or named in the
     pipeline: ``plugins`` objects do not cross processes); this process then collects every finished point, which
-    takes seconds each, so the results are those of a run in turn."""
+    takes seconds each, so the results are those of a run in turn. With a ``launcher`` (``slurm`` or ``local``) the
+    points run as cluster jobs instead (:mod:`ensemblecert.running.launcher`), with the same collection after."""
     reporter = reporter or Reporter(quiet=True)
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
-    if jobs > 1 and plugins:
+    if (jobs > 1 or launcher is not None) and plugins:
         raise UserError(
             "jobs: points in processes of their own load installed plugins only; install yours or name it in the "
             "pipeline's `plugins`, or run the points in turn (jobs = 1)"
@@ -127,7 +129,11 @@ def run_study(
             ]
         },
     )
-    if jobs > 1 and len(study.points) > 1:
+    if launcher is not None:
+        _run_as_jobs(study, kind=launcher, fresh=fresh, reporter=reporter)
+        fresh = False  # every point is done: what follows collects them
+        reporter.info("Collecting the points")
+    elif jobs > 1 and len(study.points) > 1:
         _run_in_processes(study, fresh=fresh, reporter=reporter, jobs=jobs)
         fresh = False  # every point is done: what follows collects them
         reporter.info("Collecting the points")
@@ -205,6 +211,41 @@ def _run_in_processes(study: Study, *, fresh: bool, reporter: Reporter, jobs: in
                     bars.advance(task, len(orphans))
     if failed:
         raise UserError("; ".join(failed) + f" (each point's {Outputs.LOG} in {study.output} says more)")
+
+
+def _run_as_jobs(study: Study, *, kind: str, fresh: bool, reporter: Reporter) -> None:
+    """Submit the points as cluster jobs: the points that train first, as one job array, and the points that use a
+    point's members as soon as it has finished; wait for them all."""
+    from .launcher import JOBS, Job, executor, wait
+
+    options = study.pipelines[0].launcher
+    if options.shards > 1:
+        raise UserError(
+            "launcher.shards: a study's points are its jobs; shard the certification of a single pipeline instead"
+        )
+    ex = executor(kind, options, study.output / JOBS, f"ensemblecert:{study.output.name}")
+    beside = str(study.beside) if study.beside else None
+    index = {p.name: i for i, p in enumerate(study.points)}
+
+    def submit(points: list[int]) -> list[tuple[str, Any]]:
+        if not points:
+            return []
+        with ex.batch():  # one job array
+            jobs = [ex.submit(Job(_point_source(study, i), fresh=fresh, beside=beside)) for i in points]
+        reporter.info(f"Submitted {len(jobs)} point(s) to {kind}: {', '.join(j.job_id for j in jobs)}")
+        return [(study.points[i].name, job) for i, job in zip(points, jobs)]
+
+    def followers(name: str) -> list[tuple[str, Any]]:
+        leader = index[name]
+        return submit([k for k, t in enumerate(study.trains_with) if t == leader and k != leader])
+
+    leaders = [i for i, t in enumerate(study.trains_with) if t == i]
+    problems = wait(submit(leaders), reporter, kind, "points", more=followers)
+    if problems:
+        raise UserError(
+            "; ".join(f"point {p}" for p in problems)
+            + "; run the same command again to resume: what the jobs finished is kept"
+        )
 
 
 def _worker_start(threads: int) -> None:

@@ -125,7 +125,10 @@ class CertificationStage(Stage):
         self._announce(run)
         results = [found[i] for i in sorted(found) if i in wanted]
         finished = {r.index for r in results}
-        todo = world.shard([i for i in indices if i not in finished])
+        if world.independent:  # shards run apart in time: each keeps its fixed share, whatever the others finished
+            todo = [i for i in world.shard(indices) if i not in finished]
+        else:
+            todo = world.shard([i for i in indices if i not in finished])
         if results:
             run.reporter.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already certified")
         mine = tsv if not world.distributed else run.path(Outputs.CERTIFICATION_PART, rank=world.rank)
@@ -151,6 +154,8 @@ class CertificationStage(Stage):
                 correct += result.correct(labels[0])
                 bar.update(task, advance=1, status=f"accuracy {correct / len(results):.1%}")
                 run.board.scalars({"inputs": len(results), "accuracy": correct / len(results)}, len(results), "certify")
+        if world.independent:
+            return  # a shard running alone: a run of one process merges the parts once every shard is done
         world.barrier()  # every rank's records are written
         parts = sorted(run.out.glob(Outputs.CERTIFICATION_PARTS))
         if world.main and parts:
