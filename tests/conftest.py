@@ -119,9 +119,42 @@ def run_cli(*args: str, cwd: Path | None = None, extra_path: Path | None = None,
     )
 
 
+def run_main(*args: str, cwd: Path | None = None, extra_path: Path | None = None, timeout: float = 600):
+    """The command line run in this process (``main``), as :func:`run_cli` runs it in a new one, without the second
+    or two a new process spends importing torch: its exit status and what it printed. A call that needs another
+    import path (``extra_path``) gets a process of its own."""
+    import contextlib
+    import io
+
+    from ensemblecert.running.cli import main
+
+    if extra_path is not None:
+        return run_cli(*args, cwd=cwd, extra_path=extra_path, timeout=timeout)
+    out, err = io.StringIO(), io.StringIO()
+    here, columns = os.getcwd(), os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "200"
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's --help and usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(here)
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+    return subprocess.CompletedProcess(["ensemblecert", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def cli():
-    return run_cli
+    """The command line, in this process (:func:`run_main`); tests that need a process of its own (a kill, start-up
+    without torch, torchrun) call :func:`run_cli`."""
+    return run_main
 
 
 @pytest.fixture
