@@ -9,6 +9,7 @@ import difflib
 import functools
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
@@ -87,8 +88,21 @@ def _import_beside(name: str, folder: Path | None) -> object:
         sys.path.remove(str(folder))
 
 
+#: Set (to anything but the empty string) to load only ensemblecert's own entry points, not those of other installed
+#: packages (as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest): the test suite sets it, so that what it lists is
+#: the built-ins whatever else is installed. Modules a pipeline names under ``plugins`` still load.
+DISABLE_AUTOLOAD = "ENSEMBLECERT_DISABLE_PLUGIN_AUTOLOAD"
+
+
 def _entry_points() -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    found = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    if os.environ.get(DISABLE_AUTOLOAD):
+        found = [ep for ep in found if ep.dist is not None and _normal(ep.dist.name) == "ensemblecert"]
+    return sorted(found, key=lambda ep: ep.name)
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 def _check_hook_functions(plugin: object, name: str) -> None:

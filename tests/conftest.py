@@ -47,6 +47,19 @@ def third_party(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def builtins_only(monkeypatch):
+    """Every test sees ensemblecert's own entry points only, whatever else is installed (see
+    ``ensemblecert.manager.DISABLE_AUTOLOAD``); a test of third-party loading asks for :func:`autoload`."""
+    monkeypatch.setenv("ENSEMBLECERT_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+@pytest.fixture
+def autoload(monkeypatch):
+    """Installed third-party plugins load, as they do for users."""
+    monkeypatch.delenv("ENSEMBLECERT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
 @pytest.fixture
 def on_path(monkeypatch):
     """Put directories on sys.path for this test only."""

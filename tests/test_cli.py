@@ -1,6 +1,10 @@
 """The command line: clear errors with exit status 2, listings, help, and an end-to-end run."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,10 +116,58 @@ def test_plugins_lists_every_kind_with_builtins(cli):
         assert f" {name} " in proc.stdout
 
 
-def test_plugins_shows_third_party_components(cli, third_party):
+def test_plugins_shows_third_party_components(cli, third_party, autoload):
     proc = cli("plugins", extra_path=third_party)
     assert proc.returncode == 0, proc.stderr
-    assert "majority" in proc.stdout and "MajorityVote" not in proc.stdout
+    # its row: the certifier's name, then the plugin (the entry point's name) that registered it
+    assert re.search(r"│\s*majority\s*│\s*majority\s*│\s*n=50", proc.stdout) and "MajorityVote" not in proc.stdout
+
+
+def test_the_suite_lists_only_the_built_ins_whatever_is_installed(third_party, tmp_path):
+    """With a working third-party plugin installed (here one that registers a certifier, and one that registers the
+    docs' own example under its documented name), the tests that list components still pass: the suite loads only
+    ensemblecert's own entry points (ENSEMBLECERT_DISABLE_PLUGIN_AUTOLOAD, set for every test)."""
+    from conftest import REPO
+
+    certifier, aggregator = (REPO / "docs" / "plugins.md").read_text().split("```python\n")[1:3]
+    (third_party / "doc_example_installed.py").write_text(certifier.split("```")[0] + aggregator.split("```")[0])
+    info = third_party / "doc_example_installed-1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: doc-example-installed\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[ensemblecert]\ntwo_stage = doc_example_installed\n")
+    env = {k: v for k, v in os.environ.items() if k != "ENSEMBLECERT_DISABLE_PLUGIN_AUTOLOAD"}
+    env["PYTHONPATH"] = os.pathsep.join([str(third_party), env.get("PYTHONPATH", "")])
+    installed = subprocess.run(
+        [sys.executable, "-m", "ensemblecert", "plugins"], env=env, capture_output=True, text=True, timeout=120
+    )
+    for name in ("two-stage", "median", "majority"):  # installed and working
+        assert f"│ {name} " in installed.stdout, name
+    listing = [
+        "tests/test_docs.py::test_the_reference_is_generated_from_the_code",
+        "tests/test_cli.py::test_malformed_pipeline_gets_one_clear_message",
+        "tests/test_plugins.py::test_the_documented_plugin_example_works_and_is_sound",
+        "tests/test_plugins.py::test_builtins_cover_every_kind",
+    ]
+    suite = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *listing,
+            "-k",
+            "unknown or reference or doc or cover",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    passed = re.search(r"(\d+) passed", suite.stdout)
+    assert suite.returncode == 0 and passed and int(passed.group(1)) >= 5, suite.stdout[-3000:]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["validate", "--help"], ["plugins", "--help"]])

@@ -53,14 +53,14 @@ def cli(site, *args, cwd):
     )
 
 
-def test_the_installed_package_is_listed_under_its_entry_point(site, tmp_path):
+def test_the_installed_package_is_listed_under_its_entry_point(site, tmp_path, autoload):
     proc = cli(site, "plugins", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (row,) = [line for line in proc.stdout.splitlines() if " hoeffding " in line]
     assert row.count("hoeffding") >= 2  # the component and the plugin (its entry point) that registered it
 
 
-def test_a_pipeline_certifies_with_it_beside_the_built_ins(site, tmp_path):
+def test_a_pipeline_certifies_with_it_beside_the_built_ins(site, tmp_path, autoload):
     proc = cli(
         site,
         "run",

@@ -43,7 +43,7 @@ def test_builtins_cover_every_kind():
     assert names[("certifier", "cohen")] == "cohen"
 
 
-def test_third_party_certifier_through_an_entry_point(third_party, on_path, tiny_pipeline):
+def test_third_party_certifier_through_an_entry_point(third_party, on_path, tiny_pipeline, autoload):
     on_path(third_party)
     registry = load_registry()
     assert registry.get("certifier", "majority").plugin == "majority"
@@ -137,7 +137,7 @@ def test_registrations_are_checked(cls, message):
         load_registry(plugins=[Plugin()])
 
 
-def test_broken_entry_point_is_reported(tmp_path, on_path):
+def test_broken_entry_point_is_reported(tmp_path, on_path, autoload):
     (tmp_path / "broken_plugin.py").write_text("raise ImportError('needs a missing library')\n")
     info = tmp_path / "broken_plugin-1.0.dist-info"
     info.mkdir()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..components import Aggregate, Aggregator, DataInfo, Model
+from ..errors import UserError
 from .checked import PrecisionCheck
 from .engine import Engine, Members
 
@@ -57,6 +58,7 @@ class Ensemble(nn.Module):
         self._runner_key: tuple | None = None
         #: At a checked precision, what checks the decisions (and records what it did).
         self.check = PrecisionCheck(self.engine) if self.engine.checked else None
+        self._contract_checked = False
 
     def runner(self) -> Members:
         """The :class:`~ensemblecert.ensemble.engine.Members` that evaluate the members. A stacked or fused layout holds
@@ -70,8 +72,19 @@ class Ensemble(nn.Module):
 
     def evaluate(self, x: Tensor) -> Aggregate:
         if self.check is not None:
-            return self.check.evaluate(self.aggregator, self.runner(), x)
-        return self.aggregator.forward(self.runner(), x)
+            out = self.check.evaluate(self.aggregator, self.runner(), x)
+        else:
+            out = self.aggregator.forward(self.runner(), x)
+        if not self._contract_checked:  # the first batches: a broken aggregator is named before its output is used
+            problem = aggregate_problem(out, x.shape[0])
+            if problem:
+                cls = type(self.aggregator)
+                raise UserError(
+                    f"aggregator {cls.__qualname__} (from {cls.__module__}) broke its contract: {problem}. Its "
+                    "combine() maps member logits [members, inputs, classes] to probabilities [inputs, classes]"
+                )
+            self._contract_checked = x.shape[0] > 1  # (one clean input, to learn the classes, is not enough)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return self.evaluate(x).probs.clamp_min(torch.finfo(torch.float32).tiny).log()
@@ -79,3 +92,26 @@ class Ensemble(nn.Module):
     @property
     def num_members(self) -> int:
         return len(self.members)
+
+
+#: How far from 1 a row of probabilities may sum (float32 rounding over many classes stays far below).
+SUM_TOLERANCE = 1e-3
+
+
+def aggregate_problem(aggregate: Aggregate, inputs: int) -> str | None:
+    """What is wrong with an aggregator's output for a batch of ``inputs`` (``None`` when nothing): probabilities
+    ``[inputs, classes]``, finite, nonnegative, each row summing to 1."""
+    probs = aggregate.probs
+    if probs.dim() != 2 or probs.shape[0] != inputs:
+        return f"it returned shape {list(probs.shape)} for {inputs} inputs, expected [{inputs}, classes]"
+    values = probs.detach()
+    if not bool(torch.isfinite(values).all()):
+        return "it returned values that are not finite"
+    sums = values.float().sum(dim=1)
+    worst = int((sums - 1).abs().argmax())
+    if bool((values < 0).any()) or abs(float(sums[worst]) - 1) > SUM_TOLERANCE:
+        return (
+            f"its rows must be probabilities (nonnegative, summing to 1), but row {worst} sums to "
+            f"{float(sums[worst]):.4g}; are they logits? softmax them"
+        )
+    return None
