@@ -271,7 +271,8 @@ class Certifier(ABC):
     It draws whatever it needs from ``smoothed`` (in one go, or in stages that stop early) and is the
     only place where statistics become a promise; see ``ensemblecert.testing`` for the soundness
     check every certifier must pass. What the core and strategies may rely on is declared here:
-    :attr:`noise_families`, :meth:`classifier`, :meth:`certify_plan` and :meth:`failure_probability`.
+    :attr:`noise_families`, :meth:`classifier`, :meth:`certify_plan`, :meth:`failure_probability` and
+    :meth:`targets`.
     """
 
     #: The noise families (``NoiseSampler.family``) the certifier's theorem covers; ``None``: any.
@@ -296,6 +297,12 @@ class Certifier(ABC):
     def failure_probability(self) -> float | None:
         """The probability (``alpha``) with which a certificate may be wrong, which the soundness harness tests
         against; ``None`` when the certifier does not say (then the harness must be told)."""
+        return None
+
+    def targets(self) -> tuple[float, ...] | None:
+        """The radii a target-radius certifier decides (it certifies one of them or none, never a radius it computed):
+        tables show them in its row and leave its other radii and its ACR blank, which are not comparable with a
+        certifier's that bounds each input's radius. ``None`` (the default): each certificate's radius is computed."""
         return None
 
     @abstractmethod

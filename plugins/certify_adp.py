@@ -83,6 +83,9 @@ class CertifyAdp(Certifier):
     def failure_probability(self) -> float:
         return self.alpha
 
+    def targets(self) -> tuple[float, ...]:
+        return (self.radius,)
+
     def certify(self, smoothed: SmoothedClassifier, x: Tensor, generator: torch.Generator | None = None) -> Certificate:
         top = smoothed.tally(x, self.n0, generator=generator).top
         sigma = smoothed.noise.sigma

@@ -78,6 +78,9 @@ class LabelTest(Certifier):
     def failure_probability(self) -> float:
         return self.alpha
 
+    def targets(self) -> tuple[float, ...]:
+        return tuple(self.radii)
+
     def check_noise(self, noise: NoiseSampler) -> str | None:
         problem = super().check_noise(noise)
         if problem:

@@ -131,3 +131,64 @@ def test_report_refuses_what_is_not_a_run(tmp_path, cli):
     assert "Traceback" not in proc.stderr
     proc = cli("report", "missing", cwd=tmp_path)
     assert proc.returncode == 2 and "missing: no such run directory" in proc.stderr
+
+
+def test_a_target_radius_certifier_shows_its_target_and_leaves_the_rest_blank(tiny_pipeline):
+    from rich.console import Console
+
+    from ensemblecert.running.report import summary_table
+
+    tiny_pipeline["certification"].update(
+        certifiers=[
+            {"name": "cohen", "n0": 20, "n": 400, "alpha": 0.01},
+            {"name": "certify_adp", "radius": 0.25, "n0": 20, "stages": [100, 400], "alpha": 0.01},
+        ],
+        max_examples=4,
+    )
+    result = run(tiny_pipeline)
+    adp = result.summary.certifiers["certify_adp"]
+    assert adp.targets == (0.25,) and "target r = 0.25" in adp.describes
+    assert math.isnan(adp.certified_accuracy[0.0]) and math.isnan(adp.acr)
+    assert not math.isnan(adp.certified_accuracy[0.25])
+    console = Console(width=200, record=True)
+    console.print(summary_table(result.summary, [0.0, 0.25]))
+    row = next(line for line in console.export_text().splitlines() if "certify_adp" in line)
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    assert cells[2] == "" and cells[3].endswith("%") and cells[4] == ""  # r = 0 blank, r = 0.25, ACR blank
+    saved = (result.output / "certification.json").read_text()
+    assert '"acr": null' in saved and '"targets": [\n        0.25' in saved
+    record = read_run(result.output)  # read back by the report: the targets are recorded
+    assert record.targets == {"certify_adp": (0.25,)}
+    row = next(r for r in compare([record]).rows if r.certifier == "certify_adp")
+    assert math.isnan(row.accuracy[0]) and "| certify_adp | hard, target r = 0.25 |  |" in markdown_table(
+        compare([record])
+    )
+
+
+def test_runs_over_different_inputs_are_flagged_and_what_differs_is_shown(two_runs, tmp_path, cli):
+    from ensemblecert.reports.figures import _curves, _shared
+
+    result, _ = two_runs
+    narrower = tmp_path / "narrower"
+    shutil.copytree(result.output, narrower)
+    tsv = narrower / "certification.tsv"
+    lines = tsv.read_text().splitlines()
+    tsv.write_text("\n".join(lines[:4]) + "\n")  # three inputs of twelve
+    config = (narrower / "pipeline.json").read_text().replace('"n": 300', '"n": 600', 1)
+    (narrower / "pipeline.json").write_text(config)
+    done = cli("report", str(result.output), str(narrower), "-o", str(tmp_path / "report"))
+    assert done.returncode == 0, done.stderr
+    assert "certified different test inputs" in done.stdout and "first: 12, narrower: 3" in done.stdout
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "**Warning:** the runs certified different test inputs" in text
+    header = next(line for line in text.splitlines() if line.startswith("| run |"))
+    assert "| classifier | certification.certifiers[0].n | r = 0 |" in header
+    records = [read_run(result.output), read_run(narrower)]
+    comparison = compare(records)
+    assert comparison.settings == ("certification.certifiers[0].n",)
+    assert [r.settings for r in comparison.rows][:3] == [("300",), ("300",), ("600",)]
+    legends = [text for text, _, _ in _curves(records)]
+    assert legends[0] == "first: cohen (n = 300)" and legends[2] == "narrower: cohen (n = 600)"
+    assert _shared(records).startswith("sigma = 0.25") and "alpha = 0.01" in _shared(records)
+    alone = [text for text, _, _ in _curves(records[:1])]
+    assert alone == ["cohen", "soft_one"] and "n = 300" in _shared(records[:1])  # one run: all in the title

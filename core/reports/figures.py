@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import RunRecord, run_names
+from .runs import RunRecord, certifier_settings, run_names
 
 #: The details holding the lower confidence bound on the top class's probability: ``p_lower`` (CERTIFY and the
 #: certifiers built on it) or ``e0`` (the expectations of Cullen24).
@@ -26,15 +26,40 @@ def _pyplot():
 
 
 def _curves(records: Sequence[RunRecord]) -> list[tuple[str, RunRecord, str]]:
+    """Each curve's legend, run and certifier label. A legend carries the certifier's settings that differ between
+    the curves (sigma, n, alpha, targets); those all curves share are in the title (:func:`_shared`)."""
     names = run_names(records)
     several = len(records) > 1
-    return [
+    curves = [
         (f"{name}: {label}" if several else label, r, label) for name, r in zip(names, records) for label in r.labels
+    ]
+    settings = [certifier_settings(r, label) for _, r, label in curves]
+    differ = [k for k in dict.fromkeys(k for s in settings for k in s) if len({repr(s.get(k)) for s in settings}) > 1]
+    return [
+        (f"{text} ({_describe({k: s[k] for k in differ if k in s})})" if differ else text, r, label)
+        for (text, r, label), s in zip(curves, settings)
     ]
 
 
-def _finish(fig, ax, stem: Path, xlabel: str, ylabel: str, right: float) -> list[Path]:
-    """Label the axes (y from 0 to 1, x from 0 to ``right``), save ``stem``.png and .pdf, and close the figure."""
+def _shared(records: Sequence[RunRecord]) -> str:
+    """The certifier settings every curve shares, for the title (``sigma = 0.25, n = 10,000, alpha = 0.001``)."""
+    settings = [certifier_settings(r, label) for r in records for label in r.labels]
+    if not settings:
+        return ""
+    return _describe({k: v for k, v in settings[0].items() if all(repr(s.get(k)) == repr(v) for s in settings)})
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(
+        f"{k} = {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} = {v}" for k, v in settings.items()
+    )
+
+
+def _finish(fig, ax, stem: Path, xlabel: str, ylabel: str, right: float, title: str = "") -> list[Path]:
+    """Label the axes (y from 0 to 1, x from 0 to ``right``) and the figure (``title``: the settings every curve
+    shares), save ``stem``.png and .pdf, and close the figure."""
+    if title:
+        ax.set_title(title, fontsize="small")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_xlim(0, right)
@@ -73,7 +98,7 @@ def certified_accuracy_figure(records: Sequence[RunRecord], stem: str | Path) ->
         radii = np.array([r.outcomes[label].certificate.radius for r in record.results if r.correct(label)])
         n = max(len(record.results), 1)
         ax.plot(grid, [(radii >= g).sum() / n for g in grid], label=name)
-    return _finish(fig, ax, Path(stem), "L2 radius", "certified accuracy", float(grid[-1]))
+    return _finish(fig, ax, Path(stem), "L2 radius", "certified accuracy", float(grid[-1]), _shared(records))
 
 
 def lower_bounds(record: RunRecord, label: str) -> np.ndarray:
@@ -101,9 +126,8 @@ def lower_bound_figure(records: Sequence[RunRecord], stem: str | Path) -> list[P
     for name, values in curves:
         ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=name)
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")  # below 1/2 nothing is certified
-    return _finish(
-        fig, ax, Path(stem), "lower confidence bound on the top class's probability", "share of inputs at or below", 1.0
-    )
+    xlabel, ylabel = "lower confidence bound on the top class's probability", "share of inputs at or below"
+    return _finish(fig, ax, Path(stem), xlabel, ylabel, 1.0, _shared(records))
 
 
 #: The most panels one simplex figure draws (one per run and certifier that recorded ``E0`` and ``E1``).

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from ..config.labels import component_labels
 from ..errors import UserError
 from ..running.context import Outputs, read_json
 from ..smoothing.results import ExampleResult, Summary, read_results, summarize
@@ -28,10 +29,16 @@ class RunRecord:
     sound: bool = True
     #: The certifiers that certified the true label they were given, not their own prediction.
     given_label: tuple[str, ...] = ()
+    #: The target-radius certifiers' radii, by label.
+    targets: Mapping[str, tuple[float, ...]] = attrs.field(factory=dict)
+    #: The run's resolved configuration (``pipeline.json``).
+    config: Mapping[str, Any] = attrs.field(factory=dict)
 
     def summary(self, radii: Sequence[float] | None = None) -> Summary:
         radii = radii if radii is not None else self.radii
-        return summarize(self.results, self.labels, radii, sound=self.sound, given_label=self.given_label)
+        return summarize(
+            self.results, self.labels, radii, sound=self.sound, given_label=self.given_label, targets=self.targets
+        )
 
 
 def read_run(directory: str | Path) -> RunRecord:
@@ -63,6 +70,8 @@ def read_run(directory: str | Path) -> RunRecord:
         radii=tuple(float(r) for r in radii),
         sound=sound,
         given_label=tuple(str(label) for label in recorded.get("given_label", [])),
+        targets={str(k): tuple(float(r) for r in v) for k, v in dict(recorded.get("targets", {})).items()},
+        config=config,
     )
 
 
@@ -103,3 +112,50 @@ def _without_shared_settings(names: list[str]) -> list[str]:
     shared = set.intersection(*(set(s) for s in split))
     shorter = [",".join(x for x in s if x not in shared) or n for s, n in zip(split, names)]
     return shorter if len(set(shorter)) == len(shorter) else names
+
+
+#: Settings that never tell runs' numbers apart (where they were written, how progress was shown, which jobs ran).
+NOT_COMPARED = ("output", "logging", "launcher")
+
+
+def flat_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A configuration as ``{TOML path: value}``, lists of tables by index (``certification.certifiers[0].n``)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flat_settings(value, path))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                out.update(flat_settings(item, f"{path}[{i}]"))
+        else:
+            out[path] = value
+    return out
+
+
+def differing_settings(records: Sequence[RunRecord]) -> list[str]:
+    """The settings (TOML paths) whose values differ between ``records``, in the order of the first run's file."""
+    flats = [flat_settings(r.config) for r in records]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [
+        k
+        for k in keys
+        if not any(k == n or k.startswith(n + ".") for n in NOT_COMPARED) and len({repr(f.get(k)) for f in flats}) > 1
+    ]
+
+
+def certifier_settings(record: RunRecord, label: str) -> dict[str, Any]:
+    """What a curve of ``label`` in ``record`` needs to keep its meaning: the noise's sigma and the certifier's sample
+    sizes, level and targets, as set in its pipeline."""
+    config = record.config
+    out: dict[str, Any] = {}
+    sigma = config.get("noise", {}).get("sigma") if isinstance(config.get("noise"), Mapping) else None
+    if sigma is not None:
+        out["sigma"] = sigma
+    certifiers = config.get("certification", {}).get("certifiers", [])
+    if isinstance(certifiers, list) and certifiers:
+        labels = component_labels(certifiers)
+        if label in labels:
+            table = certifiers[labels.index(label)]
+            out.update({k: table[k] for k in ("n", "alpha", "radius", "radii") if k in table})
+    return out

@@ -4,15 +4,16 @@ and LaTeX."""
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 from rich.markup import escape
 from rich.table import Table
 
 from ..components import ABSTAIN
-from .runs import RunRecord, run_names
+from .runs import RunRecord, differing_settings, flat_settings, run_names
 
 
 @attrs.frozen
@@ -32,12 +33,22 @@ class Row:
     sound: bool = True
     #: The best over a sweep's points at each radius (as the DRT paper's tables report), not a run of its own.
     over_sweep: bool = False
+    #: The run's values of the comparison's differing settings.
+    settings: tuple[str, ...] = ()
+
+
+#: At most this many differing settings become columns; the others are named in a warning.
+SETTING_COLUMNS = 6
 
 
 @attrs.frozen
 class Comparison:
     radii: tuple[float, ...]
     rows: tuple[Row, ...]
+    #: Settings that differ between the runs compared (TOML paths), shown as columns.
+    settings: tuple[str, ...] = ()
+    #: What a reader must know before comparing the rows (runs over different inputs, more differing settings).
+    warnings: tuple[str, ...] = ()
 
     def best(self) -> tuple[set[int], ...]:
         """Per radius, then for ACR: the rows holding the column's best value (ties all marked)."""
@@ -52,12 +63,23 @@ class Comparison:
         return tuple(marks)
 
 
+def _best(values: Iterable[float]) -> float:
+    """The largest measured value (``nan`` when none was measured)."""
+    measured = [v for v in values if not math.isnan(v)]
+    return max(measured) if measured else math.nan
+
+
 def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None, *, sweep: bool = False) -> Comparison:
     """Every run's every certifier at ``radii`` (default: the first run's radii); for the points of a ``sweep``,
     also each certifier's best over the points at each radius (and the best ACR), as one row per certifier."""
     radii = tuple(float(r) for r in (radii if radii is not None else (records[0].radii if records else ())))
+    differing = differing_settings(records) if len(records) > 1 and not sweep else []  # (a point's name says)
+    shown = differing[:SETTING_COLUMNS]
+    warnings = _warnings(records, differing[SETTING_COLUMNS:])
     rows = []
     for name, record in zip(run_names(records), records):
+        flat = flat_settings(record.config)
+        values = tuple(_value(flat.get(key)) for key in shown)
         summary = record.summary(radii)
         for label in record.labels:
             s = summary.certifiers[label]
@@ -75,13 +97,14 @@ def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None, 
                     samples=s.mean_samples,
                     evaluations=s.mean_evaluations,
                     sound=record.sound,
+                    settings=values,
                 )
             )
     if sweep:
         labels = list(dict.fromkeys(row.certifier for row in rows))
         for label in labels:
             mine = [row for row in rows if row.certifier == label]
-            best = tuple(max(row.accuracy[k] for row in mine) for k in range(len(radii)))
+            best = tuple(_best(row.accuracy[k] for row in mine) for k in range(len(radii)))
             rows.append(
                 Row(
                     run="best over the sweep",
@@ -89,7 +112,7 @@ def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None, 
                     classifier=mine[0].classifier,
                     inputs=None,
                     accuracy=best,
-                    acr=max(row.acr for row in mine),
+                    acr=_best(row.acr for row in mine),
                     abstained=None,
                     wrong=None,
                     samples=None,
@@ -98,7 +121,35 @@ def compare(records: Sequence[RunRecord], radii: Sequence[float] | None = None, 
                     over_sweep=True,
                 )
             )
-    return Comparison(radii, tuple(rows))
+    return Comparison(radii, tuple(rows), tuple(shown), warnings)
+
+
+def _value(value: object) -> str:
+    return "" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+
+
+def _warnings(records: Sequence[RunRecord], hidden: Sequence[str]) -> tuple[str, ...]:
+    out = []
+    inputs = [frozenset(r.index for r in record.results) for record in records]
+    if len(set(inputs)) > 1:
+        counts = ", ".join(f"{name}: {len(i)}" for name, i in zip(run_names(records), inputs))
+        out.append(
+            f"the runs certified different test inputs ({counts}), so their rows are not comparable input by input; "
+            "compare runs over the same inputs (certification.skip and max_examples)"
+        )
+    if hidden:
+        out.append(f"{len(hidden)} more settings differ between the runs: {', '.join(hidden)}")
+    return tuple(out)
+
+
+def _texts(c: Comparison) -> int:
+    """How many leading columns hold text (run, certifier, classifier, the differing settings)."""
+    return 3 + len(c.settings)
+
+
+def _share(value: float) -> str:
+    """A certified accuracy, blank where it was not measured (a target-radius certifier's other radii)."""
+    return "" if math.isnan(value) else f"{value:.1%}"
 
 
 def _headers(c: Comparison) -> list[str]:
@@ -106,6 +157,7 @@ def _headers(c: Comparison) -> list[str]:
         "run",
         "certifier",
         "classifier",
+        *c.settings,
         *(f"r = {r:g}" for r in c.radii),
         "ACR",
         "abstained",
@@ -126,8 +178,9 @@ def _body(c: Comparison, mark: Callable[[str, bool], str]) -> list[list[str]]:
                 row.run if row.sound else f"{row.run} (NOT SOUND)",
                 row.certifier,
                 row.classifier,
-                *(mark(f"{a:.1%}", i in best[k]) for k, a in enumerate(row.accuracy)),
-                mark(f"{row.acr:.3f}", i in best[-1]),
+                *row.settings,
+                *(mark(_share(a), i in best[k]) for k, a in enumerate(row.accuracy)),
+                mark("" if math.isnan(row.acr) else f"{row.acr:.3f}", i in best[-1]),
                 "" if row.abstained is None else str(row.abstained),
                 "" if row.wrong is None else str(row.wrong),
                 "" if row.inputs is None else str(row.inputs),
@@ -141,9 +194,10 @@ def _body(c: Comparison, mark: Callable[[str, bool], str]) -> list[list[str]]:
 def rich_table(c: Comparison, title: str = "Certified accuracy") -> Table:
     table = Table(title=title, caption="best of each column in bold" if len(c.rows) > 1 else None)
     for k, header in enumerate(_headers(c)):
-        table.add_column(header, justify="left" if k < 3 else "right", style="bold" if k == 1 else None)
+        table.add_column(header, justify="left" if k < _texts(c) else "right", style="bold" if k == 1 else None)
     for cells in _body(c, lambda text, best: f"[bold green]{text}[/]" if best else text):
-        table.add_row(escape(cells[0]), escape(cells[1]), *cells[2:])  # names are text, never markup
+        texts = _texts(c)  # names and settings are text, never markup
+        table.add_row(*(escape(x) for x in cells[:texts]), *cells[texts:])
     return table
 
 
@@ -154,7 +208,7 @@ def markdown_table(c: Comparison) -> str:
     headers = _headers(c)
     lines = [
         "| " + " | ".join(headers) + " |",
-        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(headers) - 3)) + " |",  # names left, numbers right
+        "| " + " | ".join(["---"] * _texts(c) + ["---:"] * (len(headers) - _texts(c))) + " |",  # text left
     ]
     for cells in _body(c, lambda text, best: f"**{text}**" if best else text):
         lines.append("| " + " | ".join(md(x) for x in cells) + " |")
@@ -182,7 +236,7 @@ def _tex(text: str) -> str:
 def latex_table(c: Comparison) -> str:
     """A ``tabular`` (booktabs rules) to paste into a paper; the best of each column in bold."""
     headers = _headers(c)
-    spec = "lll" + "r" * (len(headers) - 3)
+    spec = "l" * _texts(c) + "r" * (len(headers) - _texts(c))
     lines = [
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",

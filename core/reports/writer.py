@@ -63,6 +63,7 @@ def write_report(
         "",
         markdown_table(comparison),
     ]
+    lines += [f"**Warning:** {warning}.\n" for warning in comparison.warnings]
     if len(comparison.rows) > 1:
         lines += ["The best value of each column is in bold.", ""]
     if sweep:

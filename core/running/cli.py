@@ -377,6 +377,8 @@ def _report(args: argparse.Namespace, argv: Sequence[str], out: Console) -> int:
     command = "ensemblecert " + " ".join(shlex.quote(a) for a in argv)
     comparison = write_report(records, folder, radii=args.radii, command=command, sweep=sweep)
     out.print(rich_table(comparison))
+    for warning in comparison.warnings:
+        out.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     out.print(f"Report: {escape(str(Path(folder) / 'report.md'))}", highlight=False)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -46,6 +47,11 @@ class Reporter:
         (console or self.console).print(table)
 
 
+def _share(value: float) -> str:
+    """A certified accuracy, blank where it was not measured (a target-radius certifier's other radii)."""
+    return "" if math.isnan(value) else f"{value:.1%}"
+
+
 def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
     """Certified accuracy at each radius and ACR, one row per certifier, with the smoothed classifier each certifies;
     a run whose counts may be wrong (reduced precision) says so in the title and caption."""
@@ -65,8 +71,8 @@ def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
         table.add_row(
             escape(name),
             m.describes,
-            *(f"{m.certified_accuracy[float(r)]:.1%}" for r in radii),
-            f"{m.acr:.3f}",
+            *(_share(m.certified_accuracy[float(r)]) for r in radii),
+            "" if math.isnan(m.acr) else f"{m.acr:.3f}",
             f"{m.abstain_rate:.1%}",
             f"{m.mean_samples:,.0f}",
             f"{m.mean_seconds:.3f}",

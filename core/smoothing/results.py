@@ -82,11 +82,18 @@ class CertifierSummary:
     details: Mapping[str, float] = attrs.field(factory=dict)
     classifier: str = HARD
     given_label: bool = False
+    #: A target-radius certifier's radii (:meth:`ensemblecert.Certifier.targets`); its certified accuracy at any
+    #: other radius and its ACR are ``nan`` (not measured), blank in tables.
+    targets: tuple[float, ...] | None = None
 
     @property
     def describes(self) -> str:
-        """The classifier column of a table: the smoothed classifier, and "true label" for given-label rows."""
-        return f"{self.classifier}, true label" if self.given_label else self.classifier
+        """The classifier column of a table: the smoothed classifier, "true label" for given-label rows, and a
+        target-radius certifier's targets."""
+        parts = [self.classifier, *(["true label"] if self.given_label else [])]
+        if self.targets is not None:
+            parts.append("target r = " + ", ".join(f"{t:g}" for t in self.targets))
+        return ", ".join(parts)
 
 
 @attrs.frozen
@@ -110,12 +117,18 @@ class Summary:
             "certifiers": {
                 name: {
                     **attrs.asdict(m, recurse=False),
-                    "certified_accuracy": {f"{r:g}": acc for r, acc in m.certified_accuracy.items()},
+                    "certified_accuracy": {f"{r:g}": _measured(acc) for r, acc in m.certified_accuracy.items()},
+                    "acr": _measured(m.acr),
                     "details": dict(m.details),
                 }
                 for name, m in self.certifiers.items()
             },
         }
+
+
+def _measured(value: float) -> float | None:
+    """``value``, or ``None`` (JSON's null) where it was not measured (``nan``)."""
+    return None if math.isnan(value) else value
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -132,9 +145,11 @@ def summarize(
     sound: bool = True,
     check: Mapping[str, Any] | None = None,
     given_label: Collection[str] = (),
+    targets: Mapping[str, Sequence[float]] | None = None,
 ) -> Summary:
     """Certified accuracy at ``radii`` (share of inputs predicted correctly with radius >= r), ACR and costs.
-    ``given_label`` names the certifiers that certified the true label they were given.
+    ``given_label`` names the certifiers that certified the true label they were given; ``targets`` gives the
+    target-radius certifiers' radii (elsewhere, and for ACR, their summary holds ``nan``: not measured).
 
     ACR is the mean over inputs of the certified radius, counting 0 for wrong predictions and abstentions.
     ``members`` (the ensemble size) gives the evaluation share against evaluating every member on every sample.
@@ -149,11 +164,16 @@ def summarize(
         counted = [o.certificate.samples for o in outcomes if o.evaluations is not None]
         extras = [o.extras() for o in outcomes]
         keys = sorted({k for e in extras for k in e})
+        aimed = tuple(float(t) for t in targets[name]) if targets and name in targets else None
+        measured = [float(rad) for rad in radii if aimed is None or any(math.isclose(rad, t) for t in aimed)]
         out[name] = CertifierSummary(
             certified_accuracy={
-                float(rad): (sum(ok and c.radius >= rad for c, ok in certs) / n if n else math.nan) for rad in radii
+                float(rad): (
+                    sum(ok and c.radius >= rad for c, ok in certs) / n if n and float(rad) in measured else math.nan
+                )
+                for rad in radii
             },
-            acr=sum(c.radius for c, ok in certs if ok) / n if n else math.nan,
+            acr=sum(c.radius for c, ok in certs if ok) / n if n and aimed is None else math.nan,
             abstain_rate=sum(c.prediction == ABSTAIN for c, _ in certs) / n if n else math.nan,
             mean_seconds=_mean([o.seconds for o in outcomes]),
             mean_samples=_mean(samples),
@@ -164,6 +184,7 @@ def summarize(
             details={k: _mean([e[k] for e in extras if k in e and not math.isnan(e[k])]) for k in keys},
             classifier=_classifier(outcomes, name),
             given_label=name in given_label,
+            targets=aimed,
         )
     return Summary(examples=n, certifiers=out, precision=precision, sound=sound, check=check)
 

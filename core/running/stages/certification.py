@@ -48,6 +48,13 @@ def given_label(run: RunContext) -> list[str]:
     return [label for label, _, k in certification_plan(run) if certifiers[k].needs_label]
 
 
+def targets_of(run: RunContext) -> dict[str, list[float]]:
+    """The target-radius certifiers' radii, by label (:meth:`ensemblecert.Certifier.targets`)."""
+    certifiers = run.pipeline.certification.certifiers
+    aims = {label: certifiers[k].targets() for label, _, k in certification_plan(run)}
+    return {label: list(aim) for label, aim in aims.items() if aim is not None}
+
+
 def selected(run: RunContext) -> list[int]:
     """The test inputs this configuration certifies (``skip``, ``max_examples``)."""
     c = run.pipeline.certification
@@ -117,7 +124,7 @@ class CertificationStage(Stage):
         world.barrier()  # every rank has read the records before rank 0 writes anything
         if world.main:
             engine = {**attrs.asdict(p.engine), "members": ensemble.runner().describe(), "processes": world.size}
-            meta = {"certifiers": labels, "given_label": given_label(run), "engine": engine}
+            meta = {"certifiers": labels, "given_label": given_label(run), "targets": targets_of(run), "engine": engine}
             write_json(run.path(Outputs.CERTIFICATION_META), meta)
             # rows of inputs this selection leaves out are kept beside, and those it selects again come back
             keep_selected(tsv, parts, unselected, wanted, labels)
@@ -175,6 +182,7 @@ class CertificationStage(Stage):
             sound=not p.engine.reduced or (record is not None and record.agreed),
             check=None if record is None else record.to_dict(),
             given_label=given_label(run),
+            targets=targets_of(run),
         )
         if record is not None:
             self._report_check(run, record)
