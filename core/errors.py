@@ -8,6 +8,7 @@ no traceback, and exits with status 2. Programming errors stay ordinary exceptio
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 class UserError(Exception):
@@ -22,9 +23,13 @@ class ConfigError(UserError):
     Each problem is a line ``path: message`` where ``path`` is the TOML path (``certification.certifiers[0].alpha``).
     """
 
-    def __init__(self, problems: Iterable[str], source: str | None = None) -> None:
+    def __init__(self, problems: Iterable[str], source: str | None = None, *, partial: Any = None) -> None:
         self.problems = list(problems)
         self.source = source
+        #: What could still be read, each unreadable value replaced by its default (``None`` when nothing could),
+        #: and the TOML paths so replaced: later checks of settings together run on it, so that every mistake is
+        #: reported in one round.
+        self.partial = partial
         where = f" in {source}" if source else ""
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''}{where}:"

@@ -273,3 +273,36 @@ def test_a_byte_order_mark_is_accepted(tmp_path):
     path.write_bytes("\ufeff[training]\nepochs = 4\n".encode("utf-8"))
     pipeline, _ = load_pipeline(path)
     assert pipeline.training.epochs == 4
+
+
+def test_field_mistakes_and_mistakes_across_settings_arrive_in_one_round(tmp_path, cli):
+    """A value that cannot be read does not hide the checks of settings together: they run on the rest (the value
+    replaced by its default), and a problem that would be about the replacement is left out."""
+    from ensemblecert import ConfigError, run
+
+    (tmp_path / "p.toml").write_text(
+        '[training]\nepochs = "ten"\n\n'
+        '[ensemble]\nmembers = 3\naggregator = { name = "we", weights = [1.0, 2.0] }\n\n'
+        '[engine]\nprecision = "bf16-checked"\n\n'
+        '[certification]\ncertifiers = [{ name = "cohen", expectation = "softmax" }, { name = "cohen", alpha = 1.5 }]\n'
+    )
+    expected = [
+        "training.epochs: expected an integer, got 'ten'",
+        "certification.certifiers[1].alpha: must be in (0, 1), got 1.5",
+        "engine.precision: 'bf16-checked' checks decisions, but certification.certifiers[0] certifies the soft",
+        "ensemble.aggregator: weights has 2 entries for 3 members",
+    ]
+    for command in ("validate", "run"):
+        done = cli(command, str(tmp_path / "p.toml"))
+        assert done.returncode == 2 and "4 problems in" in done.stderr, done.stderr
+        assert all(line in done.stderr for line in expected), done.stderr
+    with pytest.raises(ConfigError) as caught:
+        run(str(tmp_path / "p.toml"))
+    assert len(caught.value.problems) == 4
+    # a component that cannot be built at all: the checks of what uses it are left out, the others still run
+    (tmp_path / "q.toml").write_text(
+        '[ensemble]\nmembers = 3\naggregator = { name = "we", weights = [1.0, 2.0] }\n\n'
+        '[certification]\ncertifiers = [{ name = "cohn" }]\n'
+    )
+    done = cli("validate", str(tmp_path / "q.toml"))
+    assert "2 problems" in done.stderr and "unknown certifier 'cohn'" in done.stderr and "weights has 2" in done.stderr

@@ -201,5 +201,8 @@ def load_pipeline(
     try:
         pipeline = structure(Pipeline, data, registry)
     except ConfigError as exc:
-        raise ConfigError(exc.problems, label) from None
+        partial = None
+        if exc.partial is not None:  # what could be read, for the checks of settings together
+            partial = (attrs.evolve(exc.partial[0], source=data, origin=label), exc.partial[1])
+        raise ConfigError(exc.problems, label, partial=partial) from None
     return attrs.evolve(pipeline, source=data, origin=label), registry

@@ -21,6 +21,7 @@ from ..registry import KINDS, Registry, UnknownComponentError
 from ..validators import FieldError
 from .labels import label_problem
 
+_DEFAULT = object()  # a field left to its class's default
 _INVALID = object()
 
 
@@ -72,6 +73,8 @@ class _Structurer:
         self.problems: list[str] = []
         #: The labels taken out of component lists, by the list's path.
         self.labels: dict[str, tuple[str | None, ...]] = {}
+        #: The paths whose values could not be read and were replaced by their defaults (see ConfigError.partial).
+        self.replaced: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path or '(top level)'}: {message}")
@@ -109,15 +112,19 @@ class _Structurer:
             else:
                 continue
             value = self.value(f, raw, where)
-            if value is _INVALID:
-                ok = False
-                continue
-            if f.validator is not None:
+            if value is not _INVALID and f.validator is not None:
                 try:
                     f.validator(None, f, value)
                 except (ValueError, TypeError) as exc:
                     self.problem(where, str(exc))
+                    value = _INVALID
+            if value is _INVALID:  # reported; read on with the default, so later checks still see the rest
+                value = self._default(f, where)
+                if value is _INVALID:
                     ok = False
+                    continue
+                self.replaced.append(where)
+                if value is _DEFAULT:
                     continue
             values[f.alias] = value
         if not ok:
@@ -130,6 +137,16 @@ class _Structurer:
         except (ValueError, TypeError) as exc:
             self.problem(path, str(exc))
             return _INVALID
+
+    def _default(self, f: attrs.Attribute, path: str) -> Any:
+        """The value a field falls back to when its own cannot be read: its default spec or section built quietly,
+        :data:`_DEFAULT` for a plain default (the class fills it in), :data:`_INVALID` when it has none."""
+        if "default_spec" in f.metadata or f.metadata.get("section"):
+            quiet = _Structurer(self.registry)
+            raw = copy.deepcopy(f.metadata["default_spec"]) if "default_spec" in f.metadata else {}
+            value = quiet.value(f, raw, path)
+            return _INVALID if quiet.problems else value
+        return _INVALID if f.default is attrs.NOTHING else _DEFAULT
 
     def value(self, f: attrs.Attribute, raw: Any, path: str) -> Any:
         kind = f.metadata.get("kind")
@@ -218,10 +235,13 @@ def structure(cls: type, data: Mapping[str, Any], registry: Registry, *, path: s
     """Build ``cls`` from ``data`` (components resolved in ``registry``); raise ConfigError listing all problems."""
     s = _Structurer(registry)
     result = s.table(cls, data, path)
-    if s.problems or result is _INVALID:
-        raise ConfigError(s.problems or ["invalid configuration"])
     holders = [f for f in attrs.fields(cls) if f.metadata.get("labels")]
-    return attrs.evolve(result, **{holders[0].alias: s.labels}) if holders else result
+    if result is not _INVALID and holders:
+        result = attrs.evolve(result, **{holders[0].alias: s.labels})
+    if s.problems or result is _INVALID:
+        partial = (result, tuple(s.replaced)) if result is not _INVALID else None
+        raise ConfigError(s.problems or ["invalid configuration"], partial=partial)
+    return result
 
 
 def build_component(kind: str, spec: Mapping[str, Any] | str, registry: Registry) -> Any:

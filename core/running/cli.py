@@ -311,8 +311,8 @@ def _check_processes(processes: int, device: str) -> None:
 
 
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from ..config import load_pipeline
-    from .pipeline import check_pipeline, run_pipeline
+    from .pipeline import run_pipeline
+    from .preflight import load_checked
     from .report import Reporter
     from .study import is_study
 
@@ -335,9 +335,7 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         raise UserError("--jobs: runs points of a study at once; this pipeline has no [sweep] (use --processes)")
     if args.launcher is not None and args.processes is not None:
         raise UserError("--launcher and --processes: choose one (cluster jobs, or K processes on this machine)")
-    pipeline, registry = load_pipeline(args.pipeline, overrides=overrides)
-    if args.processes is not None or args.launcher is not None:
-        check_pipeline(pipeline)  # one message, before any process starts or any job is submitted
+    pipeline, registry = load_checked(args.pipeline, overrides=overrides)  # every mistake, before any work
     if (status := _spread(args.processes, pipeline.device)) is not None:
         return status
     reporter = Reporter(err, quiet=args.quiet)
@@ -434,8 +432,9 @@ def _validate_all(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _validate(path: str | None, overrides: Sequence[str], out: Console) -> None:
-    from ..config import describe, load_pipeline
+    from ..config import describe
     from .pipeline import check_pipeline
+    from .preflight import load_checked
     from .reference import inline
     from .study import is_study, load_study
 
@@ -453,8 +452,7 @@ def _validate(path: str | None, overrides: Sequence[str], out: Console) -> None:
         out.print(table)
         return
 
-    pipeline, registry = load_pipeline(path, overrides=overrides)
-    check_pipeline(pipeline)
+    pipeline, registry = load_checked(path, overrides=overrides)
     config = describe(pipeline, registry)
     table = Table(title=escape(f"{path or 'built-in default pipeline'}: valid"), show_header=False)
     table.add_column("setting", style="bold")

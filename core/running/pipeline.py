@@ -18,7 +18,7 @@ import attrs
 from rich.console import Console
 
 from ..components import DataInfo, Stage
-from ..config import Pipeline, describe, load_pipeline
+from ..config import Pipeline, describe
 from ..config.labels import component_labels
 from ..distributed import World, join, leave
 from ..ensemble.assembly import Ensemble
@@ -29,7 +29,7 @@ from .context import Refused, resume_or_refuse
 from .evaluation import EvaluationSummary
 from .lock import OutputLock
 from .member_checkpoints import CHECKPOINT_FORMAT
-from .preflight import attack_problems, check_pipeline
+from .preflight import attack_problems, check_pipeline, load_checked
 from .report import Reporter
 from .stages import BUILT_IN
 from .start import start_run
@@ -154,7 +154,8 @@ def run(
 ) -> RunResult:
     """Load a pipeline (TOML path, dict, or ``None`` for the built-in default) and run it.
 
-    The Python counterpart of ``ensemblecert run``: ``overrides`` are ``--set`` strings.
+    The Python counterpart of ``ensemblecert run``: ``overrides`` are ``--set`` strings. Every mistake in the
+    settings is reported in one ConfigError (:func:`~ensemblecert.running.preflight.load_checked`).
     """
-    pipeline, registry = load_pipeline(source, overrides=overrides, plugins=plugins)
+    pipeline, registry = load_checked(source, overrides=overrides, plugins=plugins)
     return run_pipeline(pipeline, registry, fresh=fresh, reporter=reporter)

@@ -4,15 +4,17 @@ starts from, and a writable output directory."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..checkpoints import check_writable, remove_temporaries
 from ..components import HARD, Aggregator, Attack, Regularizer
-from ..config import Pipeline, components, read_toml
+from ..config import Pipeline, components, load_pipeline, read_toml
 from ..errors import ConfigError, UserError
+from ..registry import Registry
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,7 +38,33 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_pipeline(pipeline: Pipeline) -> None:
-    """Checks that need several components together, or the machine (each component validated its own fields)."""
+    """Checks that need several components together, or the machine (each component validated its own fields): a
+    ConfigError listing every problem :func:`pipeline_problems` finds."""
+    problems = pipeline_problems(pipeline)
+    if problems:
+        raise ConfigError(problems, pipeline.origin)
+
+
+def load_checked(
+    source: str | Path | Mapping[str, Any] | None, *, overrides: Sequence[str] = (), plugins: Sequence[object] = ()
+) -> tuple[Pipeline, Registry]:
+    """:func:`~ensemblecert.load_pipeline`, then :func:`check_pipeline`, every mistake in one ConfigError: where some
+    values cannot be read, the checks of settings together still run on the rest (each unreadable value replaced by
+    its default, and a problem that names a replaced setting left out, since it would be about the default)."""
+    try:
+        pipeline, registry = load_pipeline(source, overrides=overrides, plugins=plugins)
+    except ConfigError as exc:
+        if exc.partial is None:
+            raise
+        partial, replaced = exc.partial
+        more = [p for p in pipeline_problems(partial) if not any(path in p for path in replaced)]
+        raise ConfigError([*exc.problems, *more], exc.source) from None
+    check_pipeline(pipeline)
+    return pipeline, registry
+
+
+def pipeline_problems(pipeline: Pipeline) -> list[str]:
+    """Every problem of settings together, or of the machine, one line each."""
     problems = []
     try:
         resolve_device(pipeline.device)
@@ -88,8 +116,7 @@ def check_pipeline(pipeline: Pipeline) -> None:
             start_checkpoints(pipeline)
         except UserError as exc:
             problems.append(str(exc))
-    if problems:
-        raise ConfigError(problems, pipeline.origin)
+    return problems
 
 
 def component_problems(pipeline: Pipeline) -> list[str]:
