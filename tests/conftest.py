@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from ensemblecert.running.cli import wait_politely
+
+wait_politely()  # before torch loads its OpenMP runtime: the suite's own threads sleep soon on a shared machine
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A third-party plugin package: a certifier registered through the `ensemblecert` entry-point group,

@@ -324,3 +324,21 @@ def test_a_plugin_command_still_parses_its_own_arguments(tmp_path, cli):
     proc = cli("simplex", "--help", cwd=tmp_path)
     assert proc.returncode == 0 and "--resolution" in proc.stdout
     assert "plugins add commands" in cli("--help", cwd=tmp_path).stdout.lower()
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [({}, "10000"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None), ({"GOMP_SPINCOUNT": "5"}, "5")],
+    ids=["unset", "user-policy", "user-spincount"],
+)
+def test_threads_wait_politely_unless_the_user_chose(env, expected):
+    """The command line makes waiting OpenMP threads sleep soon (a machine shared with other work gets its cores
+    back) before torch loads the runtime, and leaves a user's own wait policy alone."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    code = (
+        "import os, sys; from ensemblecert.running.cli import wait_politely; wait_politely(); "
+        "assert 'torch' not in sys.modules; print(os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(expected)

@@ -189,7 +189,24 @@ def _first_command(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
+#: How long (busy-wait iterations) an OpenMP thread spins before it sleeps, unless the user says otherwise. The
+#: runtime's default (300,000) keeps idle threads spinning through every wait: on a machine shared with other
+#: CPU-bound work they take the cores from the threads that have work, and a run took 6.4 times its idle time beside
+#: two busy processes on 2 cores. 10,000 sleeps almost at once under load and costs nothing idle
+#: (benchmarks/contention.py, figures in docs/engine.md).
+SPINCOUNT = "10000"
+
+
+def wait_politely() -> None:
+    """Set :data:`SPINCOUNT` for the OpenMP runtime torch loads, before it loads, unless the environment already
+    chooses a wait policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``: the user's settings win)."""
+    if "torch" in sys.modules or any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        return
+    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    wait_politely()
     argv = list(sys.argv[1:] if argv is None else argv)
     out, err = console(), console(stderr=True)
     commands: dict[str, Command] = {}
