@@ -334,11 +334,11 @@ def test_a_run_that_fell_back_says_so(tiny_pipeline, monkeypatch):
     from rich.console import Console
 
     from ensemblecert.ensemble.checked import PrecisionCheck
+    from ensemblecert.running import precision_record
     from ensemblecert.running.report import Reporter
-    from ensemblecert.running.stages import certification
 
     clock = FakeTime(monkeypatch, low=1.0, exact=0.0)
-    monkeypatch.setattr(certification, "PrecisionCheck", functools.partial(PrecisionCheck, clock=clock))
+    monkeypatch.setattr(precision_record, "PrecisionCheck", functools.partial(PrecisionCheck, clock=clock))
     tiny_pipeline["engine"] = {"precision": "bf16-checked", "check_probe": 100}
     tiny_pipeline["certification"]["max_examples"] = 6  # the probe, then a trial of 2 x TRIAL batches
     out = io.StringIO()

@@ -14,7 +14,6 @@ import attrs
 from ...checkpoints import plain, write_json
 from ...components import Stage
 from ...config import describe
-from ...ensemble.checked import CheckRecord, PrecisionCheck
 from ...smoothing.certification import Planned, certification_loop
 from ...smoothing.results import (
     ExampleResult,
@@ -26,7 +25,8 @@ from ...smoothing.results import (
     summarize,
 )
 from ...smoothing.sampling import SharedTallies
-from ..context import ROUNDING, THROUGH_WEIGHTS, Outputs, RunContext, read_json, size, weights_digest
+from ..context import ROUNDING, THROUGH_WEIGHTS, Outputs, RunContext, size, weights_digest
+from ..precision_record import check_record, report_check, start_check
 from ..tensorboard import results_of
 
 
@@ -139,7 +139,7 @@ class CertificationStage(Stage):
         if results:
             run.reporter.info(f"Resuming certification: {len(results)} of {len(indices)} inputs already certified")
         mine = tsv if not world.distributed else run.path(Outputs.CERTIFICATION_PART, rank=world.rank)
-        check = self._start_check(run)
+        check = start_check(run)
         strategies = p.ensemble.smoothing
         # certifiers with equal sampling settings ask for the same draws of an input: each is drawn once
         smoothed = [SharedTallies(s.smooth(ensemble, p.noise, batch_size=c.batch_size)) for s in strategies]
@@ -172,7 +172,7 @@ class CertificationStage(Stage):
         results = [r for r in read_results(tsv, labels) if r.index in wanted]
         results.sort(key=lambda r: r.index)
         run.results = results
-        record = self._check_record(run) if p.engine.checked else None
+        record = check_record(run) if p.engine.checked else None
         run.summary = summarize(
             results,
             labels,
@@ -185,55 +185,11 @@ class CertificationStage(Stage):
             targets=targets_of(run),
         )
         if record is not None:
-            self._report_check(run, record)
+            report_check(run, record)
         run.board.scalars(results_of(run.summary), 0, "certified")
         if world.main:
             write_json(run.path(Outputs.CERTIFICATION_SUMMARY), {**run.summary.to_dict(), "tsv": str(tsv)})
             run.reporter.info(f"Results: {tsv}, {run.path(Outputs.CERTIFICATION_SUMMARY)}")
-
-    @staticmethod
-    def _start_check(run: RunContext) -> CheckRecord | None:
-        """A fresh check of the ensemble at a checked precision; its record goes on from what this process wrote
-        before an interruption."""
-        ensemble = run.assembled()
-        if not run.pipeline.engine.checked:
-            return None
-        ensemble.check = PrecisionCheck(run.pipeline.engine)
-        earlier = run.path(Outputs.CERTIFICATION_CHECK, rank=run.world.rank)
-        if earlier.exists():
-            ensemble.check.record.merge(read_json(earlier, "the run"))
-        return ensemble.check.record
-
-    @staticmethod
-    def _check_record(run: RunContext) -> CheckRecord:
-        """The checks of every process together."""
-        record = CheckRecord.of(run.pipeline.engine)
-        for path in sorted(run.out.glob(Outputs.CERTIFICATION_CHECKS)):
-            record.merge(read_json(path, "the run"))
-        return record
-
-    @staticmethod
-    def _report_check(run: RunContext, record: CheckRecord) -> None:
-        d = record.to_dict()
-        line = (
-            f"{record.precision}: {d['member_reevaluated_share']:.1%} of member evaluations and "
-            f"{d['aggregate_reevaluated_share']:.1%} of {record.samples:,} samples re-evaluated in float32; "
-            f"audit: {record.audited_samples:,} samples in {record.audited_batches} batches, "
-            f"{record.disagreements} disagreements with float32"
-        )
-        if record.fell_back_to_fp32:
-            line += (
-                f"; float32 alone was faster ({record.fp32_seconds_per_sample * 1e6:.1f} against "
-                f"{record.checked_seconds_per_sample * 1e6:.1f} us per sample checked), so the rest of the run "
-                "ran in float32"
-            )
-        if record.agreed:
-            run.reporter.info(line)
-        else:
-            run.reporter.unsound(
-                f"{line}: the rest of the run ran in float32, but the counts of the batches before it may not be "
-                "float32's; run again with engine.precision = 'fp32'"
-            )
 
     @staticmethod
     def _announce(run: RunContext) -> None:
