@@ -8,6 +8,7 @@ import json
 import pytest
 
 import ensemblecert as ec
+from test_kill import lines, rows_without_times
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +124,6 @@ shards = 2
 """
 
 
-def rows_without_time(path):
-    lines = path.read_text().splitlines()
-    header = lines[0].split("\t")
-    keep = [k for k, name in enumerate(header) if not name.endswith("time")]
-    return sorted(tuple(line.split("\t")[k] for k in keep) for line in lines[1:])
-
-
 @pytest.mark.slow
 def test_a_sharded_certification_killed_mid_run_resumes_to_the_single_process_result(tmp_path):
     """``--launcher local`` runs the jobs SLURM would (submitit's local executor): a job that trains, two shards that
@@ -147,7 +141,7 @@ def test_a_sharded_certification_killed_mid_run_resumes_to_the_single_process_re
     parts = tmp_path / "run"
     deadline = time.time() + 120
     while time.time() < deadline and first.poll() is None:
-        written = [p for p in parts.glob("certification.part-*.tsv") if len(p.read_text().splitlines()) > 1]
+        written = [p for p in parts.glob("certification.part-*.tsv") if lines(p) > 1]
         if written:
             break
         time.sleep(0.2)
@@ -159,8 +153,8 @@ def test_a_sharded_certification_killed_mid_run_resumes_to_the_single_process_re
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     ec.run(str(tmp_path / "p.toml"), overrides=[f"output={json.dumps(str(tmp_path / 'reference'))}"])
-    got = rows_without_time(parts / "certification.tsv")
-    assert len(got) == 12 and got == rows_without_time(tmp_path / "reference" / "certification.tsv")
+    got = rows_without_times(parts / "certification.tsv")
+    assert len(got) == 13 and got == rows_without_times(tmp_path / "reference" / "certification.tsv")  # a header
     assert len(list((parts / "jobs").glob("*_log.out"))) >= 5  # the jobs of both commands, logged
 
 

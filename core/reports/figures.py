@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import RunRecord, certifier_settings, run_names
+from .runs import RunRecord, certifier_settings, run_names, varying
 
 #: The details holding the lower confidence bound on the top class's probability: ``p_lower`` (CERTIFY and the
 #: certifiers built on it) or ``e0`` (the expectations of Cullen24).
@@ -34,7 +34,7 @@ def _curves(records: Sequence[RunRecord]) -> list[tuple[str, RunRecord, str]]:
         (f"{name}: {label}" if several else label, r, label) for name, r in zip(names, records) for label in r.labels
     ]
     settings = [certifier_settings(r, label) for _, r, label in curves]
-    differ = [k for k in dict.fromkeys(k for s in settings for k in s) if len({repr(s.get(k)) for s in settings}) > 1]
+    differ = varying(settings)
     return [
         (f"{text} ({_describe({k: s[k] for k in differ if k in s})})" if differ else text, r, label)
         for (text, r, label), s in zip(curves, settings)
@@ -44,9 +44,8 @@ def _curves(records: Sequence[RunRecord]) -> list[tuple[str, RunRecord, str]]:
 def _shared(records: Sequence[RunRecord]) -> str:
     """The certifier settings every curve shares, for the title (``sigma = 0.25, n = 10,000, alpha = 0.001``)."""
     settings = [certifier_settings(r, label) for r in records for label in r.labels]
-    if not settings:
-        return ""
-    return _describe({k: v for k, v in settings[0].items() if all(repr(s.get(k)) == repr(v) for s in settings)})
+    differ = varying(settings)
+    return _describe({k: v for k, v in settings[0].items() if k not in differ}) if settings else ""
 
 
 def _describe(settings: dict) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..running.context import Outputs, read_json
-from .runs import RunRecord, read_run
+from ..running.context import Outputs
+from .runs import RunRecord, read_run, study_points
 
 if TYPE_CHECKING:  # pandas is optional: imported when a frame is made
     import pandas as pd  # type: ignore[import-untyped]
@@ -80,20 +80,13 @@ def _summary_rows(record: RunRecord) -> list[dict[str, Any]]:
 def _frame(path: str | Path, rows_of: Callable[[RunRecord], list[dict[str, Any]]]) -> pd.DataFrame:
     pandas = _pandas()
     path = Path(path)
-    listing = path / Outputs.STUDY
-    if not listing.exists():
+    if not (path / Outputs.STUDY).exists():
         return pandas.DataFrame(rows_of(read_run(path)))
-    points = [p for p in read_json(listing, "the study").get("points", []) if isinstance(p, dict)]
-    rows = []
-    for point in points:
-        folder = path / str(point.get("name"))
-        if not (folder / Outputs.CERTIFICATION_TSV).exists():
-            continue  # not run yet
-        settings = point.get("settings", {})
-        for row in rows_of(read_run(folder)):
-            rows.append({"point": str(point.get("name")), **settings, **row})
-    if not rows:
-        raise UserError(f"{path}: a study whose points hold no certification results yet; run it first")
+    rows = [
+        {"point": folder.name, **settings, **row}
+        for folder, settings in study_points(path)
+        for row in rows_of(read_run(folder))
+    ]
     return pandas.DataFrame(rows)
 
 

@@ -80,18 +80,26 @@ def read_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], bool]:
     study (so the report adds the best over the sweep)."""
     records, sweep = [], False
     for path in map(Path, paths):
-        listing = path / Outputs.STUDY
-        if listing.exists():
+        if (path / Outputs.STUDY).exists():
             sweep = True
-            points = read_json(listing, "the study").get("points", [])
-            found = [path / str(p.get("name")) for p in points if isinstance(p, dict)]
-            done = [d for d in found if (d / Outputs.CERTIFICATION_TSV).exists()]
-            if not done:
-                raise UserError(f"{path}: a study whose points hold no certification results yet; run it first")
-            records += [read_run(d) for d in done]
+            records += [read_run(folder) for folder, _ in study_points(path)]
         else:
             records.append(read_run(path))
     return records, sweep
+
+
+def study_points(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The points of the study at ``path`` that hold certification results, each its folder and its swept settings
+    (from ``study.json``); a UserError when none does yet."""
+    points = read_json(path / Outputs.STUDY, "the study").get("points", [])
+    done = [
+        (path / str(p.get("name")), dict(p.get("settings", {})))
+        for p in points
+        if isinstance(p, dict) and (path / str(p.get("name")) / Outputs.CERTIFICATION_TSV).exists()
+    ]
+    if not done:
+        raise UserError(f"{path}: a study whose points hold no certification results yet; run it first")
+    return done
 
 
 def run_names(records: Sequence[RunRecord]) -> list[str]:
@@ -133,15 +141,16 @@ def flat_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
     return out
 
 
+def varying(tables: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The keys whose values differ between ``tables`` (absent counts as a value), in the order first seen."""
+    keys = dict.fromkeys(k for table in tables for k in table)
+    return [k for k in keys if len({repr(table.get(k)) for table in tables}) > 1]
+
+
 def differing_settings(records: Sequence[RunRecord]) -> list[str]:
     """The settings (TOML paths) whose values differ between ``records``, in the order of the first run's file."""
-    flats = [flat_settings(r.config) for r in records]
-    keys = list(dict.fromkeys(k for f in flats for k in f))
-    return [
-        k
-        for k in keys
-        if not any(k == n or k.startswith(n + ".") for n in NOT_COMPARED) and len({repr(f.get(k)) for f in flats}) > 1
-    ]
+    keys = varying([flat_settings(r.config) for r in records])
+    return [k for k in keys if not any(k == n or k.startswith(n + ".") for n in NOT_COMPARED)]
 
 
 def certifier_settings(record: RunRecord, label: str) -> dict[str, Any]:

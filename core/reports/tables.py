@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..components import ABSTAIN
+from ..smoothing.results import acr_text, share_text
 from .runs import RunRecord, differing_settings, flat_settings, run_names
 
 
@@ -57,8 +58,7 @@ class Comparison:
         columns.append([self.rows[i].acr for i in runs])
         marks = []
         for values in columns:
-            finite = [v for v in values if not math.isnan(v)]
-            top = max(finite) if finite else math.nan
+            top = _best(values)
             marks.append({i for i, v in zip(runs, values) if len(runs) > 1 and v == top})
         return tuple(marks)
 
@@ -147,11 +147,6 @@ def _texts(c: Comparison) -> int:
     return 3 + len(c.settings)
 
 
-def _share(value: float) -> str:
-    """A certified accuracy, blank where it was not measured (a target-radius certifier's other radii)."""
-    return "" if math.isnan(value) else f"{value:.1%}"
-
-
 def _headers(c: Comparison) -> list[str]:
     return [
         "run",
@@ -179,8 +174,8 @@ def _body(c: Comparison, mark: Callable[[str, bool], str]) -> list[list[str]]:
                 row.certifier,
                 row.classifier,
                 *row.settings,
-                *(mark(_share(a), i in best[k]) for k, a in enumerate(row.accuracy)),
-                mark("" if math.isnan(row.acr) else f"{row.acr:.3f}", i in best[-1]),
+                *(mark(share_text(a), i in best[k]) for k, a in enumerate(row.accuracy)),
+                mark(acr_text(row.acr), i in best[-1]),
                 "" if row.abstained is None else str(row.abstained),
                 "" if row.wrong is None else str(row.wrong),
                 "" if row.inputs is None else str(row.inputs),

@@ -101,6 +101,14 @@ class Job:
         return f"shard {self.rank + 1} of {self.shards}" if self.part == "shard" else self.part
 
 
+def submit_array(ex: Any, jobs: Sequence[Job], reporter: Reporter, kind: str) -> list[Any]:
+    """Submit ``jobs`` as one job array and say so; the submitit jobs, in order."""
+    with ex.batch():
+        submitted = [ex.submit(job) for job in jobs]
+    reporter.info(f"Submitted {len(submitted)} job(s) to {kind}: {', '.join(j.job_id for j in submitted)}")
+    return submitted
+
+
 def wait(
     jobs: Sequence[tuple[str, Any]],
     reporter: Reporter,
@@ -174,9 +182,7 @@ def launch_pipeline(
         if pipeline.evaluation.attacks or pipeline.stages:  # work after certification: a job of its own
             steps.append([Job(source, "whole", beside=where)])
     for step in steps:
-        with ex.batch():  # one job array per step
-            submitted = [ex.submit(job) for job in step]
-        reporter.info(f"Submitted {len(submitted)} job(s) to {kind}: {', '.join(j.job_id for j in submitted)}")
+        submitted = submit_array(ex, step, reporter, kind)
         title = {"prepare": "members (job)", "shard": "certification shards", "whole": "run (job)"}[step[0].part]
         problems = wait([(job.title, s) for job, s in zip(step, submitted)], reporter, kind, title)
         if problems:

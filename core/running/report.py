@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -10,7 +9,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from ..smoothing.results import Summary
+from ..smoothing.results import Summary, acr_text, share_text
 from . import terminal
 from .evaluation import EvaluationSummary
 from .terminal import LogProgress
@@ -47,11 +46,6 @@ class Reporter:
         (console or self.console).print(table)
 
 
-def _share(value: float) -> str:
-    """A certified accuracy, blank where it was not measured (a target-radius certifier's other radii)."""
-    return "" if math.isnan(value) else f"{value:.1%}"
-
-
 def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
     """Certified accuracy at each radius and ACR, one row per certifier, with the smoothed classifier each certifies;
     a run whose counts may be wrong (reduced precision) says so in the title and caption."""
@@ -71,8 +65,8 @@ def summary_table(summary: Summary, radii: Sequence[float]) -> Table:
         table.add_row(
             escape(name),
             m.describes,
-            *(_share(m.certified_accuracy[float(r)]) for r in radii),
-            "" if math.isnan(m.acr) else f"{m.acr:.3f}",
+            *(share_text(m.certified_accuracy[float(r)]) for r in radii),
+            acr_text(m.acr),
             f"{m.abstain_rate:.1%}",
             f"{m.mean_samples:,.0f}",
             f"{m.mean_seconds:.3f}",

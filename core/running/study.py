@@ -216,7 +216,7 @@ def _run_in_processes(study: Study, *, fresh: bool, reporter: Reporter, jobs: in
 def _run_as_jobs(study: Study, *, kind: str, fresh: bool, reporter: Reporter) -> None:
     """Submit the points as cluster jobs: the points that train first, as one job array, and the points that use a
     point's members as soon as it has finished; wait for them all."""
-    from .launcher import JOBS, Job, executor, wait
+    from .launcher import JOBS, Job, executor, submit_array, wait
 
     options = study.pipelines[0].launcher
     if options.shards > 1:
@@ -230,9 +230,9 @@ def _run_as_jobs(study: Study, *, kind: str, fresh: bool, reporter: Reporter) ->
     def submit(points: list[int]) -> list[tuple[str, Any]]:
         if not points:
             return []
-        with ex.batch():  # one job array
-            jobs = [ex.submit(Job(_point_source(study, i), fresh=fresh, beside=beside)) for i in points]
-        reporter.info(f"Submitted {len(jobs)} point(s) to {kind}: {', '.join(j.job_id for j in jobs)}")
+        jobs = submit_array(
+            ex, [Job(_point_source(study, i), fresh=fresh, beside=beside) for i in points], reporter, kind
+        )
         return [(study.points[i].name, job) for i, job in zip(points, jobs)]
 
     def followers(name: str) -> list[tuple[str, Any]]:

@@ -126,6 +126,16 @@ class Summary:
         }
 
 
+def share_text(value: float) -> str:
+    """A certified accuracy for a table, blank where it was not measured (a target-radius certifier's other radii)."""
+    return "" if math.isnan(value) else f"{value:.1%}"
+
+
+def acr_text(value: float) -> str:
+    """An ACR for a table, blank where it was not measured (a target-radius certifier's)."""
+    return "" if math.isnan(value) else f"{value:.3f}"
+
+
 def _measured(value: float) -> float | None:
     """``value``, or ``None`` (JSON's null) where it was not measured (``nan``)."""
     return None if math.isnan(value) else value
