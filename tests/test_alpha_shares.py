@@ -12,13 +12,9 @@ from scipy import stats
 
 from ensemblecert import ABSTAIN, Certificate, Tally, build_component, load_registry
 from ensemblecert.plugins.certify_adp import CertifyAdp
+from ensemblecert.plugins.confidence_sequences import confidence_sequence, log_mixture
 from ensemblecert.plugins.noise import GaussianNoise
-from ensemblecert.plugins.sequential import (
-    Sequential,
-    Stop,
-    confidence_sequence,
-    log_mixture,
-)
+from ensemblecert.plugins.sequential import Sequential, Stop
 from ensemblecert.plugins.simplex.mechanisms import dp
 from ensemblecert.smoothing.results import ExampleResult, Outcome, summarize
 

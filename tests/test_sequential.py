@@ -8,8 +8,9 @@ import pytest
 from scipy import special, stats
 
 from ensemblecert import ABSTAIN, Certificate, clopper_pearson_lower
+from ensemblecert.plugins.confidence_sequences import confidence_sequence, excludes, log_mixture
 from ensemblecert.plugins.noise import GaussianNoise
-from ensemblecert.plugins.sequential import Sequential, Stop, confidence_sequence, excludes, log_mixture
+from ensemblecert.plugins.sequential import Sequential, Stop
 from ensemblecert.testing import IntervalModel, check_soundness
 
 
