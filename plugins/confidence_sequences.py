@@ -112,26 +112,33 @@ def _mass(a: np.ndarray | float, b: np.ndarray | float, q: float, above: bool) -
     return special.betainc(b, a, 1.0 - q) if q >= 0.5 else special.betaincc(a, b, q)
 
 
-def log_one_sided(q: float, hits: np.ndarray | int, draws: np.ndarray | int, above: bool = True):
+def log_one_sided(
+    q: float,
+    hits: np.ndarray | int,
+    draws: np.ndarray | int,
+    above: bool = True,
+    prior: tuple[float, float] = PRIOR,
+):
     """``log M+_t(q)`` of the one-sided mixture (module docstring), vectorized over hits and draws (plain ints in, a
     plain float out, the same value without numpy's array machinery): the prior's mass above ``q`` (``above``,
-    which tests ``p <= q``) or below it (which tests ``p >= q``); ``0 < q < 1``."""
-    a, b = PRIOR
-    prior = float(special.betaln(a, b)) + math.log(float(_mass(a, b, q, above)))
+    which tests ``p <= q``) or below it (which tests ``p >= q``); ``0 < q < 1``. ``prior``: the ``Beta(a, b)``
+    truncated (Jeffreys' unless given)."""
+    a, b = prior
+    mass = float(special.betaln(a, b)) + math.log(float(_mass(a, b, q, above)))
     if isinstance(hits, int) and isinstance(draws, int):
         misses = draws - hits
         posterior = float(_mass(a + hits, b + misses, q, above))
         if posterior == 0.0:
             return -math.inf  # the posterior mass underflows: the test is far from rejecting
         value = float(special.betaln(a + hits, b + misses)) + float(np.log(posterior))  # as below, term by term
-        return value - prior - hits * float(np.log(q)) - misses * float(np.log1p(-q))
+        return value - mass - hits * float(np.log(q)) - misses * float(np.log1p(-q))
     hits, draws = np.asarray(hits, dtype=np.float64), np.asarray(draws, dtype=np.float64)
     misses = draws - hits
     with np.errstate(divide="ignore"):  # a posterior mass that underflows: the test is far from rejecting
         value = (
             special.betaln(a + hits, b + misses)
             + np.log(_mass(a + hits, b + misses, q, above))
-            - prior
+            - mass
             - hits * np.log(q)
             - misses * np.log1p(-q)
         )
