@@ -6,9 +6,8 @@ confidence sequence: with probability at least ``1 - alpha`` the bounds hold at 
 radius ``sigma PhiInv(lower bound)`` reported at whatever time the procedure stops is wrong with probability
 at most ``alpha`` (Ville's inequality), just like CERTIFY's.
 
-The confidence sequence is the beta-binomial mixture (Robbins, 1970; Howard, Ramdas, McAuliffe and Sekhon,
-"Time-uniform, nonparametric, nonasymptotic confidence sequences", Ann. Statist. 2021): with ``S`` hits in
-``t`` draws and a ``Beta(a, b)`` mixing prior,
+The confidence sequence is the beta-binomial mixture (Robbins70, Howard21; computed in
+:mod:`.confidence_sequences`): with ``S`` hits in ``t`` draws and a ``Beta(a, b)`` mixing prior,
 
     M_t(p) = B(a + S, b + t - S) / (B(a, b) p^S (1 - p)^(t - S))
 
@@ -17,9 +16,9 @@ all ``t`` simultaneously with probability ``1 - alpha``. The prior is Jeffreys' 
 
 Stopping: with a target ``radius``, look after every draw and stop once the lower bound certifies it (report
 the larger radius the bound allows) or the upper bound, at its own level ``beta``, shows it unreachable: the
-decisions are hit-count thresholds tabulated once per ``t`` (:func:`thresholds`), so looking costs nothing and
-draws come in batches (as many as must be drawn before the next decision could fall, and at least a quarter of
-those drawn so far: :func:`next_draws`) of which only those up to the deciding one count.
+decisions are hit-count thresholds tabulated once per ``t`` (``confidence_sequences.thresholds``), so looking
+costs nothing and draws come in batches (as many as must be drawn before the next decision could fall, and at
+least a quarter of those drawn so far: :func:`next_draws`) of which only those up to the deciding one count.
 Without a target, double the batch at every look and stop once the upper bound is at most 1/2 (abstain) or the
 radii the two bounds allow differ by at most ``tolerance``. The certifier is stepwise (:class:`SequentialDecision`),
 so the certification loop fills each forward pass with many undecided inputs' draws. At ``max_samples`` certify
@@ -110,8 +109,7 @@ class Sequential(Certifier):
 
 class SequentialDecision(Decision):
     """One input: ``n0`` selection draws pick ``c_A``; then, with a target, every draw is looked at (its running hit
-    count against the thresholds of :func:`thresholds`, asked for as :func:`next_draws` says, at most ``batch`` at
-    a time);
+    count against the tabulated thresholds, asked for as :func:`next_draws` says, at most ``batch`` at a time);
     without one, batches of ``batch`` that double, looked at after each (:meth:`Sequential.decide`)."""
 
     def __init__(self, certifier: Sequential, sigma: float) -> None:
