@@ -19,6 +19,7 @@ from ensemblecert import (
     build_member,
     input_generator,
 )
+from ensemblecert.ensemble.engine import auto_layout
 from ensemblecert.ensemble.fusion import FusionError, fuse
 from ensemblecert.plugins.aggregators import WeightedEnsemble
 from ensemblecert.plugins.models import MLP, LeNet, ResNet20
@@ -85,6 +86,24 @@ def test_architectures_that_do_not_fuse_are_refused_and_looped(make, why):
         assert torch.equal(runner.logits(x), torch.stack([m(x) for m in members]))
     assert runner.layout == "loop" and why in runner.why_not
     assert runner.describe()["why_not"] == runner.why_not
+
+
+@pytest.mark.parametrize(
+    "device, convolutional, expected",
+    [("cpu", False, "loop"), ("cpu", True, "loop"), ("cuda", False, "fused"), ("cuda", True, "loop")],
+)
+def test_auto_chooses_the_layout_measured_fastest_and_never_one_that_lost(device, convolutional, expected):
+    """``auto`` takes the loop everywhere but for members without convolutions on a GPU; ``vmap``, which lost to
+    the loop wherever it was measured, is never chosen (docs/engine.md)."""
+    assert auto_layout(device, convolutional) == expected != "vmap"
+
+
+def test_auto_on_this_machine_runs_what_auto_layout_says():
+    mlps = members_of(MLP(hidden=[8]), DIGITS, 3)
+    resnets = members_of(ResNet20(), SMALL_RGB, 2)
+    for members, convolutional in ((mlps, False), (resnets, True)):
+        runner = Members(members, Engine())
+        assert runner.layout == auto_layout("cpu", convolutional) == "loop"
 
 
 def test_members_in_training_mode_or_of_different_architectures_loop():
