@@ -74,10 +74,10 @@ def log_mixture(
 RELATIVE_ERROR = 1e-12
 
 
-def level_of(hits: int, draws: int, alpha: float) -> float:
+def level_of(hits: int, draws: int, alpha: float, mixture: str = "two-sided") -> float:
     """The threshold ``log(1/alpha)``, raised by more than the floating-point error of ``log M_t`` near the bounds,
     so that a bound found on the computed martingale errs outwards (the interval only grows)."""
-    return float(level(np.asarray(float(hits)), np.asarray(float(draws)), alpha))
+    return float(level(np.asarray(float(hits)), np.asarray(float(draws)), alpha, mixture))
 
 
 def level(hits: np.ndarray, draws: np.ndarray, alpha: float, mixture: str = "two-sided") -> np.ndarray:
@@ -322,7 +322,7 @@ def one_sided_bound(hits: int, draws: int, alpha: float, above: bool = True) -> 
     if (above and hits == 0) or (not above and hits == draws):
         return 0.0 if above else 1.0
 
-    threshold = level_of(hits, draws, alpha) + TAIL_ERROR
+    threshold = level_of(hits, draws, alpha, "one-sided")
 
     def excess(q: float) -> float:  # positive where the test rejects; zero at the bound
         return float(log_one_sided(q, hits, draws, above)) - threshold

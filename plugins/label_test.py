@@ -46,20 +46,28 @@ from ensemblecert.validators import in_range, increasing, one_of, probability
 from .confidence_sequences import MIXTURES, Tables, confidence_sequence, look, next_draws, one_sided_bound, tables
 
 
-def bounds(hits: int, draws: int, alpha: float, beta: float, mixture: str) -> tuple[float, float]:
-    """The confidence bounds on ``p`` after ``hits`` in ``draws``: the lower at ``alpha`` (what certifies) and the
-    upper at ``beta`` (what refutes), of the ``mixture`` named."""
+def lower_bound(hits: int, draws: int, alpha: float, mixture: str) -> float:
+    """The lower confidence bound on ``p`` at ``alpha`` after ``hits`` in ``draws`` (what certifies), of the
+    ``mixture`` named."""
     if draws == 0:
-        return 0.0, 1.0
+        return 0.0
     if mixture == "one-sided":
-        return one_sided_bound(hits, draws, alpha), one_sided_bound(hits, draws, beta, above=False)
-    return confidence_sequence(hits, draws, alpha)[0], confidence_sequence(hits, draws, beta)[1]
+        return one_sided_bound(hits, draws, alpha)
+    return confidence_sequence(hits, draws, alpha)[0]
+
+
+def upper_bound(hits: int, draws: int, beta: float, mixture: str) -> float:
+    """The upper confidence bound on ``p`` at ``beta`` (what refutes), of the ``mixture`` named."""
+    if draws == 0:
+        return 1.0
+    if mixture == "one-sided":
+        return one_sided_bound(hits, draws, beta, above=False)
+    return confidence_sequence(hits, draws, beta)[1]
 
 
 def largest_certifiable(sigma: float, alpha: float, max_samples: int, mixture: str = "one-sided") -> float:
     """The largest radius ``max_samples`` draws can certify at ``alpha`` (every draw a hit)."""
-    lower = bounds(max_samples, max_samples, alpha, 0.5, mixture)[0]
-    return float(sigma * stats.norm.ppf(lower))
+    return float(sigma * stats.norm.ppf(lower_bound(max_samples, max_samples, alpha, mixture)))
 
 
 @attrs.frozen
@@ -125,21 +133,26 @@ class LabelTest(Certifier):
 class LabelDecision(Decision):
     """One input's state: hits and draws so far, and how many radii are certified (from the smallest) and
     refuted (from the largest). It wants what ``next_draws`` says for the radii still undecided (up to the
-    certifier's ``batch``), and looks at them one by one."""
+    certifier's ``batch``), and looks at them one by one. What it wants is worked out once per look (the
+    certification loop asks several times per pass)."""
 
     def __init__(self, certifier: LabelTest, tables: Tables, label: int) -> None:
         self.certifier, self.tables, self.label = certifier, tables, label
         self.hits = self.draws = self.certified = self.refuted = 0
+        self._wanted = self._next()
 
-    def wants(self) -> int:
+    def _next(self) -> int:
         c, left = self.certifier, len(self.certifier.radii) - self.certified - self.refuted
         if left <= 0:
             return 0
         most = min(c.batch, c.max_samples - self.draws)
         return next_draws(self.hits, self.draws, self.tables, self.certified, self.certified + left - 1, most)
 
+    def wants(self) -> int:
+        return self._wanted
+
     def observe(self, classes: Tensor) -> None:
-        count = min(int(classes.shape[0]), self.wants())
+        count = min(int(classes.shape[0]), self._wanted)
         if count == 0:
             return
         hit = classes[:count].numpy() == self.label
@@ -147,10 +160,12 @@ class LabelDecision(Decision):
         self.hits, self.draws, self.certified, self.refuted = look(
             self.hits, self.draws, hit, t.certify, t.refute, self.certified, self.refuted
         )
+        self._wanted = self._next()
 
     def certificate(self) -> Certificate:
         c = self.certifier
-        lower, upper = bounds(self.hits, self.draws, c.alpha, c.beta, c.mixture)
+        lower = lower_bound(self.hits, self.draws, c.alpha, c.mixture)
+        upper = upper_bound(self.hits, self.draws, c.beta, c.mixture)
         details = {
             "draws": float(self.draws),
             "count": float(self.hits),

@@ -110,7 +110,8 @@ class Sequential(Certifier):
 class SequentialDecision(Decision):
     """One input: ``n0`` selection draws pick ``c_A``; then, with a target, every draw is looked at (its running hit
     count against the tabulated thresholds, asked for as :func:`next_draws` says, at most ``batch`` at a time);
-    without one, batches of ``batch`` that double, looked at after each (:meth:`Sequential.decide`)."""
+    without one, batches of ``batch`` that double, looked at after each (:meth:`Sequential.decide`). What it wants
+    is worked out once per look (the certification loop asks several times per pass)."""
 
     def __init__(self, certifier: Sequential, sigma: float) -> None:
         self.certifier, self.sigma = certifier, sigma
@@ -122,8 +123,12 @@ class SequentialDecision(Decision):
         if certifier.radius is not None:
             q = max(float(stats.norm.cdf(certifier.radius / sigma)), 0.5)
             self.tables = tables((q,), certifier.alpha, certifier.beta, certifier.max_samples)
+        self._wanted = self._next()
 
     def wants(self) -> int:
+        return self._wanted
+
+    def _next(self) -> int:
         c = self.certifier
         if self.top is None:
             return c.n0 - sum(len(s) for s in self.selection)
@@ -135,10 +140,13 @@ class SequentialDecision(Decision):
         return min(c.batch * 2**self.looks, c.max_samples - self.draws)  # without a target, batches double
 
     def observe(self, classes: Tensor) -> None:
-        classes = classes[: self.wants()]
+        self._look(classes[: self._wanted])
+        self._wanted = self._next()
+
+    def _look(self, classes: Tensor) -> None:
         if self.top is None:
             self.selection.append(classes)
-            if self.wants() == 0:
+            if sum(len(s) for s in self.selection) == self.certifier.n0:
                 drawn = torch.cat(self.selection)
                 self.top = int(torch.bincount(drawn).argmax())  # the most frequent class, lowest index on ties
             return

@@ -176,11 +176,16 @@ def cli():
 
 @pytest.fixture
 def tiny_pipeline(tmp_path) -> dict:
-    """A fast digits pipeline as a dict (2 members, 2 epochs, small n, 12 test inputs)."""
+    """:func:`tiny_config` in the test's own folder."""
+    return tiny_config(tmp_path / "run")
+
+
+def tiny_config(output: Path) -> dict:
+    """A fast digits pipeline as a dict (2 members, 2 epochs, small n, 12 test inputs) writing to ``output``."""
     return {
         "seed": 1,
         "device": "cpu",
-        "output": str(tmp_path / "run"),
+        "output": str(output),
         "data": {"name": "digits"},
         "noise": {"name": "gaussian", "sigma": 0.25},
         "ensemble": {"members": 2, "model": {"name": "mlp", "hidden": [32]}},

@@ -8,28 +8,20 @@ import json
 import pytest
 
 import ensemblecert as ec
+from conftest import tiny_config
 from test_kill import lines, rows_without_times
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A tiny run with two certifiers, TensorBoard on, finished."""
-    root = tmp_path_factory.mktemp("tools")
-    config = {
-        "seed": 1,
-        "device": "cpu",
-        "output": str(root / "run"),
-        "ensemble": {"members": 2, "model": {"name": "mlp", "hidden": [32]}},
-        "training": {"epochs": 2, "batch_size": 128, "lr": 0.1},
-        "certification": {
-            "certifiers": [{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}, {"name": "cohen", "n": 400}],
-            "batch_size": 200,
-            "skip": 30,
-            "max_examples": 5,
-            "radii": [0.0, 0.25],
-        },
-        "logging": {"tensorboard": True},
-    }
+    config = tiny_config(tmp_path_factory.mktemp("tools") / "run")
+    config["certification"].update(
+        certifiers=[{"name": "cohen", "n0": 20, "n": 200, "alpha": 0.01}, {"name": "cohen", "n": 400}],
+        batch_size=200,
+        max_examples=5,
+    )
+    config["logging"] = {"tensorboard": True}
     return config, ec.run(config)
 
 

@@ -10,7 +10,7 @@ import attrs
 
 from ..config.labels import component_labels
 from ..errors import UserError
-from ..running.context import Outputs, read_json
+from ..running.context import RUN_ONLY, Outputs, read_json
 from ..smoothing.results import ExampleResult, Summary, read_results, summarize
 
 #: Radii reported when a run does not say (as ``[certification] radii`` defaults).
@@ -122,8 +122,9 @@ def _without_shared_settings(names: list[str]) -> list[str]:
     return shorter if len(set(shorter)) == len(shorter) else names
 
 
-#: Settings that never tell runs' numbers apart (where they were written, how progress was shown, which jobs ran).
-NOT_COMPARED = ("output", "logging", "launcher")
+#: Settings that never tell runs' numbers apart: where they were written, and the run-only ones (how progress was
+#: shown, which jobs ran), which no fingerprint holds either.
+NOT_COMPARED = ("output", *RUN_ONLY)
 
 
 def flat_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -186,6 +186,9 @@ def launch_pipeline(
         title = {"prepare": "members (job)", "shard": "certification shards", "whole": "run (job)"}[step[0].part]
         problems = wait([(job.title, s) for job, s in zip(step, submitted)], reporter, kind, title)
         if problems:
-            raise UserError(
-                "; ".join(problems) + "; run the same command again to resume: what the jobs finished is kept"
-            )
+            raise jobs_failed(problems)
+
+
+def jobs_failed(problems: Sequence[str]) -> UserError:
+    """The error naming each job that failed (what :func:`wait` returned), and how to resume."""
+    return UserError("; ".join(problems) + "; run the same command again to resume: what the jobs finished is kept")

@@ -216,7 +216,7 @@ def _run_in_processes(study: Study, *, fresh: bool, reporter: Reporter, jobs: in
 def _run_as_jobs(study: Study, *, kind: str, fresh: bool, reporter: Reporter) -> None:
     """Submit the points as cluster jobs: the points that train first, as one job array, and the points that use a
     point's members as soon as it has finished; wait for them all."""
-    from .launcher import JOBS, Job, executor, submit_array, wait
+    from .launcher import JOBS, Job, executor, jobs_failed, submit_array, wait
 
     options = study.pipelines[0].launcher
     if options.shards > 1:
@@ -242,10 +242,7 @@ def _run_as_jobs(study: Study, *, kind: str, fresh: bool, reporter: Reporter) ->
     leaders = [i for i, t in enumerate(study.trains_with) if t == i]
     problems = wait(submit(leaders), reporter, kind, "points", more=followers)
     if problems:
-        raise UserError(
-            "; ".join(f"point {p}" for p in problems)
-            + "; run the same command again to resume: what the jobs finished is kept"
-        )
+        raise jobs_failed([f"point {p}" for p in problems])
 
 
 def _worker_start(threads: int) -> None:
